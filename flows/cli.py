@@ -1,0 +1,76 @@
+"""The ``memscore`` command line: one subcommand per module.
+
+Each subcommand lives in its own module with ``add_arguments(parser)`` and
+``run(args) -> int``; :data:`COMMANDS` maps names to those modules. Errors that
+mean "the run could not do its job" (unknown model, missing weights, unreadable
+SOURCE, bad human data) print one line ``memscore: error: ...`` and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "score": ("flows.score_cli", "score every image under SOURCE and write Parquet to DEST"),
+    "sample": ("flows.sample_cli", "write a small sample archive of real photos (from scikit-image)"),
+    "models": ("flows.models_cli", "list the registered models and their feature layers"),
+}
+
+
+class UserError(Exception):
+    """A problem the user can fix; shown as one line, without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memscore",
+        description="Score image archives with memorability models and check them against human memory data.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=module.__doc__.strip().splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=getattr(module, "EPILOG", None))
+        module.add_arguments(command)
+        command.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("memscore: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        print(f"memscore: error: {user_error}", file=sys.stderr)
+        return 1
+
+
+def find_user_error(error: BaseException) -> BaseException | None:
+    """The user-fixable error behind ``error`` (Prefect may wrap it), or None."""
+    from models.devices import DeviceUnavailableError
+    from models.registry import UnknownModelError
+    from models.weights import WeightsNotFoundError
+    from tasks.discover import SourceUnreadableError
+
+    known = (UserError, UnknownModelError, WeightsNotFoundError, SourceUnreadableError, DeviceUnavailableError)
+    seen: BaseException | None = error
+    while seen is not None:  # Prefect may wrap the original exception
+        if isinstance(seen, known):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""memscore score: score every image under SOURCE and write Parquet to DEST.
+
+Images are found recursively by extension (jpg, jpeg, png, webp, gif, bmp, tif,
+tiff; any case). Results go to DEST/scores/*.parquet, unreadable images to
+DEST/errors/*.parquet. A rerun scores only new or changed images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EPILOG = """exit status: 0 when the run finished (even if some images failed: see DEST/errors),
+1 with a one-line reason when it could not do its job (unknown model, weights
+missing, SOURCE unreadable, device unavailable).
+
+examples:
+  memscore score ./photos --out ./photos-scores
+  memscore score s3://bucket/archive --out s3://bucket/memscore --device cuda --batch-size 512
+  memscore score ./photos --out ./scores --features resnet152,fc11,alexnet"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SOURCE", help="folder or fsspec URI (s3://, gs://, az://, memory://, file://)")
+    parser.add_argument("--out", "-o", dest="destination", metavar="DEST", required=True, help="output folder or URI")
+    parser.add_argument("--model", default="resmem", help="model name (default: resmem; see `memscore models`)")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="weights file (default: the model's published weights)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--batch-size", type=_positive, default=None, metavar="N", help="images per forward pass (default: 16 on CPU, 256 on CUDA)")
+    parser.add_argument("--workers", type=_non_negative, default=None, metavar="N", help="DataLoader workers that read and decode (default: from the CPU count)")
+    parser.add_argument("--shard-size", type=_positive, default=None, metavar="N", help="images per shard/Parquet part (default: 256 on CPU, 4096 on CUDA)")
+    parser.add_argument("--features", default=None, metavar="LAYER[,LAYER]", help="feature layers to export as feat_<layer> (default for resmem: resnet152,fc11; 'none' for none)")
+    parser.add_argument("--max-pixels", type=_positive, default=None, metavar="N", help="refuse larger images as decompression bombs (default: PIL's limit, 89478485)")
+    parser.add_argument("--retry-errors", action="store_true", help="also rescore images that failed in an earlier run")
+    parser.add_argument("--storage-options", default=None, metavar="JSON", help="fsspec options for SOURCE and DEST, as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def parse_features(text: str | None) -> list[str] | None:
+    """``a,b`` -> [a, b]; ``none`` or empty -> []; None -> None (the model's default)."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("", "none"):
+        return []
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.cli import UserError
+
+    try:
+        storage_options = json.loads(args.storage_options) if args.storage_options else None
+    except ValueError as error:
+        raise UserError(f"--storage-options is not valid JSON: {error}") from None
+    # Fail fast on what needs no orchestrator: unknown model or layers, missing weights, bad device.
+    from models.devices import resolve_device
+    from models.registry import get_model_spec, resolve_weights
+
+    spec = get_model_spec(args.model)
+    features = parse_features(args.features)
+    try:
+        spec.check_features(spec.default_features if features is None else features)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    resolve_weights(spec, args.weights)
+    resolve_device(args.device)
+
+    from flows.score import score_archive
+
+    summary = score_archive(
+        source=args.source,
+        destination=args.destination,
+        model=args.model,
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        features=features,
+        max_pixels=args.max_pixels,
+        retry_errors=args.retry_errors,
+        storage_options=storage_options,
+        show_progress=not args.no_progress,
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"memscore: scored {summary['scored']}, skipped {summary['skipped']}, failed {summary['failed']}, "
+            f"ignored {summary['ignored_files']} non-image file(s); "
+            f"{summary['images_per_second']:.2f} images/s on {summary['device']} -> {summary['destination']}",
+            file=sys.stderr,
+        )
+    return 0

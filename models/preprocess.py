@@ -1,0 +1,70 @@
+"""Turning decoded images into model input, exactly as the reference does.
+
+ResMem's reference preprocessing (the ``resmem`` package's ``transformer``) is
+PIL ``convert('RGB')``, resize to 256x256 (bilinear, PIL's own resampling),
+center crop 227, to a tensor in [0, 1] with no mean/std normalisation.
+
+:func:`to_rgb` is the only place where odd image modes are handled: 16-bit and
+32-bit greyscale are scaled down to 8 bits (a plain ``convert`` would clip them to
+white); everything else goes through PIL's ``convert('RGB')`` like the reference
+(alpha is dropped, palettes and CMYK are converted). The transforms here return
+``uint8`` tensors ``[3, H, W]``; :func:`to_model_input` makes the float batch,
+bit-identical to torchvision's ``ToTensor``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+from torchvision.transforms import InterpolationMode
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Return an 8-bit RGB version of ``image`` (any PIL mode)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image)
+        if image.mode == "I":
+            top = max(int(array.max()), 1)
+            scale = 65535 if top > 255 else 255
+            array = np.clip(array.astype(np.float64) * (255.0 / scale), 0, 255)
+        else:
+            array = array.astype(np.uint32) >> 8
+        return Image.fromarray(array.astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        top = float(np.nanmax(array)) if array.size else 1.0
+        array = np.clip(np.nan_to_num(array) * (255.0 if top <= 1.0 else 1.0), 0, 255)
+        return Image.fromarray(array.astype(np.uint8), mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class ResizeCrop:
+    """Resize to ``size`` x ``size`` (PIL bilinear), center crop ``crop``, uint8 CHW tensor.
+
+    A plain picklable object, so DataLoader workers started by any method can use it.
+    """
+
+    size: int
+    crop: int
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        rgb = to_rgb(image)
+        resized = TF.resize(rgb, [self.size, self.size], interpolation=InterpolationMode.BILINEAR)
+        cropped = TF.center_crop(resized, [self.crop, self.crop])
+        return TF.pil_to_tensor(cropped)
+
+
+resmem_transform: Callable[[Image.Image], torch.Tensor] = ResizeCrop(256, 227)
+
+
+def to_model_input(batch_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` in 0..255 to floats in [0, 1] (as ``ToTensor`` computes them)."""
+    return batch_uint8.to(torch.float32).div(255).to(dtype)

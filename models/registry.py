@@ -1,0 +1,128 @@
+"""The model registry: a model name maps to everything needed to run it.
+
+A :class:`ModelSpec` says how to build the module (on the meta device, without
+random initialisation), where its default weights come from, its preprocessing
+and the layers it can export. Adding a model is one :func:`register` call beside
+its definition; the pipeline only ever asks :func:`get_model_spec` and
+:func:`load_model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from torch import nn
+
+from models.weights import WeightsRef, load_state_dict, local_weights
+
+
+class UnknownModelError(ValueError):
+    """No model is registered under that name."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build, load, feed and read one memorability model."""
+
+    name: str
+    description: str
+    build: Callable[[], nn.Module]
+    default_weights: Callable[[], WeightsRef]
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    input_size: int
+    feature_layers: dict[str, int]
+    default_features: tuple[str, ...]
+    aliases: tuple[str, ...] = field(default=())
+
+    def check_features(self, layers: Sequence[str]) -> tuple[str, ...]:
+        """Validate requested feature layers; raise ValueError naming the valid ones."""
+        unknown = [name for name in layers if name not in self.feature_layers]
+        if unknown:
+            raise ValueError(
+                f"model {self.name!r} has no layer(s) {', '.join(unknown)}; "
+                f"choose from {', '.join(self.feature_layers)}"
+            )
+        return tuple(dict.fromkeys(layers))
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to score: module in eval mode on its device, and its weights."""
+
+    spec: ModelSpec
+    module: nn.Module
+    weights: WeightsRef
+    device: torch.device
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a model to the registry (by its name and aliases)."""
+    for key in (spec.name, *spec.aliases):
+        _REGISTRY[key.lower()] = spec
+    return spec
+
+
+def available_models() -> list[str]:
+    """Names of the registered models."""
+    _load_builtin_models()
+    return sorted({spec.name for spec in _REGISTRY.values()})
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The spec registered under ``name`` (case-insensitive)."""
+    _load_builtin_models()
+    try:
+        return _REGISTRY[name.lower()]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}; available: {', '.join(available_models())}"
+        ) from None
+
+
+def resolve_weights(spec: ModelSpec, weights: str | None = None) -> WeightsRef:
+    """The weights a run will use: a given file, or the model's default."""
+    return local_weights(weights) if weights else spec.default_weights()
+
+
+def build_with_weights(spec: ModelSpec, ref: WeightsRef) -> nn.Module:
+    """Build ``spec``'s module on the meta device and assign the weights to it.
+
+    No random initialisation runs and no second copy of the weights is made.
+    """
+    state = load_state_dict(ref)
+    with torch.device("meta"):
+        module = spec.build()
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(
+            f"weights {ref.path} do not fit model {spec.name!r}: "
+            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    return module
+
+
+def load_model(name: str, weights: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Build a registered model with its weights, in eval mode, on ``device``."""
+    spec = get_model_spec(name)
+    ref = resolve_weights(spec, weights)
+    module = build_with_weights(spec, ref).eval().requires_grad_(False)
+    target = torch.device(device)
+    module = module.to(target)
+    return LoadedModel(spec=spec, module=module, weights=ref, device=target)
+
+
+_builtins_loaded = False
+
+
+def _load_builtin_models() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    from models import builtin  # noqa: F401  (registers the built-in models)

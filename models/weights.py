@@ -1,0 +1,106 @@
+"""Where trained weights come from, how they are loaded, and their digest.
+
+Weights are referred to by a :class:`WeightsRef`: a local file and the sha256 of
+its bytes. The digest goes into every output row, so a rerun with other weights
+is never mistaken for the same results. Hashing a large file costs a second or
+two, so digests are cached in ``~/.cache/memscore/digests.json`` (override with
+``MEMSCORE_CACHE_DIR``), keyed by path, size and modification time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+class WeightsNotFoundError(RuntimeError):
+    """The weights a model needs are not on this machine."""
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """A weights file and the digest recorded in output rows (``sha256:<hex>``)."""
+
+    path: Path
+    digest: str
+
+
+def cache_dir() -> Path:
+    """memscore's cache folder (digests, downloaded weights)."""
+    return Path(os.environ.get("MEMSCORE_CACHE_DIR", Path.home() / ".cache" / "memscore"))
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file's bytes, cached by (path, size, mtime)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    store = cache_dir() / "digests.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            sha.update(block)
+    digest = f"sha256:{sha.hexdigest()}"
+    known[key] = digest
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        temporary = store.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(known))
+        os.replace(temporary, store)
+    except OSError:
+        pass  # a read-only home only costs the hash next time
+    return digest
+
+
+def resmem_package_weights() -> WeightsRef:
+    """The published ResMem weights shipped as ``resmem/model.pt`` by the ``resmem`` package.
+
+    Found without importing the package (its import builds nothing we need).
+    """
+    spec = importlib.util.find_spec("resmem")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsNotFoundError(
+            "ResMem weights not found: the 'resmem' package is not installed "
+            "(pip install 'memscore[resmem]'), or pass --weights PATH"
+        )
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / "model.pt"
+        if candidate.is_file():
+            return WeightsRef(candidate, file_digest(candidate))
+    raise WeightsNotFoundError("the 'resmem' package is installed but has no model.pt; reinstall it")
+
+
+def local_weights(path: str | os.PathLike[str]) -> WeightsRef:
+    """A weights file given by the user (``--weights PATH``)."""
+    candidate = Path(path).expanduser()
+    if not candidate.is_file():
+        raise WeightsNotFoundError(f"weights file not found: {candidate}")
+    return WeightsRef(candidate, file_digest(candidate))
+
+
+def load_state_dict(ref: WeightsRef) -> dict[str, torch.Tensor]:
+    """Load a plain state dict (or a memscore checkpoint's ``model`` entry) safely.
+
+    ``weights_only=True`` refuses pickled code; ``mmap=True`` avoids a second copy.
+    """
+    try:
+        state = torch.load(ref.path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # not a zip-format file: mmap is unsupported there
+        state = torch.load(ref.path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise WeightsNotFoundError(f"{ref.path} is not a state dict")
+    return state

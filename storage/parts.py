@@ -1,0 +1,81 @@
+"""Parquet parts under DEST: atomic writes, what is already done, and compaction.
+
+Each scored shard becomes one part ``DEST/scores/part-<run>-<shard>.parquet`` (and
+``DEST/errors/...`` when some of its images failed). A part is written whole or
+not at all: locally to a hidden temporary name and then renamed; on object
+stores as a single PUT of the finished bytes. Readers glob ``*.parquet`` and so
+never see a partial part, and a run killed at any moment loses only the shards
+it had in flight.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.schema import ERRORS_DIR, SCORES_DIR
+from storage.uris import Location
+
+
+def write_part_atomic(dest: Location, folder: str, name: str, table: pa.Table) -> str:
+    """Write ``table`` as ``DEST/folder/name`` so that no reader sees a partial file."""
+    target = dest.join(folder, name)
+    if dest.is_local:
+        dest.fs.makedirs(dest.join(folder), exist_ok=True)
+        temporary = dest.join(folder, f".{name}.{uuid.uuid4().hex}.inprogress")
+        try:
+            pq.write_table(table, temporary, compression="zstd")
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+    else:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        dest.fs.pipe_file(target, buffer.getvalue())  # one PUT: whole object or nothing
+    return target
+
+
+def list_parts(dest: Location, folder: str) -> list[str]:
+    """Finished parts (``*.parquet``) in ``DEST/folder``, sorted."""
+    base = dest.join(folder)
+    try:
+        names = dest.fs.ls(base, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(p for p in names if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith("."))
+
+
+def read_columns(dest: Location, folder: str, columns: list[str]) -> pa.Table | None:
+    """The given columns of all parts in ``DEST/folder`` (None when there are none)."""
+    tables = []
+    for part in list_parts(dest, folder):
+        with dest.fs.open(part, "rb") as handle:
+            tables.append(pq.read_table(handle, columns=columns))
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def rewrite_without(dest: Location, part: str, keep_mask: pa.Array) -> None:
+    """Replace ``part`` by its rows where ``keep_mask`` holds (atomically; deletes when empty)."""
+    with dest.fs.open(part, "rb") as handle:
+        table = pq.read_table(handle)
+    kept = table.filter(keep_mask)
+    folder, name = part.rsplit("/", 1)
+    if kept.num_rows == 0:
+        dest.fs.rm_file(part)
+        return
+    relative_folder = dest.relative(folder)
+    write_part_atomic(dest, relative_folder, name, kept)
+
+
+def part_paths(dest: Location) -> Iterable[tuple[str, list[str]]]:
+    """(folder, parts) for the scores and errors folders."""
+    for folder in (SCORES_DIR, ERRORS_DIR):
+        yield folder, list_parts(dest, folder)

@@ -1,0 +1,53 @@
+"""fsspec URIs: local folders, file://, memory://, s3://, gs://, az:// alike.
+
+A location is opened once into an (filesystem, root path) pair with
+:func:`open_location`; everything else joins paths on that filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+@dataclass
+class Location:
+    """A folder on some filesystem: ``fs`` plus the root path as ``fs`` spells it."""
+
+    fs: fsspec.AbstractFileSystem
+    root: str
+    uri: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def join(self, *parts: str) -> str:
+        """Path (as ``fs`` spells it) of ``parts`` under the root."""
+        return "/".join([self.root.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+    def full_uri(self, path: str) -> str:
+        """A URI for ``path`` that any fsspec-aware reader understands."""
+        return self.fs.unstrip_protocol(path)
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the root, '/'-separated."""
+        root = self.root.rstrip("/") + "/"
+        norm = path.replace(os.sep, "/") if self.is_local else path
+        return norm[len(root):] if norm.startswith(root) else norm
+
+
+def open_location(uri: str, storage_options: dict[str, Any] | None = None) -> Location:
+    """Open a local path or fsspec URI as a :class:`Location`."""
+    options = dict(storage_options or {})
+    if "://" not in uri:
+        uri = os.path.abspath(os.path.expanduser(uri))
+    fs, root = fsspec.core.url_to_fs(uri, **options)
+    if isinstance(fs, LocalFileSystem):
+        root = root.replace(os.sep, "/")
+    return Location(fs=fs, root=root.rstrip("/") or "/", uri=uri, storage_options=options)
