@@ -1,0 +1,89 @@
+"""Our ResMem reproduces the official `resmem` package's scores (float32, CPU, 1e-5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from storage.uris import open_location
+from tasks.discover import iter_listing
+from tasks.plan import plan_shards
+from tasks.score import ScoreSettings, get_model, score_images
+import pyarrow as pa
+
+resmem = pytest.importorskip("resmem", reason="the official resmem package is needed for the parity check")
+
+FORMATS = [
+    ("astronaut", "astronaut.jpg", "JPEG", {}),
+    ("chelsea", "chelsea.png", "PNG", {}),
+    ("coffee", "coffee.webp", "WEBP", {"quality": 90}),
+    ("rocket", "rocket.bmp", "BMP", {}),
+    ("hubble_deep_field", "hubble.tiff", "TIFF", {}),
+    ("immunohistochemistry", "ihc.gif", "GIF", {}),
+]
+
+
+@pytest.fixture(scope="module")
+def official_model():
+    """The official package's own class and forward pass, with its weights.
+
+    Its constructor calls ``resnet152(pretrained=...)``, which current torchvision
+    rejects; we give it the same architecture without that argument. Everything
+    else (layers, forward, weights loading, ``transformer``) is the package's.
+    """
+    original = resmem.resnet152
+    resmem.resnet152 = lambda pretrained=False: torchvision.models.resnet152(weights=None)
+    try:
+        model = resmem.ResMem(pretrained=True)
+    finally:
+        resmem.resnet152 = original
+    return model.eval()
+
+
+def official_score(model, path: Path) -> float:
+    image = Image.open(path).convert("RGB")
+    with torch.inference_mode():
+        return float(model(resmem.transformer(image).view(-1, 3, 227, 227)).item())
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_pipeline_scores_match_official_package(tmp_path, official_model, workers):
+    from conftest import photo
+
+    for name, filename, fmt, options in FORMATS:
+        photo(name, size=None).save(tmp_path / filename, fmt, **options)
+    source = open_location(str(tmp_path))
+    plan = plan_shards(iter_listing(source), pa.table({"path": pa.array([], pa.string()), "source_version": pa.array([], pa.string())}), 64)
+    model = get_model("resmem", None, torch.device("cpu"))
+    result = score_images(
+        plan.shards[0], source, model,
+        ScoreSettings(batch_size=4, workers=workers, features=("resnet152", "fc11"), max_pixels=None, run_id="t"),
+    )
+    assert result.errors.num_rows == 0
+    ours = dict(zip(result.scores["path"].to_pylist(), result.scores["score"].to_pylist()))
+    assert set(ours) == {filename for _, filename, _, _ in FORMATS}
+    diffs = {f: abs(ours[f] - official_score(official_model, tmp_path / f)) for f in ours}
+    assert max(diffs.values()) <= 1e-5, diffs
+
+
+def test_features_match_official_forward(official_model):
+    """feat_resnet152 is the official ResNet-152 output; feat_fc11 its last hidden layer."""
+    from conftest import photo
+    from models.preprocess import to_model_input
+
+    model = get_model("resmem", None, torch.device("cpu"))
+    image = photo("coffee", size=None)
+    x = to_model_input(model.spec.preprocess(image)[None])
+    reference = resmem.transformer(image).view(-1, 3, 227, 227)
+    assert torch.equal(x, reference)
+    with torch.inference_mode():
+        score, feats = model.module.forward_features(x, ["resnet152", "fc11", "alexnet"])
+        logits = official_model.features(reference)
+    assert torch.allclose(feats["resnet152"], logits, atol=1e-5)
+    assert feats["fc11"].shape == (1, 256) and feats["alexnet"].shape == (1, 9216)
+    assert (feats["fc11"] >= 0).all()  # after ReLU, as fed to fc12
+    assert torch.allclose(torch.sigmoid(model.module.fc12(feats["fc11"])).squeeze(1), score)
