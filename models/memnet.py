@@ -1,0 +1,86 @@
+"""memnet-baseline: the AlexNet-style branch alone with a fully connected head.
+
+The seeds compare ResMem with MemNet (Khosla et al.), an AlexNet-style network
+that regresses memorability directly. This baseline is ResMem's own AlexNet-style
+branch (conv1..conv5 and pool5, 9216 values, the same parameter names, so it is
+initialised from the published ResMem weights) followed by MemNet's head: fc6
+(9216 -> 4096), fc7 (4096 -> 4096), each with ReLU and dropout, and fc8 (-> 1)
+with a sigmoid. Input and preprocessing are ResMem's (227x227 in [0, 1]).
+
+Exportable layers: ``alexnet`` (9216), ``fc6`` (4096), ``fc7`` (4096).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+FEATURE_LAYERS: dict[str, int] = {"alexnet": 9216, "fc6": 4096, "fc7": 4096}
+DEFAULT_FEATURES: tuple[str, ...] = ("fc7",)
+BRANCH_PREFIXES = ("conv1.", "conv2.", "conv3.", "conv4.", "conv5.")
+
+
+class MemNetBaseline(nn.Module):
+    """AlexNet-style branch (ResMem's conv1..conv5) plus fc6..fc8 and a sigmoid."""
+
+    def __init__(self, cruise_altitude: int = 384, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 48, kernel_size=11, stride=4)
+        self.pool1 = nn.MaxPool2d(3, 2)
+        self.lrn1 = nn.LocalResponseNorm(5)
+        self.conv2 = nn.Conv2d(48, 256, kernel_size=5, stride=1, padding=2, groups=2)
+        self.pool2 = nn.MaxPool2d(3, 2)
+        self.lrn2 = nn.LocalResponseNorm(5)
+        self.conv3 = nn.Conv2d(256, cruise_altitude, kernel_size=3, padding=1, groups=2)
+        self.conv4 = nn.Conv2d(cruise_altitude, cruise_altitude, kernel_size=3, padding=1, groups=2)
+        self.conv5 = nn.Conv2d(cruise_altitude, 256, kernel_size=3, padding=1, groups=2)
+        self.pool5 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.fc6 = nn.Linear(9216, 4096)
+        self.drp6 = nn.Dropout(dropout)
+        self.fc7 = nn.Linear(4096, 4096)
+        self.drp7 = nn.Dropout(dropout)
+        self.fc8 = nn.Linear(4096, 1)
+
+    def alexnet_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1..conv5 and pool5, flattened to 9216 (as in ResMem)."""
+        h = self.lrn1(self.pool1(F.relu(self.conv1(x))))
+        h = self.lrn2(self.pool2(F.relu(self.conv2(h))))
+        h = F.relu(self.conv3(h))
+        h = F.relu(self.conv4(h))
+        h = self.pool5(F.relu(self.conv5(h)))
+        return torch.flatten(h, 1)
+
+    def head(self, alex: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """fc6, fc7 (after ReLU and dropout) and the sigmoid score."""
+        h6 = self.drp6(F.relu(self.fc6(alex)))
+        h7 = self.drp7(F.relu(self.fc7(h6)))
+        return torch.sigmoid(self.fc8(h7)).squeeze(1), h6, h7
+
+    def forward_features(
+        self, x: torch.Tensor, layers: Sequence[str] = ()
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Score a batch ``[B, 3, 227, 227]`` in [0, 1]; return (scores [B], {layer: [B, D]})."""
+        unknown = set(layers) - FEATURE_LAYERS.keys()
+        if unknown:
+            raise ValueError(f"unknown memnet-baseline layer(s): {', '.join(sorted(unknown))}")
+        alex = self.alexnet_branch(x)
+        score, h6, h7 = self.head(alex)
+        values = {"alexnet": alex, "fc6": h6, "fc7": h7}
+        return score, {name: values[name] for name in layers}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+
+def initial_memnet(resmem_state: dict[str, torch.Tensor] | None = None) -> MemNetBaseline:
+    """A baseline ready to train: conv1..conv5 from ResMem's published weights (if given), head random."""
+    model = MemNetBaseline()
+    if resmem_state is not None:
+        branch = {k: v for k, v in resmem_state.items() if k.startswith(BRANCH_PREFIXES)}
+        missing, _ = model.load_state_dict(branch, strict=False)
+        if any(k.startswith(BRANCH_PREFIXES) for k in missing):
+            raise ValueError(f"ResMem weights lack AlexNet-branch tensors: {missing}")
+    return model
