@@ -4,13 +4,21 @@ discover -> plan (skip what DEST holds) -> one ``score-shard`` task run per shar
 (DataLoader + model) -> one atomic part per shard -> drop superseded rows ->
 summary. :func:`score_archive` is the Prefect flow; it works against a Prefect
 server when one is configured and starts a temporary local API otherwise.
+
+Tasks that touch storage (listing and planning, writing parts, compaction) retry
+with backoff. A run keeps a progress artifact up to date and ends with a summary
+artifact (counts, throughput, errors by reason). With ``dask_address`` the shard
+tasks run on an existing Dask cluster through prefect-dask: each worker process
+loads the model once, and on a machine with several GPUs each worker takes its own.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -22,8 +30,8 @@ from storage.compact import drop_superseded_rows
 from storage.parts import write_part_atomic
 from storage.schema import ERRORS_DIR, SCORES_DIR
 from storage.uris import Location, open_location
-from tasks.discover import DiscoveryCounts, iter_listing
-from tasks.plan import done_keys, plan_shards
+from tasks.discover import DiscoveryCounts, SourceNotFoundError, iter_listing
+from tasks.plan import Plan, done_keys, plan_shards
 from tasks.progress import ProgressReporter
 from tasks.score import ScoreSettings, ShardResult, get_model, score_images
 
@@ -62,6 +70,80 @@ class ScoreSummary:
         )
 
 
+STORAGE_RETRIES = 3
+STORAGE_RETRY_DELAYS = [2, 8, 30]  # seconds; exponential backoff, with jitter below
+
+
+def _retry_storage_errors(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a storage task unless the failure is one that retrying cannot fix."""
+    try:
+        state.result()
+    except (SourceNotFoundError, ValueError, TypeError, KeyError):
+        return False
+    except BaseException:  # noqa: BLE001 - network errors, throttling, 5xx: worth another try
+        return True
+    return True
+
+
+_storage_task = dict(
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=STORAGE_RETRIES,
+    retry_delay_seconds=STORAGE_RETRY_DELAYS,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_storage_errors,
+)
+
+
+@task(name="plan-run", **_storage_task)
+def plan_run(
+    src: Location, dest: Location, model: str, weights_digest: str, shard_size: int, retry_errors: bool
+) -> tuple[Plan, DiscoveryCounts]:
+    """List SOURCE (streamed), anti-join what DEST holds, cut the rest into shards."""
+    counts = DiscoveryCounts()
+    done = done_keys(dest, model, weights_digest, include_errors=not retry_errors)
+    plan = plan_shards(iter_listing(src, counts=counts), done, shard_size)
+    return plan, counts
+
+
+_pinned_device: dict[str, str] = {}
+
+
+def worker_device(device: str) -> str:
+    """The device this process scores on; on a Dask worker with several GPUs, its own GPU.
+
+    ``auto``/``cuda`` on a Dask worker that sees more than one GPU (and no
+    ``CUDA_VISIBLE_DEVICES`` set for it, as dask-cuda does) becomes ``cuda:i``,
+    where i is this worker's rank among the workers on its host. Decided once
+    per process.
+    """
+    if device in _pinned_device:
+        return _pinned_device[device]
+    resolved = resolve_device(device)
+    chosen = str(resolved)
+    if resolved.type == "cuda" and resolved.index is None and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus > 1:
+            try:
+                from distributed import get_client, get_worker
+
+                worker = get_worker()
+                host = worker.address.rsplit(":", 1)[0]
+                peers = sorted(a for a in get_client().scheduler_info(n_workers=-1)["workers"] if a.rsplit(":", 1)[0] == host)
+                rank = peers.index(worker.address) if worker.address in peers else 0
+                chosen = f"cuda:{rank % gpus}"
+            except (ImportError, ValueError):  # not on a Dask worker
+                pass
+    if chosen.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(torch.device(chosen))
+    _pinned_device[device] = chosen
+    return chosen
+
+
 @task(name="score-shard", cache_policy=NO_CACHE, persist_result=False)
 def score_shard(
     shard_index: int,
@@ -74,19 +156,100 @@ def score_shard(
     progress: ProgressReporter | None = None,
 ) -> ShardResult:
     """Score one shard of images with the model (loaded once per process)."""
-    loaded = get_model(model, weights, resolve_device(device))
+    torch_device = resolve_device(worker_device(device))
+    if settings.batch_size is None or settings.workers is None:  # decided where the shard runs (Dask)
+        defaults = defaults_for(torch_device)
+        settings = replace(
+            settings,
+            batch_size=settings.batch_size or defaults.batch_size,
+            workers=defaults.workers if settings.workers is None else settings.workers,
+        )
+    if settings.workers and multiprocessing.current_process().daemon:
+        # Daemonic processes (Dask's default workers) may not start DataLoader workers.
+        get_run_logger().warning(
+            "this process is daemonic (a Dask worker?): decoding in-process; start Dask workers with "
+            "DASK_DISTRIBUTED__WORKER__DAEMON=False to use %d decode workers", settings.workers
+        )
+        settings = replace(settings, workers=0)
+    loaded = get_model(model, weights, torch_device)
     return score_images(shard, source, loaded, settings, on_batch=progress.advance if progress else None)
 
 
-@task(name="write-parts", cache_policy=NO_CACHE, persist_result=False, retries=3, retry_delay_seconds=[1, 4, 16])
-def write_shard(dest: Location, run_id: str, shard_index: int, result: ShardResult) -> dict[str, int]:
-    """Write a shard's scores (and errors, if any) as atomic parts under DEST."""
+@task(name="write-parts", **_storage_task)
+def write_shard(dest: Location, run_id: str, shard_index: int, result: ShardResult) -> dict[str, Any]:
+    """Write a shard's scores (and errors, if any) as atomic parts under DEST.
+
+    Part names depend only on the run and the shard, so a retried write replaces
+    the same objects and never duplicates rows.
+    """
     name = f"part-{run_id}-{shard_index:06d}.parquet"
     if result.scores.num_rows:
         write_part_atomic(dest, SCORES_DIR, name, result.scores)
     if result.errors.num_rows:
         write_part_atomic(dest, ERRORS_DIR, name, result.errors)
-    return {"scored": result.scores.num_rows, "failed": result.errors.num_rows}
+    reasons: dict[str, int] = {}
+    for reason in result.errors.column("error").to_pylist():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {"scored": result.scores.num_rows, "failed": result.errors.num_rows, "errors_by_reason": reasons}
+
+
+@task(name="compact", **_storage_task)
+def compact(dest: Location) -> int:
+    """Drop rows superseded by newer reads of the same images; return how many."""
+    return drop_superseded_rows(dest)
+
+
+class _RunProgress:
+    """A Prefect progress artifact for the run (never fails the run)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self._id = None
+        try:
+            from prefect.artifacts import create_progress_artifact
+
+            self._id = create_progress_artifact(
+                progress=0.0 if total else 100.0, key="score-archive-progress",
+                description=f"images scored or failed, of {total}",
+            )
+        except Exception as error:  # noqa: BLE001
+            get_run_logger().warning("could not create the progress artifact: %s", error)
+
+    def advance(self, images: int) -> None:
+        self.done += images
+        if self._id is None or not self.total:
+            return
+        try:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(self._id, progress=min(100.0, 100.0 * self.done / self.total))
+        except Exception as error:  # noqa: BLE001
+            get_run_logger().warning("could not update the progress artifact: %s", error)
+
+
+def summary_markdown(summary: ScoreSummary) -> str:
+    """The run's summary as Markdown (the flow's final artifact)."""
+    rows = [
+        ("images found", summary.images_found), ("already in DEST (skipped)", summary.skipped),
+        ("scored", summary.scored), ("failed", summary.failed), ("other files ignored", summary.ignored_files),
+        ("shards", summary.shards), ("superseded rows removed", summary.superseded_rows_removed),
+        ("seconds", f"{summary.seconds:.1f}"), ("images/s", f"{summary.images_per_second:.2f}"),
+        ("device", summary.device),
+    ]
+    lines = [
+        f"# memscore run {summary.run_id}", "",
+        f"`{summary.source}` -> `{summary.destination}` with **{summary.model}** (weights `{summary.weights[:19]}`)", "",
+        "| | |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows), "",
+        "## Errors by reason", "",
+    ]
+    if summary.errors_by_reason:
+        lines += ["| reason | images |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(summary.errors_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))]
+        lines += ["", f"Details: `{summary.destination.rstrip('/')}/{ERRORS_DIR}/*.parquet`"]
+    else:
+        lines.append("none")
+    return "\n".join(lines)
 
 
 def new_run_id() -> str:
@@ -109,6 +272,7 @@ def score_archive(
     retry_errors: bool = False,
     storage_options: dict[str, Any] | None = None,
     show_progress: bool = False,
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
     """Score every image under ``source`` with ``model``; write Parquet under ``destination``.
 
@@ -126,19 +290,35 @@ def score_archive(
         retry_errors: also rescore images that failed in an earlier run.
         storage_options: passed to fsspec for both SOURCE and DEST (credentials, endpoint).
         show_progress: draw a progress bar on the terminal.
+        dask_address: run the shard tasks on this Dask scheduler (``tcp://host:8786``)
+            through prefect-dask; the device, batch size and decode workers are then
+            resolved on each Dask worker. Without it, shards run here, one after another.
     """
     logger = get_run_logger()
     started = time.perf_counter()
     spec = get_model_spec(model)
     layers = spec.check_features(spec.default_features if features is None else features)
     ref = resolve_weights(spec, weights)
-    torch_device = resolve_device(device)
-    defaults = defaults_for(torch_device)
     from PIL import Image
 
+    if dask_address:
+        # The workers may have other hardware than this process: resolve there.
+        shard_device = device
+        device_label = f"{device} on dask {dask_address}"
+        guess = "cuda" if device.startswith("cuda") else "cpu"
+        import torch
+
+        defaults = defaults_for(torch.device(guess))
+        settings_batch, settings_workers = batch_size, workers
+    else:
+        torch_device = resolve_device(device)
+        shard_device = device_label = str(torch_device)
+        defaults = defaults_for(torch_device)
+        settings_batch = batch_size or defaults.batch_size
+        settings_workers = defaults.workers if workers is None else workers
     settings = ScoreSettings(
-        batch_size=batch_size or defaults.batch_size,
-        workers=defaults.workers if workers is None else workers,
+        batch_size=settings_batch,
+        workers=settings_workers,
         features=layers,
         max_pixels=max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS,
         run_id=new_run_id(),
@@ -146,34 +326,73 @@ def score_archive(
     src = open_location(source, storage_options)
     dest = open_location(destination, storage_options)
 
-    counts = DiscoveryCounts()
-    done = done_keys(dest, spec.name, ref.digest, include_errors=not retry_errors)
-    plan = plan_shards(iter_listing(src, counts=counts), done, shard_size or defaults.shard_size)
+    plan, counts = plan_run(src, dest, spec.name, ref.digest, shard_size or defaults.shard_size, retry_errors)
     summary = ScoreSummary(
         run_id=settings.run_id, source=src.uri, destination=dest.uri, model=spec.name, weights=ref.digest,
-        device=str(torch_device), files_seen=counts.files, images_found=counts.images,
+        device=device_label, files_seen=counts.files, images_found=counts.images,
         ignored_files=counts.ignored, skipped=plan.already_done, shards=len(plan.shards),
     )
     logger.info(
         "found %d image(s) (%d other file(s) ignored); %d already in DEST; scoring %d in %d shard(s) on %s",
-        counts.images, counts.ignored, plan.already_done, plan.to_score, len(plan.shards), torch_device,
+        counts.images, counts.ignored, plan.already_done, plan.to_score, len(plan.shards), device_label,
     )
+    run_progress = _RunProgress(plan.to_score)
+
+    def account(written: dict[str, Any]) -> None:
+        summary.scored += written["scored"]
+        summary.failed += written["failed"]
+        for reason, n in written["errors_by_reason"].items():
+            summary.errors_by_reason[reason] = summary.errors_by_reason.get(reason, 0) + n
+        run_progress.advance(written["scored"] + written["failed"])
+
     progress = ProgressReporter(total=plan.to_score, enabled=show_progress)
     scoring_started = time.perf_counter()
     try:
-        for index, shard in enumerate(plan.shards):
-            result = score_shard(index, shard, src, spec.name, weights, str(torch_device), settings, progress)
-            written = write_shard(dest, settings.run_id, index, result)
-            summary.scored += written["scored"]
-            summary.failed += written["failed"]
-            for reason in result.errors.column("error").to_pylist():
-                summary.errors_by_reason[reason] = summary.errors_by_reason.get(reason, 0) + 1
+        if dask_address and plan.shards:
+            _score_on_dask(dask_address, plan, src, dest, spec.name, weights, shard_device, settings, account)
+        else:
+            for index, shard in enumerate(plan.shards):
+                result = score_shard(index, shard, src, spec.name, weights, shard_device, settings, progress)
+                account(write_shard(dest, settings.run_id, index, result))
     finally:
         progress.close()
     scoring_seconds = time.perf_counter() - scoring_started
-    summary.superseded_rows_removed = drop_superseded_rows(dest)
+    summary.superseded_rows_removed = compact(dest)
     summary.seconds = time.perf_counter() - started
     processed = summary.scored + summary.failed
     summary.images_per_second = processed / scoring_seconds if processed and scoring_seconds > 0 else 0.0
     logger.info("%s", summary.text())
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(summary_markdown(summary), key="score-archive-summary",
+                                 description=f"memscore run {summary.run_id}: {summary.text()}")
+    except Exception as error:  # noqa: BLE001 - an artifact must never fail a finished run
+        logger.warning("could not create the summary artifact: %s", error)
     return summary.as_dict()
+
+
+def _score_on_dask(
+    address: str, plan: Plan, src: Location, dest: Location, model: str, weights: str | None,
+    device: str, settings: ScoreSettings, account: Any,
+) -> None:
+    """Run every shard's score and write tasks on the Dask cluster at ``address``.
+
+    Each shard's parts are written by the worker that scored it (results do not
+    travel through this process); this process only collects the counts.
+    """
+    from prefect_dask import DaskTaskRunner
+
+    with DaskTaskRunner(address=address) as runner:
+        writes = []
+        for index, shard in enumerate(plan.shards):
+            scored = runner.submit(
+                score_shard,
+                parameters=dict(shard_index=index, shard=shard, source=src, model=model, weights=weights,
+                                device=device, settings=settings, progress=None),
+            )
+            writes.append(runner.submit(
+                write_shard, parameters=dict(dest=dest, run_id=settings.run_id, shard_index=index, result=scored),
+            ))
+        for future in writes:
+            account(future.result())

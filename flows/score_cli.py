@@ -18,7 +18,10 @@ missing, SOURCE unreadable, device unavailable).
 examples:
   memscore score ./photos --out ./photos-scores
   memscore score s3://bucket/archive --out s3://bucket/memscore --device cuda --batch-size 512
-  memscore score ./photos --out ./scores --features resnet152,fc11,alexnet"""
+  memscore score ./photos --out ./scores --features resnet152,fc11,alexnet
+  memscore score s3://bucket/archive --out s3://results/memscore --dask-address tcp://scheduler:8786
+  AWS_ENDPOINT_URL=http://minio:9000 memscore score s3://photos/2024 --out s3://scores/2024
+  memscore score s3://bucket/a --out ./scores --storage-options '{"anon": true}'"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=_positive, default=None, metavar="N", help="refuse larger images as decompression bombs (default: PIL's limit, 89478485)")
     parser.add_argument("--retry-errors", action="store_true", help="also rescore images that failed in an earlier run")
     parser.add_argument("--storage-options", default=None, metavar="JSON", help="fsspec options for SOURCE and DEST, as JSON")
+    parser.add_argument("--dask-address", default=None, metavar="tcp://HOST:PORT", help="run the shards on this existing Dask scheduler (needs memscore[dask]); device and batch defaults are then resolved on each worker")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
@@ -79,7 +83,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UserError(str(error)) from None
     resolve_weights(spec, args.weights)
-    resolve_device(args.device)
+    if args.dask_address:
+        try:
+            import prefect_dask  # noqa: F401
+        except ImportError:
+            raise UserError("--dask-address needs prefect-dask: pip install 'memscore[dask]'") from None
+    else:  # on a Dask cluster the device is resolved on the workers
+        resolve_device(args.device)
 
     from flows.score import score_archive
 
@@ -97,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         retry_errors=args.retry_errors,
         storage_options=storage_options,
         show_progress=not args.no_progress,
+        dask_address=args.dask_address,
     )
     if args.json:
         print(json.dumps(summary, indent=2))

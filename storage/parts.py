@@ -39,13 +39,20 @@ def write_part_atomic(dest: Location, folder: str, name: str, table: pa.Table) -
     else:
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
-        dest.fs.pipe_file(target, buffer.getvalue())  # one PUT: whole object or nothing
+        # One PUT of the finished bytes (s3fs switches to a multipart upload only
+        # past its chunk size, and that too becomes visible only when complete):
+        # readers see the whole object or nothing. A retried PUT overwrites the
+        # same key with the same bytes, so retries never duplicate rows.
+        dest.fs.pipe_file(target, buffer.getvalue())
     return target
 
 
 def list_parts(dest: Location, folder: str) -> list[str]:
     """Finished parts (``*.parquet``) in ``DEST/folder``, sorted."""
     base = dest.join(folder)
+    if not dest.is_local:
+        # Other processes (Dask workers, other runs) write here too: never trust a cached listing.
+        dest.fs.invalidate_cache(base)
     try:
         names = dest.fs.ls(base, detail=False)
     except FileNotFoundError:
