@@ -65,6 +65,23 @@ def parse_features(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def check_source(source: str, storage_options: dict | None) -> None:
+    """Raise SourceUnreadableError unless SOURCE is a folder we can list."""
+    from storage.uris import open_location
+    from tasks.discover import SourceUnreadableError
+
+    try:
+        location = open_location(source, storage_options)
+        is_folder = location.fs.isdir(location.root)
+    except (ImportError, ValueError) as error:
+        raise SourceUnreadableError(f"cannot open source {source}: {error}") from None
+    except OSError as error:
+        raise SourceUnreadableError(f"cannot read source {source}: {error}") from None
+    if not is_folder:
+        exists = location.fs.exists(location.root)
+        raise SourceUnreadableError(f"source {'is not a folder' if exists else 'not found'}: {source}")
+
+
 def run(args: argparse.Namespace) -> int:
     from flows.cli import UserError
 
@@ -83,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UserError(str(error)) from None
     resolve_weights(spec, args.weights)
+    check_source(args.source, storage_options)
     if args.dask_address:
         try:
             import prefect_dask  # noqa: F401

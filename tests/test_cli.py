@@ -1,0 +1,84 @@
+"""The command line fails fast with one line for what the user can fix."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from flows.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("memscore: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_unknown_model(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "score", str(tmp_path), "--out", str(tmp_path / "out"), "--model", "nope")
+    assert code == 1
+    assert "unknown model 'nope'" in one_line_error(err) and "resmem" in err
+
+
+def test_unknown_feature_layer(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "score", str(tmp_path), "--out", str(tmp_path / "o"), "--features", "fc11,conv99")
+    assert code == 1
+    assert "conv99" in one_line_error(err)
+
+
+def test_missing_weights_file(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "score", str(tmp_path), "--out", str(tmp_path / "o"), "--weights", str(tmp_path / "none.pt"))
+    assert code == 1
+    assert "weights file not found" in one_line_error(err)
+
+
+def test_missing_resmem_package(tmp_path, capsys, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "resmem" else real_find_spec(name, *a))
+    code, _, err = run_cli(capsys, "score", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert code == 1
+    assert "pip install" in one_line_error(err) and "resmem" in err
+
+
+@pytest.mark.parametrize("make", ["missing", "file"])
+def test_unreadable_source(tmp_path, capsys, make):
+    source = tmp_path / "src"
+    if make == "file":
+        source.write_text("x")
+    code, _, err = run_cli(capsys, "score", str(source), "--out", str(tmp_path / "o"))
+    assert code == 1
+    line = one_line_error(err)
+    assert ("not found" if make == "missing" else "not a folder") in line
+
+
+def test_unavailable_device(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run_cli(capsys, "score", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cuda")
+    assert code == 1
+    assert "CUDA is not available" in one_line_error(err)
+
+
+def test_help_documents_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--out", "--model", "--device", "--batch-size", "--workers", "--shard-size", "--features", "exit status"):
+        assert option in out
+
+
+def test_models_lists_resmem(capsys):
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0 and "resmem" in out and "fc11 (256)" in out
