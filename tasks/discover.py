@@ -90,7 +90,10 @@ def iter_s3_objects(source: Location, page_size: int = 1000) -> Iterator[dict[st
         request["Prefix"] = prefix
     seen_any = False
     while True:
-        page = fs.call_s3("list_objects_v2", **request)
+        try:
+            page = fs.call_s3("list_objects_v2", **request)
+        except FileNotFoundError:  # NoSuchBucket
+            raise SourceNotFoundError(f"source not found: {source.uri} (no such bucket)") from None
         for item in page.get("Contents", []):
             if item["Key"].endswith("/"):  # a "folder" marker object
                 continue
