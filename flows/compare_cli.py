@@ -1,0 +1,229 @@
+"""memscore compare: several models on the same test images, one table.
+
+Each MODEL is a training output folder (from `memscore train`: its model.pt, model
+card and splits), a registered model name with its published weights (`resmem`),
+or NAME=WEIGHTS. All models score the same test images: those of --split-file,
+else the test split of --split-from RUN, else the test split of the first training
+folder given, else every image in the human data. The table has, per model:
+parameters, test Spearman with a percentile bootstrap interval (resampling
+images), training time (from the model card), scoring images/s (read, decode and
+forward pass on this device) and how many test images the model was trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+EPILOG = """examples:
+  memscore compare runs/memnet runs/m3m resmem --images lamem/images --human lamem/splits/test_1.txt
+  memscore compare runs/a runs/b --out comparison.parquet --bootstrap 2000"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="training OUT folder, model name, or NAME=WEIGHTS")
+    parser.add_argument("--human", default=None, metavar="PATH", help="human data with the test scores (default: the first run's splits.parquet)")
+    parser.add_argument("--images", default=None, metavar="IMAGES", help="folder or URI with the images (default: the first run's)")
+    parser.add_argument("--format", dest="human_format", default="auto", help="human data format (default: auto)")
+    parser.add_argument("--id-column", default=None)
+    parser.add_argument("--score-column", default=None)
+    parser.add_argument("--measure", default=None)
+    parser.add_argument("--split-file", default=None, metavar="PATH", help="list of test images (first token per line)")
+    parser.add_argument("--split-from", default=None, metavar="RUN", help="use the test split of this training folder")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (spawned; default 0)")
+    parser.add_argument("--out", default=None, metavar="FILE", help="also write the table (.parquet, .csv or .json)")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON on stdout")
+
+
+@dataclass
+class Candidate:
+    label: str
+    model: str
+    weights: str | None
+    run: str | None = None
+    card: dict[str, Any] | None = None
+
+
+def _open_run(path: str) -> dict[str, Any] | None:
+    import fsspec
+
+    try:
+        with fsspec.open(path.rstrip("/") + "/model_card.json", "rt") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def parse_candidates(values: list[str]) -> list[Candidate]:
+    from flows.cli import UserError
+    from models.registry import get_model_spec
+
+    result = []
+    for value in values:
+        card = _open_run(value)
+        if card is not None:
+            weights = value.rstrip("/") + "/model.pt"
+            result.append(Candidate(label=f"{card['model']} ({value.rstrip('/').rsplit('/', 1)[-1]})", model=card["model"],
+                                    weights=weights, run=value.rstrip("/"), card=card))
+            continue
+        name, sep, weights = value.partition("=")
+        spec = get_model_spec(name)  # UnknownModelError names the choices
+        if sep and not weights:
+            raise UserError(f"{value!r}: NAME=WEIGHTS needs a weights file")
+        result.append(Candidate(label=spec.name if not sep else f"{spec.name} ({weights})", model=spec.name, weights=weights or None))
+    return result
+
+
+def _read_parquet(path: str):
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(path, "rb") as handle:
+        return pq.read_table(handle)
+
+
+def test_set(args: argparse.Namespace, candidates: list[Candidate]):
+    """(table image/human, description, images location) of the test images."""
+    import pyarrow as pa
+
+    from flows.cli import UserError
+    from tasks.train import TrainConfig, TrainingError, read_human_table, read_image_list
+
+    runs = [c for c in candidates if c.run]
+    images = args.images or (runs[0].card["data"]["images"] if runs else None)
+    if images is None:
+        raise UserError("--images is needed when no training folder is given")
+    if args.human:
+        config = TrainConfig(model="", human=args.human, images=images, out="", human_format=args.human_format,
+                             id_column=args.id_column, score_column=args.score_column, measure=args.measure)
+        try:
+            human = read_human_table(config).select(["image", "human"])
+        except TrainingError as error:
+            raise UserError(str(error)) from None
+    elif runs:
+        human = _read_parquet(runs[0].run + "/splits.parquet").select(["image", "human"])
+    else:
+        raise UserError("--human is needed when no training folder is given")
+    if args.split_file:
+        try:
+            names = set(read_image_list(args.split_file))
+        except TrainingError as error:
+            raise UserError(str(error)) from None
+        mask = [n in names or n.rsplit("/", 1)[-1] in names for n in human.column("image").to_pylist()]
+        return human.filter(pa.array(mask)), f"images listed in {args.split_file}", images
+    source = args.split_from or (runs[0].run if runs else None)
+    if source:
+        splits = _read_parquet(source.rstrip("/") + "/splits.parquet")
+        test = set(n for n, s in zip(splits.column("image").to_pylist(), splits.column("split").to_pylist()) if s == "test")
+        if not test:
+            raise UserError(f"{source} has no test split; give --split-file")
+        mask = [n in test for n in human.column("image").to_pylist()]
+        return human.filter(pa.array(mask)), f"test split of {source}", images
+    return human, "all images in the human data (no test split given)", images
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pyarrow as pa
+
+    from flows.cli import UserError
+    from models.devices import resolve_device
+    from models.registry import load_model
+    from models.resmem_retrain import parameter_counts
+    from storage.uris import open_location
+    from tasks.train import HumanScoreDataset, ImageIndex, bootstrap_spearman, make_loader, predict, spearman
+
+    candidates = parse_candidates(args.models)
+    table, description, images_uri = test_set(args, candidates)
+    device = resolve_device(args.device)
+    location = open_location(images_uri)
+    index = ImageIndex(location)
+    names, items = [], []
+    for name, score in zip(table.column("image").to_pylist(), table.column("human").to_pylist()):
+        path = index.find(name)
+        if path is not None and score is not None:
+            names.append(name)
+            items.append((path, float(score)))
+    if len(items) < 3:
+        raise UserError(f"only {len(items)} test image(s) found under {images_uri} ({description}); need at least 3")
+    print(f"memscore: comparing {len(candidates)} model(s) on {len(items)} test images: {description}", file=sys.stderr)
+    test_names = set(names)
+    rows = []
+    for candidate in candidates:
+        loaded = load_model(candidate.model, candidate.weights, device)
+        total, _ = parameter_counts(loaded.module)
+        loader = make_loader(HumanScoreDataset(location.fs, items, loaded.spec.preprocess), args.batch_size, False, args.workers)
+        started = time.perf_counter()
+        _, pred, target, failed, _ = predict(loaded.module, loader, device, use_amp=False)
+        seconds = time.perf_counter() - started
+        rho = spearman(pred, target)
+        low, high = bootstrap_spearman(pred, target, n=args.bootstrap, seed=args.seed)
+        overlap = None
+        train_seconds = None
+        if candidate.run:
+            train_seconds = candidate.card.get("train_seconds")
+            try:
+                splits = _read_parquet(candidate.run + "/splits.parquet")
+                overlap = sum(1 for n, s in zip(splits.column("image").to_pylist(), splits.column("split").to_pylist())
+                              if s == "train" and n in test_names)
+            except OSError:
+                overlap = None
+        rows.append({
+            "model": candidate.label, "architecture": candidate.model, "weights": loaded.weights.digest,
+            "parameters": total, "test_images": int(len(pred)), "unreadable": failed,
+            "test_spearman": rho, "spearman_ci_low": low, "spearman_ci_high": high,
+            "training_seconds": train_seconds,
+            "weights_source": "memscore train" if candidate.run else ("file" if candidate.weights else "published"), "scoring_images_per_second": len(pred) / seconds if seconds > 0 else None,
+            "test_images_seen_in_training": overlap,
+        })
+        del loaded
+    result = pa.Table.from_pylist(rows)
+    if args.out:
+        _write_table(result, args.out)
+    if args.json:
+        print(json.dumps([_clean(r) for r in rows], indent=2))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def _write_table(table, path: str) -> None:
+    import fsspec
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    with fsspec.open(path, "wb") as handle:
+        if path.endswith(".csv"):
+            pcsv.write_csv(table, handle)
+        elif path.endswith(".json"):
+            handle.write(json.dumps([_clean(r) for r in table.to_pylist()], indent=2).encode())
+        else:
+            pq.write_table(table, handle)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table for the terminal."""
+    header = ["model", "parameters", "test Spearman [95% CI]", "n", "training", "scoring img/s", "seen in training"]
+    lines = [header]
+    for r in rows:
+        ci = f"{r['test_spearman']:.3f} [{r['spearman_ci_low']:.3f}, {r['spearman_ci_high']:.3f}]"
+        training = (f"{r['training_seconds']:.0f} s" if r["training_seconds"] is not None
+                    else "published" if r["weights_source"] == "published" else "n/a")
+        speed = "n/a" if r["scoring_images_per_second"] is None else f"{r['scoring_images_per_second']:.2f}"
+        seen = "n/a" if r["test_images_seen_in_training"] is None else str(r["test_images_seen_in_training"])
+        lines.append([r["model"], f"{r['parameters']:,}", ci, str(r["test_images"]), training, speed, seen])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)

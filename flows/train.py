@@ -1,0 +1,92 @@
+"""The ``train`` flow: train a memorability model on a lab's human data.
+
+A thin Prefect wrapper around :func:`tasks.train.train_model` (the loop is plain
+functions): every epoch's train loss, validation loss and validation Spearman is
+logged and published as Prefect artifacts (a table of all epochs so far, under the
+key ``train-metrics-<model>``, plus a markdown summary at the end). Checkpoints,
+``metrics.parquet``, the exported ``model.pt`` and ``model_card.json`` go to OUT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks.train import EpochMetrics, TrainConfig, train_model
+
+
+def _artifact_key(model: str) -> str:
+    return "train-metrics-" + "".join(c if c.isalnum() else "-" for c in model.lower())
+
+
+@flow(name="train", log_prints=True)
+def train(
+    model: str,
+    human: str,
+    images: str,
+    out: str,
+    human_format: str = "auto",
+    id_column: str | None = None,
+    score_column: str | None = None,
+    measure: str | None = None,
+    split_files: dict[str, str] | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    max_images: int | None = None,
+    loss: str = "mse",
+    rank_weight: float = 1.0,
+    optimizer: str = "adamw",
+    lr: float = 1e-4,
+    weight_decay: float = 1e-4,
+    epochs: int = 20,
+    batch_size: int = 32,
+    patience: int = 5,
+    amp: str = "auto",
+    augment: bool = True,
+    freeze: list[str] | None = None,
+    init: str = "published",
+    resmem_weights: str | None = None,
+    segmenter_weights: str | None = None,
+    device: str = "auto",
+    workers: int = 0,
+    resume: bool = True,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``human`` scores of the images under ``images``; write to ``out``.
+
+    The parameters are those of :class:`tasks.train.TrainConfig` (defaults documented there).
+    """
+    arguments = dict(locals())
+    logger = get_run_logger()
+    config = TrainConfig(**{f.name: arguments[f.name] for f in dataclasses.fields(TrainConfig)})
+    key = _artifact_key(model)
+
+    def publish(row: EpochMetrics, history: list[EpochMetrics]) -> None:
+        create_table_artifact(
+            key=key,
+            table=[dataclasses.asdict(r) for r in history],
+            description=f"{model}: epoch {row.epoch}: train loss {row.train_loss:.5f}, "
+                        f"val loss {row.val_loss:.5f}, val Spearman {row.val_spearman:.4f}",
+        )
+
+    result = train_model(config, on_epoch=publish, log=logger.info)
+    test = result.test or {}
+    create_markdown_artifact(
+        key=key + "-summary",
+        markdown=(
+            f"# {model}: training finished\n\n"
+            f"- epochs run: {result.epochs_run} (early stop: {result.stopped_early}; resumed after epoch: {result.resumed_from_epoch})\n"
+            f"- best epoch: {result.best_epoch}, validation Spearman {result.best_val_spearman}\n"
+            f"- test Spearman: {test.get('spearman')} (95% CI {test.get('spearman_ci95')}) on {test.get('images')} images\n"
+            f"- weights: `{out}/model.pt` ({result.weights_digest})\n"
+            f"- parameters: {result.parameters:,} ({result.trainable_parameters:,} trained)\n"
+        ),
+        description=f"{model} training summary",
+    )
+    summary = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("card", "metrics")}
+    summary["metrics"] = [dataclasses.asdict(r) for r in result.metrics]
+    return summary
