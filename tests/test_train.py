@@ -1,0 +1,279 @@
+"""Training (issue 6): loss falls, resume continues where it stopped, splits, card, CLI, scoring with the result.
+
+The fast tests train a tiny stand-in model registered for the test only (the loop
+is the same for every model); the slow ones train the real memnet-baseline and M3M
+for one short epoch and score with what they wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from models import registry
+from models.preprocess import resmem_transform
+from models.registry import ModelSpec
+from models.resmem_retrain import TRAINABLE, TrainableModel
+from tasks.train import (
+    TrainConfig,
+    TrainingError,
+    bootstrap_spearman,
+    pairwise_rank_loss,
+    rankdata,
+    spearman,
+    train_model,
+)
+
+
+class TinyMem(nn.Module):
+    """A stand-in with the pipeline's interface: mean colour of 16x16 blocks -> linear -> sigmoid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(16)
+        self.fc = nn.Linear(3 * 14 * 14, 1)
+
+    def forward_features(self, x, layers=()):
+        h = torch.flatten(self.pool(x), 1)
+        return torch.sigmoid(self.fc(h)).squeeze(1), {name: h for name in layers}
+
+    def forward(self, x):
+        return self.forward_features(x)[0]
+
+
+def _tiny_initial(options):
+    torch.manual_seed(123)
+    return TinyMem()
+
+
+@pytest.fixture()
+def tiny_model(monkeypatch):
+    spec = ModelSpec(name="tiny-test", description="test stand-in", build=TinyMem,
+                     default_weights=lambda: (_ for _ in ()).throw(RuntimeError("none")),
+                     preprocess=resmem_transform, input_size=227, feature_layers={"pooled": 588},
+                     default_features=("pooled",))
+    registry._load_builtin_models()
+    monkeypatch.setitem(registry._REGISTRY, "tiny-test", spec)
+    monkeypatch.setitem(TRAINABLE, "tiny-test", TrainableModel("tiny-test", _tiny_initial, (), "test"))
+    return "tiny-test"
+
+
+def make_dataset(root: Path, n: int = 24) -> tuple[Path, Path]:
+    """Real photo crops (scikit-image) whose 'human' score is their brightness: learnable."""
+    skdata = pytest.importorskip("skimage.data")
+    photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
+    rng = np.random.default_rng(0)
+    folder = root / "images" / "sub"
+    folder.mkdir(parents=True)
+    lines = ["image,score"]
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        side = min(h, w) // 2
+        y, x = rng.integers(0, h - side), rng.integers(0, w - side)
+        level = (i * 7 % n) / n
+        crop = np.clip(photo[y:y + side, x:x + side].astype(np.float32) * (0.3 + level), 0, 255).astype(np.uint8)
+        Image.fromarray(crop).resize((48, 48)).save(folder / f"img{i:03d}.jpg", quality=90)
+        lines.append(f"img{i:03d}.jpg,{0.35 + 0.5 * level:.4f}")
+    human = root / "human.csv"
+    human.write_text("\n".join(lines) + "\n")
+    return human, root / "images"
+
+
+def config_for(model: str, human: Path, images: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(model=model, human=str(human), images=str(images), out=str(out), init="random",
+                    epochs=4, batch_size=4, lr=3e-3, patience=10, val_fraction=0.25, test_fraction=0.125, seed=1)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_statistics_helpers():
+    assert list(rankdata(np.array([3.0, 1.0, 3.0, 2.0]))) == [3.5, 1.0, 3.5, 2.0]
+    assert spearman(np.array([1, 2, 3, 4.0]), np.array([10, 20, 30, 40.0])) == pytest.approx(1.0)
+    assert spearman(np.array([1, 2, 3, 4.0]), np.array([4, 3, 2, 1.0])) == pytest.approx(-1.0)
+    low, high = bootstrap_spearman(np.arange(50.0), np.arange(50.0) + np.random.default_rng(0).normal(0, 5, 50), n=200)
+    assert 0.7 < low <= high <= 1.0
+    good = pairwise_rank_loss(torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.2, 0.4, 0.6]))
+    bad = pairwise_rank_loss(torch.tensor([0.9, 0.5, 0.1]), torch.tensor([0.2, 0.4, 0.6]))
+    assert good < bad
+
+
+def test_short_training_loss_falls_and_writes_everything(tmp_path, tiny_model):
+    human, images = make_dataset(tmp_path)
+    out = tmp_path / "run"
+    seen = []
+    result = train_model(config_for(tiny_model, human, images, out, epochs=6), on_epoch=lambda row, hist: seen.append(row.epoch),
+                         log=lambda text: None)
+    losses = [row.train_loss for row in result.metrics]
+    assert seen == [1, 2, 3, 4, 5, 6]
+    assert losses[-1] < losses[0] * 0.7, losses
+    assert result.best_epoch is not None and result.test is not None
+    metrics = pq.read_table(out / "metrics.parquet")
+    assert metrics.column_names[:5] == ["epoch", "train_loss", "val_loss", "val_spearman", "val_pearson"]
+    assert metrics.num_rows == 6
+    splits = pq.read_table(out / "splits.parquet").to_pydict()
+    assert sorted(set(splits["split"])) == ["test", "train", "val"]
+    assert {s: splits["split"].count(s) for s in ("train", "val", "test")} == {"train": 15, "val": 6, "test": 3}
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["model"] == "tiny-test" and card["finished"] is True
+    assert card["weights"]["digest"] == result.weights_digest
+    from models.weights import file_digest
+
+    assert file_digest(out / "model.pt") == result.weights_digest  # the digest scoring rows will carry
+    assert card["splits"]["counts"] == {"train": 15, "val": 6, "test": 3}
+    assert card["config"]["lr"] == 3e-3 and "storage_options" not in card["config"]
+    assert card["metrics"]["test"]["images"] == 3
+    assert pq.read_table(out / "test_predictions.parquet").num_rows == 3
+    assert (out / "checkpoints" / "last.pt").is_file()
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_continues_where_it_stopped(tmp_path, tiny_model):
+    human, images = make_dataset(tmp_path)
+    whole = train_model(config_for(tiny_model, human, images, tmp_path / "whole"), log=lambda text: None)
+
+    def kill_after_two(row, history):
+        if row.epoch == 2:
+            raise Killed()
+
+    killed_out = tmp_path / "killed"
+    with pytest.raises(Killed):
+        train_model(config_for(tiny_model, human, images, killed_out), on_epoch=kill_after_two, log=lambda text: None)
+    assert pq.read_table(killed_out / "metrics.parquet").num_rows == 2
+    logs = []
+    resumed = train_model(config_for(tiny_model, human, images, killed_out), log=logs.append)
+    assert resumed.resumed_from_epoch == 2
+    assert any("resuming" in line for line in logs)
+    assert [r.epoch for r in resumed.metrics] == [1, 2, 3, 4]
+    # the resumed run computes exactly what the uninterrupted one did
+    np.testing.assert_allclose([r.train_loss for r in resumed.metrics], [r.train_loss for r in whole.metrics], rtol=1e-6)
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(killed_out / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    # a finished run started again does no more epochs
+    again = train_model(config_for(tiny_model, human, images, killed_out), log=lambda text: None)
+    assert again.resumed_from_epoch == 4 and len(again.metrics) == 4
+
+
+def test_resume_refuses_other_model_or_data(tmp_path, tiny_model):
+    human, images = make_dataset(tmp_path)
+    out = tmp_path / "run"
+    train_model(config_for(tiny_model, human, images, out, epochs=1), log=lambda text: None)
+    with pytest.raises(TrainingError, match="other data or splits"):
+        train_model(config_for(tiny_model, human, images, out, epochs=2, seed=7), log=lambda text: None)
+    fresh = train_model(config_for(tiny_model, human, images, out, epochs=1, seed=7, resume=False), log=lambda text: None)
+    assert fresh.resumed_from_epoch is None
+
+
+def test_early_stopping_on_validation_spearman(tmp_path, tiny_model):
+    human, images = make_dataset(tmp_path)
+    result = train_model(config_for(tiny_model, human, images, tmp_path / "run", epochs=30, patience=1, lr=0.0),
+                         log=lambda text: None)
+    assert result.stopped_early and len(result.metrics) == 2  # lr 0: epoch 2 cannot beat epoch 1
+    assert result.best_epoch == 1
+
+
+def test_split_files_lamem_style_and_rank_loss(tmp_path, tiny_model):
+    human, images = make_dataset(tmp_path, n=16)
+    rows = [line.split(",") for line in human.read_text().splitlines()[1:]]
+    for split, part in (("train", rows[:8]), ("val", rows[8:12]), ("test", rows[12:])):
+        (tmp_path / f"{split}_1.txt").write_text("".join(f"{name} {score}\n" for name, score in part))
+    config = config_for(tiny_model, human, images, tmp_path / "run", epochs=2, loss="rank",
+                        split_files={s: str(tmp_path / f"{s}_1.txt") for s in ("train", "val", "test")})
+    result = train_model(config, log=lambda text: None)
+    splits = pq.read_table(tmp_path / "run" / "splits.parquet").to_pydict()
+    assert [s for n, s in sorted(zip(splits["image"], splits["split"]))] == ["train"] * 8 + ["val"] * 4 + ["test"] * 4
+    assert result.card["splits"]["source"].startswith("split files")
+    assert all(np.isfinite(r.train_loss) for r in result.metrics)
+
+
+def test_missing_images_and_bad_config_are_clear(tmp_path, tiny_model):
+    human, images = make_dataset(tmp_path, n=8)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(TrainingError, match="none of the 8 images"):
+        train_model(config_for(tiny_model, human, empty, tmp_path / "run"), log=lambda text: None)
+    with pytest.raises(TrainingError, match="unknown loss"):
+        train_model(config_for(tiny_model, human, images, tmp_path / "run", loss="huber"), log=lambda text: None)
+    with pytest.raises(TrainingError, match="nothing to train"):
+        train_model(config_for(tiny_model, human, images, tmp_path / "run", freeze=["fc"]), log=lambda text: None)
+    with pytest.raises(TrainingError, match="no part 'wings'"):
+        train_model(config_for(tiny_model, human, images, tmp_path / "run", freeze=["wings"]), log=lambda text: None)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["train", "--model", "nope", "--human", "x.csv", "--images", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["train", "--model", "m3m", "--human", "x.csv", "--images", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--split-file", "holdout=x.txt"]) == 1
+    assert "--split-file wants SPLIT=PATH" in capsys.readouterr().err
+    assert main(["compare", "m3m", "--images", str(tmp_path), "--human", str(tmp_path / "missing.csv")]) == 1
+    assert "memscore: error:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_memnet_cli_then_score_and_compare_with_the_checkpoint(tmp_path, capsys):
+    """memscore train (Prefect flow) -> memscore score --weights model.pt -> the usual Parquet -> memscore compare."""
+    from flows.cli import main
+
+    human, images = make_dataset(tmp_path, n=12)
+    out = tmp_path / "run"
+    code = main(["train", "--model", "memnet-baseline", "--human", str(human), "--images", str(images), "--out", str(out),
+                 "--init", "random", "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25",
+                 "--test-fraction", "0.25", "--freeze", "alexnet", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs_run"] == 1 and summary["weights_digest"].startswith("sha256:")
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["frozen"] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+
+    dest = tmp_path / "scores"
+    assert main(["score", str(images), "--out", str(dest), "--model", "memnet-baseline", "--weights", str(out / "model.pt"),
+                 "--workers", "0", "--no-progress", "--features", "fc7"]) == 0
+    table = pq.read_table(sorted((dest / "scores").glob("*.parquet")))
+    assert table.num_rows == 12
+    assert set(table.column("model").to_pylist()) == {"memnet-baseline"}
+    assert set(table.column("weights").to_pylist()) == {summary["weights_digest"]}
+    assert table.schema.field("feat_fc7").type.list_size == 4096
+    scores = np.array(table.column("score").to_pylist())
+    assert np.all((scores > 0) & (scores < 1))
+
+    capsys.readouterr()
+    assert main(["compare", str(out), "--json", "--bootstrap", "50"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["architecture"] == "memnet-baseline" and rows[0]["test_images"] == 3
+    assert rows[0]["parameters"] == 56_258_881 and rows[0]["test_images_seen_in_training"] == 0
+
+
+@pytest.mark.slow
+def test_train_m3m_briefly_and_score_with_its_checkpoint(tmp_path):
+    """M3M (random init, no downloads): one short epoch, then the registry loads model.pt for scoring."""
+    from models.registry import load_model
+
+    human, images = make_dataset(tmp_path, n=6)
+    out = tmp_path / "run"
+    result = train_model(config_for("m3m", human, images, out, epochs=1, batch_size=2, val_fraction=0.34, test_fraction=0.0,
+                                    lr=1e-4), log=lambda text: None)
+    assert result.parameters == 139_176_907
+    assert result.trainable_parameters < result.parameters  # segmenter and ResNet-152 frozen
+    loaded = load_model("m3m", str(out / "model.pt"))
+    assert loaded.weights.digest == result.weights_digest
+    image = Image.open(next((images / "sub").glob("*.jpg")))
+    x = resmem_transform(image).unsqueeze(0).float() / 255
+    with torch.inference_mode():
+        score, feats = loaded.module.forward_features(x, ["segmentation", "fc11"])
+    assert score.shape == (1,) and 0 < float(score) < 1
+    assert feats["segmentation"].shape == (1, 1024) and feats["fc11"].shape == (1, 256)
