@@ -1,0 +1,124 @@
+"""memscore analyze: compare model scores with human memorability data.
+
+Spearman (average ranks for ties) and Pearson correlations with percentile
+bootstrap intervals over images and p-values, Kendall's tau-b up to 10,000
+images, and with trial-level human data the human split-half consistency
+(Spearman-Brown corrected), the ceiling any model can reach. All statistics run
+in DuckDB over the files where they lie.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EPILOG = """human data formats (--human-format; auto picks one from the file):
+  lamem   'image_name score' per line (LaMem splits)
+  table   CSV/TSV/Parquet with an image column and a score column (MemCat, ResMem CSV)
+  counts  per-image hit/miss/fa/cr counts (e.g. target_hit, target_miss, target_fa, target_cr)
+  trials  one row per presentation: participant_id, image_id, trial_type, [presentation], response
+  bids    folder with participants.tsv and sub-*/beh/*_beh.tsv (stim_file, trial_type, response)
+
+measures from counts or trials (--human-measure): hit_rate (default), false_alarm_rate,
+corrected_recognition (hit rate - false-alarm rate), miss_rate.
+
+participants of trial data are excluded when their false-alarm rate on first showings
+of fillers/vigilance images exceeds --max-filler-fa (default 0.5) or their miss rate on
+vigilance repeats exceeds --max-vigilance-miss (default 0.5); they are listed in the output.
+
+examples:
+  memscore analyze --scores ./photos-scores --human lamem/splits/test_1.txt
+  memscore analyze --scores resmem.csv --human set1_memorability.csv --human-measure corrected_recognition --json
+  memscore analyze --scores ./out --human trials.csv --human-format trials --splits 50 --out ./report"""
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _rate_or_none(text: str) -> float | None:
+    if text.lower() in ("none", "off", "no"):
+        return None
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1, or 'none'")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scores", required=True, metavar="PATH",
+                        help="memscore output folder, or a Parquet/CSV file with an id and a score column")
+    parser.add_argument("--human", required=True, metavar="PATH", help="human memorability data (file or BIDS folder)")
+    parser.add_argument("--id-column", default=None, metavar="COL",
+                        help="image id column, both sides unless --human-id-column (default: first of path, "
+                             "image_id, image_name, image, filename)")
+    parser.add_argument("--human-id-column", default=None, metavar="COL", help="image id column of the human data")
+    parser.add_argument("--score-column", default=None, metavar="COL", help="model score column (default: score, resmem, ...)")
+    parser.add_argument("--human-column", default=None, metavar="COL", help="a ready human score column")
+    parser.add_argument("--human-measure", default=None, metavar="MEASURE",
+                        help="measure derived from counts or trials: hit_rate (default), false_alarm_rate, "
+                             "corrected_recognition, miss_rate")
+    parser.add_argument("--human-format", default="auto", choices=["auto", "lamem", "table", "counts", "trials", "bids"])
+    parser.add_argument("--match", default="auto", choices=["auto", "path", "name", "stem"],
+                        help="match images by relative path, file name or file name without extension "
+                             "(default auto: the most specific that matches the most images)")
+    parser.add_argument("--bootstrap", type=_non_negative, default=1000, metavar="N",
+                        help="bootstrap resamples over images for the intervals (default 1000; 0: none)")
+    parser.add_argument("--splits", type=_non_negative, default=25, metavar="N",
+                        help="random split halves of participants for split-half consistency (default 25)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of resamples and splits (default 0)")
+    parser.add_argument("--confidence", type=float, default=0.95, metavar="P", help="interval coverage (default 0.95)")
+    parser.add_argument("--group-column", "--group-by", dest="group_column", default=None, metavar="COL",
+                        help="also report the statistics per value of this column (human data or scores), "
+                             "e.g. MemCat's category")
+    parser.add_argument("--model", default=None, metavar="NAME", help="use only this model's scores of a memscore folder")
+    parser.add_argument("--max-filler-fa", type=_rate_or_none, default=0.5, metavar="RATE",
+                        help="exclude participants whose filler false-alarm rate is above RATE (default 0.5; none: off)")
+    parser.add_argument("--max-vigilance-miss", type=_rate_or_none, default=0.5, metavar="RATE",
+                        help="exclude participants whose vigilance miss rate is above RATE (default 0.5; none: off)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write joined.parquet (per image), stats.json and report.md to DIR")
+    parser.add_argument("--prefect", action="store_true", help="run as the Prefect flow 'analyze' (adds a Markdown artifact)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.analyze import AnalysisOptions, run_analysis, summary_lines
+    from flows.cli import UserError
+    from storage.human import HumanDataError
+
+    options = AnalysisOptions(
+        id_column=args.id_column, human_id_column=args.human_id_column, score_column=args.score_column,
+        human_column=args.human_column, human_measure=args.human_measure, human_format=args.human_format,
+        match=args.match, bootstrap=args.bootstrap, splits=args.splits, seed=args.seed, confidence=args.confidence,
+        group_column=args.group_column, model=args.model, max_filler_fa=args.max_filler_fa,
+        max_vigilance_miss=args.max_vigilance_miss,
+    )
+    try:
+        if args.prefect:
+            from flows.analyze import analyze
+
+            result = analyze(args.scores, args.human, id_column=options.id_column,
+                             human_id_column=options.human_id_column, score_column=options.score_column,
+                             human_column=options.human_column, human_measure=options.human_measure,
+                             human_format=options.human_format, match=options.match, bootstrap=options.bootstrap,
+                             splits=options.splits, seed=options.seed, group_column=options.group_column,
+                             model=options.model, max_filler_fa=options.max_filler_fa,
+                             max_vigilance_miss=options.max_vigilance_miss, out=args.out)
+        else:
+            result = run_analysis(args.scores, args.human, options, args.out)
+    except HumanDataError as error:
+        raise UserError(str(error)) from error
+    if args.json:
+        print(json.dumps(result, default=str))
+        for warning in result.get("warnings") or []:
+            print(f"memscore: warning: {warning}", file=sys.stderr)
+    else:
+        print("\n".join(summary_lines(result)))
+        if args.out:
+            print(f"wrote {', '.join(result['outputs'].values())}")
+    return 0

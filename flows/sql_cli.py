@@ -1,0 +1,141 @@
+"""memscore sql: run DuckDB SQL over a memscore output folder (views scores and errors).
+
+With a query, prints its result as a table; without one, opens a prompt (end a
+statement with ';', quit with .quit or Ctrl-D). The views: scores (DEST/scores/*.parquet)
+and errors (DEST/errors/*.parquet; empty when no image failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """examples:
+  memscore sql ./photos-scores "SELECT path, score FROM scores ORDER BY score DESC LIMIT 10"
+  memscore sql ./photos-scores "SELECT stage, error, count(*) FROM errors GROUP BY ALL"
+  memscore sql ./photos-scores --csv "SELECT path, score FROM scores" > scores.csv
+  memscore sql ./photos-scores          # interactive prompt"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("destination", metavar="DEST", help="memscore output folder (with scores/ and errors/)")
+    parser.add_argument("query", nargs="?", default=None, metavar="SQL", help="query to run (default: a prompt)")
+    parser.add_argument("--max-rows", type=int, default=40, metavar="N", help="rows to show in the table (default 40)")
+    parser.add_argument("--csv", action="store_true", help="print the whole result as CSV instead of a table")
+
+
+def connect(destination: str):
+    """A DuckDB connection with views ``scores`` and ``errors`` over DEST."""
+    from pathlib import Path
+
+    import duckdb
+
+    from flows.cli import UserError
+    from storage.human import lit
+    from storage.schema import ERRORS_SCHEMA
+
+    dest = Path(destination)
+    if not dest.is_dir():
+        raise UserError(f"{destination} is not a folder (expected a memscore output folder)")
+    con = duckdb.connect()
+    scores = sorted(str(f) for f in (dest / "scores").glob("*.parquet")) if (dest / "scores").is_dir() else []
+    errors = sorted(str(f) for f in (dest / "errors").glob("*.parquet")) if (dest / "errors").is_dir() else []
+    if not scores and not errors:
+        raise UserError(f"{destination} has no scores/*.parquet or errors/*.parquet (is it a memscore output folder?)")
+    if scores:
+        con.sql(f"CREATE VIEW scores AS SELECT * FROM read_parquet([{', '.join(map(lit, scores))}], union_by_name = true)")
+    else:
+        con.sql("CREATE VIEW scores AS SELECT NULL::VARCHAR AS image_id, NULL::VARCHAR AS path, NULL::VARCHAR AS uri, "
+                "NULL::FLOAT AS score WHERE false")
+    if errors:
+        con.sql(f"CREATE VIEW errors AS SELECT * FROM read_parquet([{', '.join(map(lit, errors))}], union_by_name = true)")
+    else:
+        empty = ERRORS_SCHEMA.empty_table()
+        con.register("_errors_empty", empty)
+        con.sql("CREATE VIEW errors AS SELECT * FROM _errors_empty")
+    return con
+
+
+def format_table(columns: list[str], rows: list[tuple], total: int | None = None) -> str:
+    def cell(v) -> str:
+        if v is None:
+            return "NULL"
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        if isinstance(v, (list, tuple)):
+            text = "[" + ", ".join(cell(x) for x in v[:4]) + (", ..." if len(v) > 4 else "") + "]"
+            return f"{text} ({len(v)})" if len(v) > 4 else text
+        text = str(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    body = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in body]) for i, c in enumerate(columns)]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), line]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in body]
+    if total is not None and total > len(rows):
+        out.append(f"({len(rows)} of {total} rows shown; --max-rows N for more)")
+    else:
+        out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)
+
+
+def run_query(con, query: str, max_rows: int = 40, csv: bool = False) -> str:
+    import duckdb
+
+    from flows.cli import UserError
+
+    try:
+        rel = con.sql(query)
+    except duckdb.Error as error:
+        raise UserError(str(error).splitlines()[0]) from error
+    if rel is None:  # a statement without a result (CREATE, SET, ...)
+        return "ok"
+    if csv:
+        import io
+
+        import pyarrow.csv as pacsv
+
+        table = rel.to_arrow_table()
+        buffer = io.BytesIO()
+        pacsv.write_csv(table, buffer)
+        return buffer.getvalue().decode().rstrip("\n")
+    try:
+        rows = rel.limit(max_rows + 1).fetchall()
+        total = len(rows)
+        if total > max_rows:
+            total = rel.aggregate("count(*)").fetchall()[0][0]
+    except duckdb.Error as error:
+        raise UserError(str(error).splitlines()[0]) from error
+    return format_table(list(rel.columns), rows[:max_rows], total)
+
+
+def interactive(con, max_rows: int) -> int:
+    from flows.cli import UserError
+
+    print("memscore sql: views scores, errors; end statements with ';', .quit to leave", file=sys.stderr)
+    buffer: list[str] = []
+    while True:
+        try:
+            line = input("memscore> " if not buffer else "     ...> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if not buffer and line.strip() in (".quit", ".exit", "quit", "exit"):
+            return 0
+        buffer.append(line)
+        if line.rstrip().endswith(";"):
+            query = "\n".join(buffer).strip().rstrip(";")
+            buffer = []
+            try:
+                print(run_query(con, query, max_rows))
+            except UserError as error:
+                print(f"error: {error}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    con = connect(args.destination)
+    if args.query is None:
+        return interactive(con, args.max_rows)
+    print(run_query(con, args.query, args.max_rows, args.csv))
+    return 0

@@ -1,0 +1,550 @@
+"""Readers for human memorability data, participant exclusion, image matching.
+
+Formats (``format=``; ``auto`` picks one from the file):
+
+- ``lamem``: LaMem split files, one ``image_name score`` pair per line (space
+  separated; further columns are ignored).
+- ``table``: any CSV/TSV/Parquet with an image column and a score column (MemCat's
+  CSV, the official ResMem CSV, ...).
+- ``counts``: per-image hit / miss / false-alarm / correct-rejection counts as
+  published by continuous-recognition studies (``target_hit``, ``target_miss``,
+  ``target_fa``, ``target_cr``; plain ``hit``/``miss``/``fa``/``cr`` also work).
+  Measures: hit_rate = hit/(hit+miss), false_alarm_rate = fa/(fa+cr),
+  corrected_recognition = hit_rate - false_alarm_rate.
+- ``trials``: one row per presentation: participant_id, image_id, trial_type
+  (target, filler, vigilance), presentation (1 first showing, 2 repeat; derived
+  from the order within a participant when absent) and response (1/0,
+  true/false, yes/no). A target image's repeat counts as hit or miss, its first
+  showing as false alarm or correct rejection.
+- ``bids``: a folder with participants.tsv and sub-*/beh/*_beh.tsv files with
+  stim_file, trial_type, response (and optionally presentation, onset).
+
+Participants of trial data are excluded by two rules (defaults in
+:class:`Exclusion`): a false-alarm rate on first showings of fillers and
+vigilance images above ``max_filler_fa`` (0.5), or a miss rate on vigilance
+repeats above ``max_vigilance_miss`` (0.5). Excluded participants are listed in
+the load report, never dropped silently.
+
+Everything is read and aggregated by DuckDB; nothing here imports Prefect.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from storage.stats import MEASURES, canonical_measure, measure_sql
+
+FORMATS = ("auto", "lamem", "table", "counts", "trials", "bids")
+ID_CANDIDATES = ("path", "image_id", "image_name", "image", "filename", "image_file", "file_name", "file", "stim_file",
+                 "stimulus", "name")
+HUMAN_SCORE_CANDIDATES = ("human", "memorability", "mem_score", "memscore", "score", "hr", "hit_rate",
+                          "corrected_recognition", "cr", "crr")
+PARTICIPANT_CANDIDATES = ("participant_id", "participant", "subject_id", "subject", "worker_id", "worker", "sub")
+RESPONSE_TRUE = ("1", "1.0", "true", "t", "yes", "y", "old", "seen", "hit")
+RESPONSE_FALSE = ("0", "0.0", "false", "f", "no", "n", "new", "unseen")
+ORDER_CANDIDATES = ("trial", "trial_index", "trial_number", "trial_num", "order", "position", "onset", "time")
+DEFAULT_MEASURE = "hit_rate"
+
+
+class HumanDataError(ValueError):
+    """Human data that cannot be used as given; the message is one line."""
+
+
+@dataclass
+class Exclusion:
+    """Participant exclusion rules for trial-level data (None disables a rule)."""
+
+    max_filler_fa: float | None = 0.5
+    max_vigilance_miss: float | None = 0.5
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_filler_fa": self.max_filler_fa, "max_vigilance_miss": self.max_vigilance_miss}
+
+
+@dataclass
+class HumanLoad:
+    """What was read: the format, the measure and what happened on the way."""
+
+    path: str
+    format: str
+    id_column: str
+    score_column: str | None = None
+    measure: str | None = None
+    rows: int = 0
+    images: int = 0
+    warnings: list[str] = field(default_factory=list)
+    participants: dict[str, Any] | None = None
+    published_check: dict[str, float] | None = None
+    extra_columns: list[str] = field(default_factory=list)
+    has_trials: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "has_trials"}
+
+
+def q(name: str) -> str:
+    """Quote an identifier for DuckDB."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lit(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+# ---------------------------------------------------------------------------
+# reading raw files
+
+
+def _is_parquet(path: str) -> bool:
+    return path.lower().endswith((".parquet", ".pq", ".parq"))
+
+
+def raw_relation_sql(path: str) -> str:
+    """SQL reading a CSV/TSV/Parquet file (or a folder of Parquet files); CSV as text."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(str(f) for f in p.rglob("*.parquet"))
+        if not files:
+            raise HumanDataError(f"{path} is a folder without Parquet files (for BIDS use --human-format bids)")
+        return f"read_parquet([{', '.join(lit(f) for f in files)}], union_by_name = true)"
+    if not p.exists():
+        raise HumanDataError(f"human data not found: {path}")
+    if _is_parquet(path):
+        return f"read_parquet({lit(path)})"
+    delim = "'\\t'" if path.lower().endswith((".tsv", ".tab")) else None
+    opts = "header = true, all_varchar = true, nullstr = ['n/a', 'NA', '']"
+    if delim:
+        opts += f", delim = {delim}"
+    return f"read_csv({lit(path)}, {opts})"
+
+
+def _columns(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[str]:
+    try:
+        return list(con.sql(f"SELECT * FROM {relation_sql} LIMIT 0").columns)
+    except duckdb.Error as error:
+        raise HumanDataError(f"cannot read human data: {str(error).splitlines()[0]}") from error
+
+
+def _find(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: str) -> str:
+    lower = {c.lower(): c for c in columns}
+    if wanted is not None:
+        if wanted in columns:
+            return wanted
+        if wanted.lower() in lower:
+            return lower[wanted.lower()]
+        raise HumanDataError(f"{path} has no column {wanted!r} ({what}); columns: {', '.join(columns)}")
+    for c in candidates:
+        if c in lower:
+            return lower[c]
+    raise HumanDataError(f"{path}: no {what} column found (tried {', '.join(candidates)}); "
+                         f"name it with an option; columns: {', '.join(columns)}")
+
+
+def _looks_like_lamem(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = [line.strip() for _, line in zip(range(5), handle) if line.strip()]
+    except OSError:
+        return False
+    if not lines or any("," in line or "\t" in line for line in lines):
+        return False
+    for line in lines[1:] or lines:
+        parts = line.split()
+        if len(parts) < 2:
+            return False
+        try:
+            float(parts[1])
+        except ValueError:
+            return False
+    return True
+
+
+COUNT_SUFFIXES = {
+    "hit": ("hit", "hits", "n_hit", "n_hits"),
+    "miss": ("miss", "misses", "n_miss", "n_misses"),
+    "fa": ("fa", "false_alarm", "false_alarms", "n_fa"),
+    "cr": ("cr", "correct_rejection", "correct_rejections", "n_cr"),
+}
+
+
+def find_count_columns(columns: list[str]) -> tuple[str, dict[str, str]] | None:
+    """(prefix, {hit, miss, fa, cr -> column}) for per-image count columns; target_* first."""
+    lower = {c.lower(): c for c in columns}
+    for prefix in ("target_", "", "image_", "targ_"):
+        found = {}
+        for key, suffixes in COUNT_SUFFIXES.items():
+            for s in suffixes:
+                if prefix + s in lower:
+                    found[key] = lower[prefix + s]
+                    break
+        if len(found) == 4:
+            return prefix, found
+    return None
+
+
+def detect_format(con: duckdb.DuckDBPyConnection, path: str) -> str:
+    p = Path(path)
+    if p.is_dir():
+        if (p / "participants.tsv").exists() or any(p.glob("sub-*/beh/*_beh.tsv")):
+            return "bids"
+        return "table"
+    if not p.exists():
+        raise HumanDataError(f"human data not found: {path}")
+    if not _is_parquet(path) and not path.lower().endswith((".csv", ".tsv")) and _looks_like_lamem(path):
+        return "lamem"
+    columns = [c.lower() for c in _columns(con, raw_relation_sql(path))]
+    if any(c in columns for c in PARTICIPANT_CANDIDATES) and "response" in columns:
+        return "trials"
+    if find_count_columns(columns) is not None:
+        return "counts"
+    if len(columns) == 1 and _looks_like_lamem(path):
+        return "lamem"
+    return "table"
+
+
+# ---------------------------------------------------------------------------
+# loading into a connection
+
+
+def _check_duplicates(con: duckdb.DuckDBPyConnection, table: str, path: str, hint: str) -> None:
+    dup = con.sql(
+        f"SELECT count(*), sum(c), list(image ORDER BY image)[1:3] FROM "
+        f"(SELECT image, count(*) AS c FROM {table} GROUP BY image HAVING count(*) > 1)"
+    ).fetchall()[0]
+    if dup[0]:
+        raise HumanDataError(
+            f"{path}: {dup[0]} image id(s) appear more than once ({dup[1]} rows; e.g. {', '.join(dup[2])}); {hint}"
+        )
+
+
+def _finish_scores(con: duckdb.DuckDBPyConnection, info: HumanLoad, staged: str, range_check: bool) -> None:
+    """Drop rows without a usable score (warning with counts), check duplicates, create ``human``."""
+    bad = con.sql(f"SELECT count(*) FILTER (WHERE image IS NULL), count(*) FILTER (WHERE image IS NOT NULL AND "
+                  f"(human IS NULL OR NOT isfinite(human))), count(*) FROM {staged}").fetchall()[0]
+    info.rows = int(bad[2])
+    if bad[0]:
+        info.warnings.append(f"human data: dropped {bad[0]} row(s) without an image id")
+    if bad[1]:
+        info.warnings.append(f"human data: dropped {bad[1]} row(s) with a missing, non-numeric or NaN human score")
+    con.sql(f"CREATE OR REPLACE TEMP TABLE human AS SELECT * FROM {staged} "
+            f"WHERE image IS NOT NULL AND human IS NOT NULL AND isfinite(human)")
+    if info.rows and not con.sql("SELECT count(*) FROM human").fetchall()[0][0]:
+        raise HumanDataError(f"{info.path}: no row has a usable human score")
+    _check_duplicates(con, "human", info.path, "give one row per image (for trial data use --human-format trials)")
+    if range_check:
+        out = con.sql("SELECT count(*) FROM human WHERE human < 0 OR human > 1").fetchall()[0][0]
+        if out:
+            info.warnings.append(f"human data: {out} score(s) outside [0, 1] (kept)")
+    info.images = int(con.sql("SELECT count(*) FROM human").fetchall()[0][0])
+
+
+def _load_lamem(con, info: HumanLoad) -> None:
+    path = info.path
+    if not Path(path).is_file():
+        raise HumanDataError(f"human data not found: {path}")
+    con.sql(
+        f"CREATE OR REPLACE TEMP TABLE human_raw AS SELECT row_number() OVER () AS line, * FROM "
+        f"read_csv({lit(path)}, delim = ' ', header = false, all_varchar = true, null_padding = true, "
+        f"ignore_errors = false, auto_detect = true)"
+    )
+    cols = list(con.sql("SELECT * FROM human_raw LIMIT 0").columns)
+    if len(cols) < 3:
+        raise HumanDataError(f"{path}: expected 'image_name score' on each line")
+    image, score = cols[1], cols[2]
+    # a first line whose score is not a number is a header
+    first = con.sql(f"SELECT TRY_CAST({q(score)} AS DOUBLE) FROM human_raw WHERE line = 1").fetchall()
+    skip = 1 if first and first[0][0] is None else 0
+    info.id_column, info.score_column = "column0", "column1"
+    con.sql(f"CREATE OR REPLACE TEMP VIEW human_staged AS SELECT {q(image)} AS image, "
+            f"TRY_CAST({q(score)} AS DOUBLE) AS human FROM human_raw WHERE line > {skip}")
+    info.measure = "score"
+    _finish_scores(con, info, "human_staged", range_check=True)
+
+
+def _load_table(con, info: HumanLoad, id_column, score_column) -> None:
+    rel = raw_relation_sql(info.path)
+    columns = _columns(con, rel)
+    info.id_column = _find(columns, id_column, ID_CANDIDATES, "image id", info.path)
+    candidates = tuple(c for c in columns if c != info.id_column)
+    if score_column is None:
+        lower = {c.lower(): c for c in candidates}
+        score_column = next((lower[c] for c in HUMAN_SCORE_CANDIDATES if c in lower), None)
+        if score_column is None:
+            numeric = [c for c in candidates if con.sql(
+                f"SELECT count(*) = count(TRY_CAST({q(c)} AS DOUBLE)) AND count(*) > 0 FROM {rel}").fetchall()[0][0]]
+            if len(numeric) != 1:
+                raise HumanDataError(f"{info.path}: cannot tell which column is the human score "
+                                     f"(numeric columns: {', '.join(numeric) or 'none'}); use --human-column")
+            score_column = numeric[0]
+    info.score_column = _find(columns, score_column, (), "human score", info.path)
+    info.measure = info.score_column
+    extras = [c for c in columns if c not in (info.id_column, info.score_column) and c.lower() not in ("image", "human")]
+    info.extra_columns = extras
+    extra_sql = "".join(f", {q(c)}" for c in extras)
+    con.sql(f"CREATE OR REPLACE TEMP VIEW human_staged AS SELECT {q(info.id_column)}::VARCHAR AS image, "
+            f"TRY_CAST({q(info.score_column)} AS DOUBLE) AS human{extra_sql} FROM {rel}")
+    _finish_scores(con, info, "human_staged", range_check=True)
+
+
+def _load_counts(con, info: HumanLoad, id_column, measure) -> None:
+    rel = raw_relation_sql(info.path)
+    columns = _columns(con, rel)
+    info.id_column = _find(columns, id_column, ID_CANDIDATES, "image id", info.path)
+    found = find_count_columns(columns)
+    if found is None:
+        raise HumanDataError(f"{info.path}: no hit/miss/fa/cr count columns (e.g. target_hit, target_miss, "
+                             f"target_fa, target_cr); columns: {', '.join(columns)}")
+    prefix, cols = found
+    info.measure = canonical_measure(measure or DEFAULT_MEASURE)
+    counts = {k: f"TRY_CAST({q(v)} AS DOUBLE)" for k, v in cols.items()}
+    extras = [c for c in columns if c not in (info.id_column, *cols.values()) and c.lower() not in ("image", "human")]
+    info.extra_columns = extras
+    extra_sql = "".join(f", {q(c)}" for c in extras)
+    con.sql(f"CREATE OR REPLACE TEMP TABLE human_counts AS SELECT {q(info.id_column)}::VARCHAR AS image, "
+            f"{counts['hit']} AS hit, {counts['miss']} AS miss, {counts['fa']} AS fa, {counts['cr']} AS cr{extra_sql} "
+            f"FROM {rel}")
+    neg = con.sql("SELECT count(*) FROM human_counts WHERE hit < 0 OR miss < 0 OR fa < 0 OR cr < 0").fetchall()[0][0]
+    if neg:
+        raise HumanDataError(f"{info.path}: {neg} row(s) with negative counts")
+    info.score_column = ",".join(cols.values())
+    con.sql(f"CREATE OR REPLACE TEMP VIEW human_staged AS SELECT image, {measure_sql(info.measure)} AS human, "
+            f"hit, miss, fa, cr{extra_sql} FROM human_counts")
+    _finish_scores(con, info, "human_staged", range_check=False)
+    # does the table's own rate column agree with the counts?
+    lower = {c.lower(): c for c in columns}
+    checks = {}
+    for name, suffixes in {"hit_rate": ("hr", "hit_rate"), "false_alarm_rate": ("far", "fa_rate", "false_alarm_rate"),
+                           "corrected_recognition": ("crr", "cr_rate", "corrected_recognition")}.items():
+        col = next((lower[prefix + s] for s in suffixes if prefix + s in lower), None)
+        if col is None:
+            continue
+        row = con.sql(f"SELECT max(abs({measure_sql(name)} - TRY_CAST(r.{q(col)} AS DOUBLE))), count(*) "
+                      f"FROM human_counts c JOIN {rel} r ON c.image = r.{q(info.id_column)}::VARCHAR").fetchall()[0]
+        checks[col] = float(row[0]) if row[0] is not None else float("nan")
+        if row[0] is not None and row[0] > 1e-9:
+            info.warnings.append(f"human data: {col} differs from the rate computed from the counts "
+                                 f"(max |difference| {row[0]:.3g})")
+    info.published_check = checks or None
+
+
+def _response_sql(col: str) -> str:
+    v = f"lower(trim({col}::VARCHAR))"
+    return (f"CASE WHEN {v} IN ({', '.join(lit(x) for x in RESPONSE_TRUE)}) THEN 1 "
+            f"WHEN {v} IN ({', '.join(lit(x) for x in RESPONSE_FALSE)}) THEN 0 ELSE NULL END")
+
+
+def _stage_trials(con, info: HumanLoad, id_column, source_sql: str, participant_sql: str | None) -> None:
+    """Normalise trials into temp table ``trials`` (participant, image, trial_type, presentation, response)."""
+    columns = _columns(con, source_sql)
+    lower = {c.lower(): c for c in columns}
+    info.id_column = _find(columns, id_column, ("image_id", "image", "stim_file", "image_name", "path", "filename",
+                                                 "stimulus"), "image id", info.path)
+    if participant_sql is None:
+        participant_sql = q(_find(columns, None, PARTICIPANT_CANDIDATES, "participant", info.path))
+    if "response" not in lower:
+        raise HumanDataError(f"{info.path}: trial data needs a response column; columns: {', '.join(columns)}")
+    if "trial_type" not in lower:
+        raise HumanDataError(f"{info.path}: trial data needs a trial_type column (target, filler, vigilance); "
+                             f"columns: {', '.join(columns)}")
+    order_col = next((lower[c] for c in ORDER_CANDIDATES if c in lower), None)
+    order_sql = f"TRY_CAST({q(order_col)} AS DOUBLE), _row" if order_col else "_row"
+    con.sql(f"CREATE OR REPLACE TEMP TABLE trials_raw AS SELECT *, row_number() OVER () AS _row FROM {source_sql}")
+    presentation = (
+        f"TRY_CAST({q(lower['presentation'])} AS INTEGER)" if "presentation" in lower else
+        f"row_number() OVER (PARTITION BY ({participant_sql})::VARCHAR, {q(info.id_column)}::VARCHAR ORDER BY {order_sql})"
+    )
+    con.sql(
+        f"""CREATE OR REPLACE TEMP TABLE trials AS
+        SELECT ({participant_sql})::VARCHAR AS participant, {q(info.id_column)}::VARCHAR AS image,
+               lower(trim({q(lower['trial_type'])}::VARCHAR)) AS trial_type,
+               {presentation} AS presentation,
+               {_response_sql(q(lower['response']))} AS response
+        FROM trials_raw"""
+    )
+    con.sql("DROP TABLE trials_raw")
+    bad = con.sql("SELECT count(*) FILTER (WHERE response IS NULL), count(*) FILTER (WHERE image IS NULL OR "
+                  "participant IS NULL), count(*) FROM trials").fetchall()[0]
+    info.rows = int(bad[2])
+    if bad[0]:
+        info.warnings.append(f"trials: ignored {bad[0]} trial(s) without a yes/no response")
+    if bad[1]:
+        info.warnings.append(f"trials: ignored {bad[1]} trial(s) without participant or image")
+    con.sql("DELETE FROM trials WHERE response IS NULL OR image IS NULL OR participant IS NULL")
+    if not con.sql("SELECT count(*) FROM trials WHERE trial_type = 'target'").fetchall()[0][0]:
+        types = [r[0] for r in con.sql("SELECT DISTINCT trial_type FROM trials ORDER BY 1 LIMIT 10").fetchall()]
+        raise HumanDataError(f"{info.path}: no trial has trial_type 'target' (found: {', '.join(map(str, types))})")
+
+
+def exclusion_sql(exclusion: Exclusion) -> str:
+    """Per participant: filler FA rate, vigilance miss rate, and whether a rule excludes it."""
+    conds = []
+    if exclusion.max_filler_fa is not None:
+        conds.append(f"coalesce(filler_fa_rate, 0) > {float(exclusion.max_filler_fa)}")
+    if exclusion.max_vigilance_miss is not None:
+        conds.append(f"coalesce(vigilance_miss_rate, 0) > {float(exclusion.max_vigilance_miss)}")
+    excluded = " OR ".join(conds) or "false"
+    return f"""
+        SELECT participant, filler_fa_rate, vigilance_miss_rate, n_trials, ({excluded}) AS excluded
+        FROM (SELECT participant, count(*) AS n_trials,
+                     avg(response) FILTER (WHERE trial_type IN ('filler', 'vigilance') AND presentation = 1) AS filler_fa_rate,
+                     1 - avg(response) FILTER (WHERE trial_type = 'vigilance' AND presentation >= 2) AS vigilance_miss_rate
+              FROM trials GROUP BY participant)
+    """
+
+
+def _finish_trials(con, info: HumanLoad, measure, exclusion: Exclusion) -> None:
+    con.sql(f"CREATE OR REPLACE TEMP TABLE participants AS {exclusion_sql(exclusion)}")
+    row = con.sql("SELECT count(*), count(*) FILTER (WHERE excluded), "
+                  "list(participant ORDER BY participant) FILTER (WHERE excluded) FROM participants").fetchall()[0]
+    info.participants = {
+        "total": int(row[0]), "excluded": int(row[1]), "kept": int(row[0] - row[1]),
+        "excluded_ids": list(row[2] or []), "rules": exclusion.as_dict(),
+    }
+    if row[1]:
+        info.warnings.append(f"excluded {row[1]} of {row[0]} participant(s) by the exclusion rules "
+                             f"(ids: {', '.join(list(row[2])[:10])}{' ...' if row[1] > 10 else ''})")
+    if row[0] == row[1]:
+        raise HumanDataError(f"{info.path}: the exclusion rules exclude every participant ({row[0]}); "
+                             f"relax --max-filler-fa / --max-vigilance-miss")
+    # per participant and target image: hit/miss at the repeat, fa/cr at the first showing
+    con.sql("""CREATE OR REPLACE TEMP TABLE trial_counts AS
+        SELECT t.participant, t.image,
+               count(*) FILTER (WHERE presentation >= 2 AND response = 1) AS hit,
+               count(*) FILTER (WHERE presentation >= 2 AND response = 0) AS miss,
+               count(*) FILTER (WHERE presentation = 1 AND response = 1) AS fa,
+               count(*) FILTER (WHERE presentation = 1 AND response = 0) AS cr
+        FROM trials t JOIN participants p ON p.participant = t.participant AND NOT p.excluded
+        WHERE t.trial_type = 'target'
+        GROUP BY t.participant, t.image""")
+    info.measure = canonical_measure(measure or DEFAULT_MEASURE)
+    con.sql(f"""CREATE OR REPLACE TEMP VIEW human_staged AS
+        SELECT image, {measure_sql(info.measure)} AS human, hit, miss, fa, cr, n_participants
+        FROM (SELECT image, sum(hit) AS hit, sum(miss) AS miss, sum(fa) AS fa, sum(cr) AS cr,
+                     count(DISTINCT participant) AS n_participants FROM trial_counts GROUP BY image)""")
+    _finish_scores(con, info, "human_staged", range_check=False)
+    info.rows = int(con.sql("SELECT count(*) FROM trials").fetchall()[0][0])
+    info.has_trials = True
+    info.extra_columns = ["n_participants"]
+
+
+def _load_trials(con, info: HumanLoad, id_column, measure, exclusion) -> None:
+    _stage_trials(con, info, id_column, raw_relation_sql(info.path), None)
+    _finish_trials(con, info, measure, exclusion)
+
+
+def _load_bids(con, info: HumanLoad, id_column, measure, exclusion) -> None:
+    root = Path(info.path)
+    files = sorted(str(f) for f in root.glob("sub-*/**/*_beh.tsv"))
+    if not files:
+        raise HumanDataError(f"{info.path}: no sub-*/beh/*_beh.tsv files (BIDS layout)")
+    source = (f"read_csv([{', '.join(lit(f) for f in files)}], delim = '\\t', header = true, all_varchar = true, "
+              f"union_by_name = true, filename = true, nullstr = ['n/a', ''])")
+    participant = "regexp_extract(replace(filename, '\\', '/'), '(sub-[^/_]+)', 1)"
+    _stage_trials(con, info, id_column or "stim_file", source, participant)
+    listed = root / "participants.tsv"
+    if listed.exists():
+        known = con.sql(f"SELECT count(*) FROM read_csv({lit(str(listed))}, delim = '\\t', header = true, "
+                        f"all_varchar = true) l WHERE l.participant_id NOT IN (SELECT DISTINCT participant FROM trials)"
+                        ).fetchall()[0][0]
+        if known:
+            info.warnings.append(f"bids: {known} participant(s) in participants.tsv have no *_beh.tsv trials")
+    # stimulus paths such as stimuli/img.jpg: keep them as written; matching by name/stem handles folders
+    _finish_trials(con, info, measure, exclusion)
+
+
+def load_human(
+    con: duckdb.DuckDBPyConnection,
+    path: str,
+    *,
+    format: str = "auto",
+    id_column: str | None = None,
+    score_column: str | None = None,
+    measure: str | None = None,
+    exclusion: Exclusion | None = None,
+) -> HumanLoad:
+    """Read human data into ``con``: temp table ``human`` (image, human, extra columns);
+    with trial data also ``trials``, ``participants`` and ``trial_counts``
+    (participant, image, hit, miss, fa, cr) for split-half analysis."""
+    path = os.fspath(path)
+    fmt = (format or "auto").lower()
+    if fmt not in FORMATS:
+        raise HumanDataError(f"unknown human data format {format!r} (choose from {', '.join(FORMATS)})")
+    if fmt == "auto":
+        fmt = detect_format(con, path)
+    if measure is not None:
+        try:
+            measure = canonical_measure(measure)
+        except ValueError as error:
+            raise HumanDataError(str(error)) from error
+    if score_column is not None and measure is not None:
+        raise HumanDataError("give either a human score column or a human measure, not both")
+    if score_column is not None and fmt == "counts":
+        fmt = "table"  # a ready column of a count table (e.g. target_crr)
+    if measure is not None and fmt in ("lamem", "table"):
+        raise HumanDataError(f"--human-measure {measure} needs counts or trials; {path} was read as {fmt} "
+                             f"(use --human-column for a ready score, or --human-format)")
+    info = HumanLoad(path=path, format=fmt, id_column=id_column or "")
+    if fmt == "lamem":
+        _load_lamem(con, info)
+    elif fmt == "table":
+        _load_table(con, info, id_column, score_column)
+    elif fmt == "counts":
+        _load_counts(con, info, id_column, measure)
+    elif fmt == "trials":
+        _load_trials(con, info, id_column, measure, exclusion or Exclusion())
+    else:
+        _load_bids(con, info, id_column, measure, exclusion or Exclusion())
+    return info
+
+
+def read_human_scores(
+    path: str,
+    *,
+    format: str = "auto",
+    id_column: str | None = None,
+    score_column: str | None = None,
+    measure: str | None = None,
+) -> pa.Table:
+    """Per-image human scores as a table with at least ``image`` (string, as in the
+    file) and ``human`` (float64), plus the file's other columns (counts, categories).
+    Raises :class:`HumanDataError` with a one-line message on unusable input."""
+    con = duckdb.connect()
+    try:
+        load_human(con, path, format=format, id_column=id_column, score_column=score_column, measure=measure)
+        table = con.sql("SELECT * FROM human ORDER BY image").to_arrow_table()
+    finally:
+        con.close()
+    return table.set_column(table.schema.get_field_index("human"), "human", table["human"].cast(pa.float64()))
+
+
+# ---------------------------------------------------------------------------
+# matching image ids
+
+
+MATCH_MODES = ("path", "name", "stem")
+
+
+def key_sql(column: str, mode: str) -> str:
+    """SQL normalising an id column to a match key: path, file name or stem."""
+    path = f"regexp_replace(replace({column}::VARCHAR, '\\', '/'), '^(\\./)+', '')"
+    if mode == "path":
+        return path
+    name = f"regexp_extract({path}, '[^/]*$', 0)"
+    if mode == "name":
+        return name
+    if mode == "stem":
+        return f"regexp_replace({name}, '\\.[^.]*$', '')"
+    raise ValueError(f"unknown match mode {mode!r}")
+
+
+__all__ = [
+    "Exclusion", "FORMATS", "HumanDataError", "HumanLoad", "MATCH_MODES", "MEASURES", "key_sql", "load_human",
+    "read_human_scores", "detect_format",
+]
+

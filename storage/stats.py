@@ -1,0 +1,413 @@
+"""Correlation statistics in DuckDB SQL: Spearman, Pearson, Kendall, bootstrap
+intervals, split-half consistency.
+
+Every function takes a DuckDB connection and the name (or parenthesised SQL) of a
+relation, and does the row work in SQL where the data lie:
+
+- Spearman is Pearson's r of average ranks (ties get the mean of the positions
+  they occupy: ``(rank() + count(*)) / 2`` over the same window).
+- Kendall's tau-b comes from a pairwise self-join (O(n^2), so it is computed only
+  up to ``kendall_max_n`` images) with the tie-corrected asymptotic p-value, as
+  ``scipy.stats.kendalltau(method="asymptotic")``.
+- Bootstrap: resample ``b`` draws image ``hash(seed, b, k) % n`` for k < n
+  (n draws with replacement, reproducible for a seed), re-ranks within each
+  resample and takes percentile intervals with ``quantile_cont``.
+- Split-half: participant ``p`` goes to half A of split ``s`` when its
+  ``hash(seed, s, p)`` is in the lower half of that split's participants; the
+  per-image counts of both halves for all splits come out of one aggregate pass
+  (a bit mask per participant), then each split is correlated across images.
+
+Only the two-sided p-values are computed in Python, from the final statistic
+(Student's t via the regularised incomplete beta function; the normal
+distribution for Kendall). Nothing here loops over rows or participants.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+# Per-image measures computable from hit / miss / false-alarm / correct-rejection counts.
+MEASURES: dict[str, str] = {
+    "hit_rate": "{hit} / nullif({hit} + {miss}, 0)",
+    "false_alarm_rate": "{fa} / nullif({fa} + {cr}, 0)",
+    "corrected_recognition": "{hit} / nullif({hit} + {miss}, 0) - {fa} / nullif({fa} + {cr}, 0)",
+    "miss_rate": "{miss} / nullif({hit} + {miss}, 0)",
+}
+MEASURE_ALIASES = {
+    "hr": "hit_rate",
+    "far": "false_alarm_rate",
+    "fa_rate": "false_alarm_rate",
+    "cr": "corrected_recognition",
+    "crr": "corrected_recognition",
+    "corrected_hit_rate": "corrected_recognition",
+}
+
+
+def canonical_measure(name: str) -> str:
+    """The canonical name of a count-derived measure, or ValueError."""
+    key = name.strip().lower().replace("-", "_")
+    key = MEASURE_ALIASES.get(key, key)
+    if key not in MEASURES:
+        known = ", ".join([*MEASURES, *MEASURE_ALIASES])
+        raise ValueError(f"unknown human measure {name!r} (known: {known})")
+    return key
+
+
+def measure_sql(measure: str, hit: str = "hit", miss: str = "miss", fa: str = "fa", cr: str = "cr") -> str:
+    """SQL expression of ``measure`` over count columns (doubles; NULL where undefined)."""
+    cast = {k: f"({v})::DOUBLE" for k, v in dict(hit=hit, miss=miss, fa=fa, cr=cr).items()}
+    return "(" + MEASURES[canonical_measure(measure)].format(**cast) + ")"
+
+
+# ---------------------------------------------------------------------------
+# p-values (scalar special functions; no scipy at run time)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def correlation_p_value(r: float | None, n: int) -> float | None:
+    """Two-sided p-value of a correlation r over n pairs (Student's t, n-2 df),
+    as scipy.stats.pearsonr and spearmanr report it."""
+    if r is None or not math.isfinite(r) or n < 3:
+        return None
+    if abs(r) >= 1.0:
+        return 0.0
+    df = n - 2
+    t2 = r * r * df / (1.0 - r * r)
+    return min(1.0, max(0.0, betainc(df / 2.0, 0.5, df / (df + t2))))
+
+
+def normal_two_sided_p(z: float) -> float:
+    return math.erfc(abs(z) / math.sqrt(2.0))
+
+
+def spearman_brown(r: float | None, factor: float = 2.0) -> float | None:
+    """Spearman-Brown prophecy: reliability of a test ``factor`` times as long."""
+    if r is None or not math.isfinite(r) or (1.0 + (factor - 1.0) * r) == 0:
+        return None
+    return factor * r / (1.0 + (factor - 1.0) * r)
+
+
+# ---------------------------------------------------------------------------
+# point estimates and bootstrap
+
+
+def _clean(relation: str, x: str, y: str) -> str:
+    return (
+        f"SELECT ({x})::DOUBLE AS x, ({y})::DOUBLE AS y FROM {relation} "
+        f"WHERE ({x}) IS NOT NULL AND ({y}) IS NOT NULL AND isfinite(({x})::DOUBLE) AND isfinite(({y})::DOUBLE)"
+    )
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def point_estimates(con: duckdb.DuckDBPyConnection, relation: str, x: str = "x", y: str = "y") -> dict[str, Any]:
+    """n, Spearman rho (average ranks) and Pearson r of two columns."""
+    row = con.sql(
+        f"""
+        WITH d AS ({_clean(relation, x, y)}),
+        r AS (
+            SELECT x, y,
+                   (rank() OVER wx + count(*) OVER wx) / 2.0 AS rx,
+                   (rank() OVER wy + count(*) OVER wy) / 2.0 AS ry
+            FROM d WINDOW wx AS (ORDER BY x), wy AS (ORDER BY y)
+        )
+        SELECT count(*), corr(rx, ry), corr(x, y) FROM r
+        """
+    ).fetchall()[0]
+    n = int(row[0])
+    return {"n": n, "spearman": _num(row[1]) if n >= 2 else None, "pearson": _num(row[2]) if n >= 2 else None}
+
+
+def kendall_tau(con: duckdb.DuckDBPyConnection, relation: str, x: str = "x", y: str = "y") -> dict[str, Any]:
+    """Kendall's tau-b with the tie-corrected asymptotic two-sided p-value (O(n^2) pairs)."""
+    row = con.sql(
+        f"""
+        WITH d AS (SELECT row_number() OVER (ORDER BY x, y) AS i, x, y FROM ({_clean(relation, x, y)})),
+        pairs AS (SELECT sum(sign(a.x - b.x) * sign(a.y - b.y))::DOUBLE AS s FROM d a JOIN d b ON a.i < b.i),
+        tx AS (SELECT count(*)::DOUBLE AS c FROM d GROUP BY x HAVING count(*) > 1),
+        ty AS (SELECT count(*)::DOUBLE AS c FROM d GROUP BY y HAVING count(*) > 1)
+        SELECT (SELECT count(*) FROM d), (SELECT s FROM pairs),
+               (SELECT coalesce(sum(c * (c - 1) / 2), 0) FROM tx),
+               (SELECT coalesce(sum(c * (c - 1) * (c - 2)), 0) FROM tx),
+               (SELECT coalesce(sum(c * (c - 1) * (2 * c + 5)), 0) FROM tx),
+               (SELECT coalesce(sum(c * (c - 1) / 2), 0) FROM ty),
+               (SELECT coalesce(sum(c * (c - 1) * (c - 2)), 0) FROM ty),
+               (SELECT coalesce(sum(c * (c - 1) * (2 * c + 5)), 0) FROM ty)
+        """
+    ).fetchall()[0]
+    n = int(row[0])
+    s = float(row[1] or 0.0)
+    xtie, x0, x1, ytie, y0, y1 = (float(v) for v in row[2:])
+    tot = n * (n - 1) / 2.0
+    if n < 2 or tot == xtie or tot == ytie:
+        return {"tau": None, "p_value": None, "n": n}
+    tau = s / math.sqrt(tot - xtie) / math.sqrt(tot - ytie)
+    p = None
+    if n > 2:
+        m = n * (n - 1.0)
+        var = (m * (2 * n + 5) - x1 - y1) / 18 + (2 * xtie * ytie) / m + x0 * y0 / (9 * m * (n - 2))
+        p = normal_two_sided_p(s / math.sqrt(var)) if var > 0 else None
+    return {"tau": max(-1.0, min(1.0, tau)), "p_value": p, "n": n}
+
+
+def bootstrap_sql(relation: str, x: str, y: str, resamples: int, seed: int) -> str:
+    """SQL giving one row per resample b: (b, spearman, pearson)."""
+    return f"""
+        WITH d AS (SELECT row_number() OVER (ORDER BY x, y) - 1 AS pos, x, y FROM ({_clean(relation, x, y)})),
+        nn AS (SELECT count(*) AS n FROM d),
+        draws AS (
+            SELECT r.b, (hash({int(seed)}, r.b, k.k) % nn.n)::BIGINT AS pos
+            FROM range({int(resamples)}) r(b), nn, range((SELECT n FROM nn)) k(k)
+        ),
+        s AS (SELECT draws.b, d.x, d.y FROM draws JOIN d USING (pos)),
+        ranked AS (
+            SELECT b, x, y,
+                   (rank() OVER wx + count(*) OVER wx) / 2.0 AS rx,
+                   (rank() OVER wy + count(*) OVER wy) / 2.0 AS ry
+            FROM s WINDOW wx AS (PARTITION BY b ORDER BY x), wy AS (PARTITION BY b ORDER BY y)
+        )
+        SELECT b, corr(rx, ry) AS spearman, corr(x, y) AS pearson FROM ranked GROUP BY b
+    """
+
+
+def bootstrap_intervals(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    x: str = "x",
+    y: str = "y",
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Percentile bootstrap intervals over images for Spearman and Pearson."""
+    lo, hi = (1.0 - confidence) / 2.0, 1.0 - (1.0 - confidence) / 2.0
+    row = con.sql(
+        f"""
+        WITH boot AS ({bootstrap_sql(relation, x, y, resamples, seed)})
+        SELECT quantile_cont(spearman, {lo}) FILTER (WHERE isfinite(spearman)),
+               quantile_cont(spearman, {hi}) FILTER (WHERE isfinite(spearman)),
+               quantile_cont(pearson, {lo}) FILTER (WHERE isfinite(pearson)),
+               quantile_cont(pearson, {hi}) FILTER (WHERE isfinite(pearson)),
+               count(*) FILTER (WHERE isfinite(spearman)),
+               stddev_samp(spearman) FILTER (WHERE isfinite(spearman)),
+               stddev_samp(pearson) FILTER (WHERE isfinite(pearson))
+        FROM boot
+        """
+    ).fetchall()[0]
+    return {
+        "spearman": (_num(row[0]), _num(row[1])),
+        "pearson": (_num(row[2]), _num(row[3])),
+        "valid_resamples": int(row[4] or 0),
+        "spearman_se": _num(row[5]),
+        "pearson_se": _num(row[6]),
+    }
+
+
+def correlate(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    x: str = "x",
+    y: str = "y",
+    *,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    kendall_max_n: int = 10_000,
+) -> dict[str, Any]:
+    """Spearman and Pearson with p-values and bootstrap intervals; Kendall when n is small enough."""
+    point = point_estimates(con, relation, x, y)
+    n = point["n"]
+    out: dict[str, Any] = {
+        "n": n,
+        "spearman": {"rho": point["spearman"], "ci_low": None, "ci_high": None,
+                     "p_value": correlation_p_value(point["spearman"], n)},
+        "pearson": {"r": point["pearson"], "ci_low": None, "ci_high": None,
+                    "p_value": correlation_p_value(point["pearson"], n)},
+        "kendall": None,
+    }
+    if bootstrap > 0 and n >= 3:
+        boot = bootstrap_intervals(con, relation, x, y, resamples=bootstrap, seed=seed, confidence=confidence)
+        out["spearman"]["ci_low"], out["spearman"]["ci_high"] = boot["spearman"]
+        out["pearson"]["ci_low"], out["pearson"]["ci_high"] = boot["pearson"]
+        out["spearman"]["se"] = boot["spearman_se"]
+        out["pearson"]["se"] = boot["pearson_se"]
+    if 2 <= n <= kendall_max_n:
+        k = kendall_tau(con, relation, x, y)
+        out["kendall"] = {"tau": k["tau"], "p_value": k["p_value"]}
+    return out
+
+
+# ---------------------------------------------------------------------------
+# split-half consistency
+
+
+@dataclass
+class SplitHalfResult:
+    splits: int
+    participants: int
+    images_mean: float
+    spearman_mean: float | None
+    spearman_sd: float | None
+    spearman_min: float | None
+    spearman_max: float | None
+    pearson_mean: float | None
+    pearson_sd: float | None
+    spearman_brown: float | None
+    pearson_brown: float | None
+    measure: str
+    seed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def split_assignment_sql(participants: str, splits: int, seed: int) -> str:
+    """(s, participant, half) with half 0 for the first floor(P/2) participants of
+    split s in the order of hash(seed, s, participant)."""
+    return f"""
+        WITH p AS (SELECT DISTINCT participant FROM {participants}),
+        np AS (SELECT count(*) AS n FROM p),
+        ordered AS (
+            SELECT s.s, p.participant,
+                   row_number() OVER (PARTITION BY s.s ORDER BY hash({int(seed)}, s.s, p.participant), p.participant) AS k
+            FROM range({int(splits)}) s(s), p
+        )
+        SELECT s, participant, CASE WHEN k <= (SELECT n FROM np) // 2 THEN 0 ELSE 1 END AS half FROM ordered
+    """
+
+
+def split_half_counts_sql(counts: str, splits: int, seed: int) -> str:
+    """Per (s, image) the hit/miss/fa/cr counts of half A and half B.
+
+    ``counts`` has columns participant, image, hit, miss, fa, cr (one row per
+    participant and image). One aggregate pass per 64 splits: each participant
+    carries a bit mask of the splits in which it is in half A.
+    """
+    parts = []
+    for start in range(0, splits, 64):
+        stop = min(splits, start + 64)
+        mask = (
+            f"SELECT participant, bit_or((1::UBIGINT << (s - {start})::UBIGINT)) FILTER (WHERE half = 0) AS mask "
+            f"FROM assign WHERE s >= {start} AND s < {stop} GROUP BY participant"
+        )
+        aggs = []
+        lists = {}
+        for col in ("hit", "miss", "fa", "cr"):
+            names = []
+            for s in range(start, stop):
+                name = f"{col}_a_{s}"
+                aggs.append(f"sum({col} * ((coalesce(m.mask, 0::UBIGINT) >> {s - start}::UBIGINT) & 1::UBIGINT)::BIGINT) AS {name}")
+                names.append(name)
+            aggs.append(f"sum({col}) AS {col}_all")
+            lists[col] = names
+        unnest = ", ".join(
+            [f"unnest(range({start}, {stop})) AS s"]
+            + [f"unnest([{', '.join(names)}]) AS {col}_a" for col, names in lists.items()]
+        )
+        parts.append(
+            f"""SELECT s, image, {', '.join(f'{c}_a, {c}_all - {c}_a AS {c}_b' for c in lists)}
+            FROM (SELECT image, {', '.join(f'{c}_all' for c in lists)}, {unnest}
+                  FROM (SELECT c.image, {', '.join(aggs)}
+                        FROM {counts} c LEFT JOIN ({mask}) m USING (participant) GROUP BY c.image))"""
+        )
+    return f"WITH assign AS ({split_assignment_sql(counts, splits, seed)}) " + " UNION ALL ".join(
+        f"({p})" for p in parts
+    )
+
+
+def split_half(
+    con: duckdb.DuckDBPyConnection,
+    counts: str,
+    *,
+    measure: str = "hit_rate",
+    splits: int = 25,
+    seed: int = 0,
+) -> SplitHalfResult:
+    """Split participants into random halves ``splits`` times; correlate the
+    per-image measure of the two halves across images (Spearman and Pearson);
+    Spearman-Brown corrects the mean correlation to the full sample size."""
+    if splits < 1:
+        raise ValueError("splits must be at least 1")
+    ma = measure_sql(measure, "hit_a", "miss_a", "fa_a", "cr_a")
+    mb = measure_sql(measure, "hit_b", "miss_b", "fa_b", "cr_b")
+    per_split = con.sql(
+        f"""
+        WITH h AS ({split_half_counts_sql(counts, splits, seed)}),
+        m AS (SELECT s, image, {ma} AS a, {mb} AS b FROM h),
+        d AS (SELECT * FROM m WHERE a IS NOT NULL AND b IS NOT NULL AND isfinite(a) AND isfinite(b)),
+        r AS (
+            SELECT s, a, b,
+                   (rank() OVER wa + count(*) OVER wa) / 2.0 AS ra,
+                   (rank() OVER wb + count(*) OVER wb) / 2.0 AS rb
+            FROM d WINDOW wa AS (PARTITION BY s ORDER BY a), wb AS (PARTITION BY s ORDER BY b)
+        ),
+        per AS (SELECT s, count(*) AS n, corr(ra, rb) AS rho, corr(a, b) AS r FROM r GROUP BY s)
+        SELECT count(*), avg(n), avg(rho), stddev_samp(rho), min(rho), max(rho), avg(r), stddev_samp(r)
+        FROM per WHERE isfinite(rho) AND isfinite(r)
+        """
+    ).fetchall()[0]
+    participants = con.sql(f"SELECT count(DISTINCT participant) FROM {counts}").fetchall()[0][0]
+    rho, r = _num(per_split[2]), _num(per_split[6])
+    return SplitHalfResult(
+        splits=int(per_split[0] or 0),
+        participants=int(participants),
+        images_mean=float(per_split[1] or 0.0),
+        spearman_mean=rho,
+        spearman_sd=_num(per_split[3]),
+        spearman_min=_num(per_split[4]),
+        spearman_max=_num(per_split[5]),
+        pearson_mean=r,
+        pearson_sd=_num(per_split[7]),
+        spearman_brown=spearman_brown(rho),
+        pearson_brown=spearman_brown(r),
+        measure=canonical_measure(measure),
+        seed=seed,
+    )
