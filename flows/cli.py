@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("flows.score_cli", "score every image under SOURCE and write Parquet to DEST"),
     "sample": ("flows.sample_cli", "write a small sample archive of real photos (from scikit-image)"),
     "models": ("flows.models_cli", "list the registered models and their feature layers"),
+    "analyze": ("flows.analyze_cli", "compare scores with human memorability data (Spearman, bootstrap CIs, split-half)"),
+    "sql": ("flows.sql_cli", "run DuckDB SQL over a memscore output folder (views scores and errors)"),
     "train": ("flows.train_cli", "train a model (m3m, resmem-retrain, memnet-baseline, ...) on your human data"),
     "compare": ("flows.compare_cli", "compare models on the same test images: Spearman with CI, size, speed"),
 }
