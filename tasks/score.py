@@ -2,11 +2,17 @@
 
 :func:`score_images` is the whole per-shard job as a plain function: it returns
 the shard's scores table (schema in :mod:`storage.schema`) and its errors table.
-Models are loaded once per process and reused by every shard (:func:`get_model`).
+Models are loaded once per process and reused by every shard (:func:`get_model`),
+prepared for speed once per setting (:func:`get_runner`, see :mod:`models.speed`).
+DataLoader workers are forked from a forkserver that has torch and the decoder
+imported already, so a shard's workers start in milliseconds instead of the
+seconds a fresh ``spawn`` takes (and without inheriting the flow's signal handlers).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,14 +23,15 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from models.preprocess import to_model_input
 from models.registry import LoadedModel, load_model
+from models.speed import InferenceRunner, Pending, SpeedSettings, prepare
 from storage.schema import ERRORS_SCHEMA, feature_column, scores_schema
 from storage.uris import Location
 from tasks.decode import Batch, ImageFailure, ShardDataset, collate, init_worker
 
 _models: dict[tuple[str, str | None, str], LoadedModel] = {}
 _models_lock = threading.Lock()
+_runners: dict[tuple[int, SpeedSettings], InferenceRunner] = {}
 
 
 def get_model(name: str, weights: str | None, device: torch.device) -> LoadedModel:
@@ -36,6 +43,15 @@ def get_model(name: str, weights: str | None, device: torch.device) -> LoadedMod
         return _models[key]
 
 
+def get_runner(model: LoadedModel, speed: SpeedSettings) -> InferenceRunner:
+    """``model`` prepared with ``speed`` (channels_last, folding, precision), once per process."""
+    key = (id(model.module), speed)
+    with _models_lock:
+        if key not in _runners:
+            _runners[key] = prepare(model, speed)
+        return _runners[key]
+
+
 @dataclass
 class ScoreSettings:
     """How to run the model over a shard."""
@@ -45,6 +61,14 @@ class ScoreSettings:
     features: tuple[str, ...]
     max_pixels: int | None
     run_id: str
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16/fp16 on CUDA)
+    channels_last: bool | None = None  # None: the device's default (on for CPU and CUDA)
+    fold_batchnorm: bool | None = None  # None: on (float32 results move by ~1e-7)
+    compile: bool = False  # torch.compile the model (slow to start; off by default)
+
+    def speed(self) -> SpeedSettings:
+        return SpeedSettings(precision=self.precision, channels_last=self.channels_last,
+                             fold_batchnorm=self.fold_batchnorm, compile=self.compile)
 
 
 @dataclass
@@ -55,24 +79,43 @@ class ShardResult:
     errors: pa.Table
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Start method for DataLoader workers: forkserver with torch preloaded, else spawn.
+
+    A plain fork from inside a Prefect flow inherits Prefect's SIGTERM handler and
+    its threads; spawn is safe but re-imports torch in every worker of every shard
+    (seconds each). The forkserver is started once per process (fresh interpreter,
+    torch and the decoder imported once) and forks each worker from there.
+    ``MEMSCORE_WORKER_START=spawn`` (or ``forkserver``) overrides the choice.
+    """
+    method = os.environ.get("MEMSCORE_WORKER_START", "").strip().lower()
+    if method == "spawn" or (not method and "forkserver" not in multiprocessing.get_all_start_methods()):
+        return multiprocessing.get_context("spawn")
+    if method not in ("", "forkserver"):
+        raise ValueError(f"MEMSCORE_WORKER_START={method!r}: use forkserver or spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "PIL.Image", "fsspec", "tasks.decode", "models.preprocess"])
+    return context
+
+
 def _loader(dataset: ShardDataset, settings: ScoreSettings, device: torch.device) -> DataLoader:
+    workers = settings.workers
     return DataLoader(
         dataset,
         batch_size=settings.batch_size,
-        num_workers=settings.workers,
+        num_workers=workers,
         collate_fn=collate,
-        worker_init_fn=init_worker if settings.workers > 0 else None,
-        multiprocessing_context="spawn" if settings.workers > 0 else None,
+        worker_init_fn=init_worker if workers > 0 else None,
+        multiprocessing_context=worker_context() if workers > 0 else None,
         pin_memory=device.type == "cuda",
-        prefetch_factor=4 if settings.workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
     )
 
 
-def _run_model(model: LoadedModel, pixels: torch.Tensor, layers: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    x = to_model_input(pixels.to(model.device, non_blocking=True))
-    with torch.inference_mode():
-        score, feats = model.module.forward_features(x, layers)
-    return score.float().cpu().numpy(), {k: v.float().cpu().numpy() for k, v in feats.items()}
+def _run_model(model: LoadedModel, pixels: torch.Tensor, layers: Sequence[str],
+               speed: SpeedSettings | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Scores and features of one uint8 batch (float32 NumPy arrays)."""
+    return get_runner(model, speed or SpeedSettings())(pixels, layers)
 
 
 def score_images(
@@ -94,29 +137,54 @@ def score_images(
     feature_parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     failures: list[ImageFailure] = []
 
+    runner = get_runner(model, settings.speed())
+
+    def model_failed(images, error: BaseException) -> None:
+        failures.extend(
+            ImageFailure(img.index, "model", type(error).__name__, str(error)[:500], img.size_bytes)
+            for img in images
+        )
+
+    def finish(batch: Batch, pending: Pending) -> None:
+        try:
+            scores, feats = pending.result()
+        except Exception as error:  # noqa: BLE001 - a failing batch becomes error rows
+            model_failed(batch.images, error)
+            return
+        for image in batch.images:
+            rows["index"].append(image.index)
+            rows["image_id"].append(image.image_id)
+            rows["size_bytes"].append(image.size_bytes)
+            rows["width"].append(image.width)
+            rows["height"].append(image.height)
+        score_parts.append(scores)
+        for name in layers:
+            feature_parts[name].append(feats[name])
+
+    # One batch in flight: on CUDA the next batch is queued before this one's
+    # results are read back, so the GPU does not wait for the host (on CPU a
+    # batch is finished when submit returns).
+    in_flight: tuple[Batch, Pending] | None = None
     for batch in _loader(dataset, settings, model.device):
         batch: Batch
         failures.extend(batch.failures)
+        submitted = None
         if batch.pixels is not None:
             try:
-                scores, feats = _run_model(model, batch.pixels, layers)
+                submitted = (batch, runner.submit(batch.pixels, layers))
             except Exception as error:  # noqa: BLE001 - a failing batch becomes error rows
-                failures.extend(
-                    ImageFailure(img.index, "model", type(error).__name__, str(error)[:500], img.size_bytes)
-                    for img in batch.images
-                )
-            else:
-                for image in batch.images:
-                    rows["index"].append(image.index)
-                    rows["image_id"].append(image.image_id)
-                    rows["size_bytes"].append(image.size_bytes)
-                    rows["width"].append(image.width)
-                    rows["height"].append(image.height)
-                score_parts.append(scores)
-                for name in layers:
-                    feature_parts[name].append(feats[name])
+                model_failed(batch.images, error)
+        if in_flight is not None:
+            finish(*in_flight)
+            if on_batch is not None:
+                on_batch(len(in_flight[0].images))
+        in_flight = submitted
         if on_batch is not None:
-            on_batch(len(batch.images) + len(batch.failures))
+            on_batch(len(batch.failures) + (0 if submitted else len(batch.images)))
+    if in_flight is not None:
+        finish(*in_flight)
+        if on_batch is not None:
+            on_batch(len(in_flight[0].images))
 
     now = datetime.now(timezone.utc)
     scores_table = _scores_table(rows, score_parts, feature_parts, paths, uris, versions, model, settings, now)
