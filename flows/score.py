@@ -273,6 +273,10 @@ def score_archive(
     storage_options: dict[str, Any] | None = None,
     show_progress: bool = False,
     dask_address: str | None = None,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    fold_batchnorm: bool | None = None,
+    compile_model: bool = False,
 ) -> dict[str, Any]:
     """Score every image under ``source`` with ``model``; write Parquet under ``destination``.
 
@@ -293,6 +297,10 @@ def score_archive(
         dask_address: run the shard tasks on this Dask scheduler (``tcp://host:8786``)
             through prefect-dask; the device, batch size and decode workers are then
             resolved on each Dask worker. Without it, shards run here, one after another.
+        precision: auto (fp32 on CPU, bf16 or fp16 autocast on CUDA), fp32, bf16 or fp16.
+        channels_last: channels_last memory format (default: on for CPU and CUDA).
+        fold_batchnorm: fold BatchNorm into the convolutions (default: on).
+        compile_model: torch.compile the model (slow to start; off by default).
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -322,6 +330,10 @@ def score_archive(
         features=layers,
         max_pixels=max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS,
         run_id=new_run_id(),
+        precision=precision,
+        channels_last=channels_last,
+        fold_batchnorm=fold_batchnorm,
+        compile=compile_model,
     )
     src = open_location(source, storage_options)
     dest = open_location(destination, storage_options)

@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dask-address", default=None, metavar="tcp://HOST:PORT", help="run the shards on this existing Dask scheduler (needs memscore[dask]); device and batch defaults are then resolved on each worker")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="auto: fp32 on CPU (the reference), bf16 autocast on CUDA (fp16 where bf16 is unsupported)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels_last memory format (default: on for CPU and CUDA)")
+    parser.add_argument("--fold-batchnorm", action=argparse.BooleanOptionalAction, default=None,
+                        help="fold BatchNorm into the convolutions (default: on; scores move by ~1e-7)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (minutes to start on a small CPU)")
 
 
 def _positive(text: str) -> int:
@@ -126,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
         storage_options=storage_options,
         show_progress=not args.no_progress,
         dask_address=args.dask_address,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        fold_batchnorm=args.fold_batchnorm,
+        compile_model=args.compile,
     )
     if args.json:
         print(json.dumps(summary, indent=2))
