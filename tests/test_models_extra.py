@@ -1,0 +1,157 @@
+"""The models of issue 6: M3M, resmem-retrain, memnet-baseline (registry entries, shapes, sizes, weights)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from models.registry import get_model_spec, load_model
+from models.weights import WeightsNotFoundError
+
+HAS_RESMEM = importlib.util.find_spec("resmem") is not None
+
+
+def meta_build(name: str) -> torch.nn.Module:
+    with torch.device("meta"):
+        return get_model_spec(name).build()
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_parameter_counts_and_memory():
+    resmem = count(meta_build("resmem"))
+    assert count(meta_build("resmem-retrain")) == resmem == 131_688_809
+    assert count(meta_build("memnet-baseline")) == 56_258_881
+    m3m = meta_build("m3m")
+    assert count(m3m) == 139_176_907
+    assert count(m3m.segmenter) == 3_221_538
+    assert m3m.fc6.in_features == 9216 + 1000 + 1024
+    # far below the seed's 11 GB first layer: the whole model is about 0.5 GiB in float32
+    assert count(m3m) * 4 < 0.6 * 2**30
+    assert count(meta_build("m3m-deeplabv3")) == 175_594_238
+
+
+def test_trained_models_need_a_checkpoint():
+    for name in ("m3m", "m3m-deeplabv3", "resmem-retrain", "memnet-baseline"):
+        with pytest.raises(WeightsNotFoundError, match="no published weights.*--weights"):
+            get_model_spec(name).default_weights()
+    assert get_model_spec("memnet").name == "memnet-baseline"
+
+
+def test_memnet_forward_shapes_and_features():
+    from models.memnet import MemNetBaseline
+
+    torch.manual_seed(0)
+    model = MemNetBaseline().eval()
+    with torch.inference_mode():
+        score, feats = model.forward_features(torch.rand(2, 3, 227, 227), ["alexnet", "fc6", "fc7"])
+    assert score.shape == (2,) and bool(((score > 0) & (score < 1)).all())
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {"alexnet": (2, 9216), "fc6": (2, 4096), "fc7": (2, 4096)}
+    with pytest.raises(ValueError, match="unknown memnet-baseline layer"):
+        model.forward_features(torch.rand(1, 3, 227, 227), ["resnet152"])
+
+
+def test_memnet_checkpoint_loads_through_the_registry(tmp_path):
+    from models.memnet import MemNetBaseline
+
+    torch.manual_seed(0)
+    state = MemNetBaseline().state_dict()
+    path = tmp_path / "model.pt"
+    torch.save({"model": state, "memscore": {"model": "memnet-baseline"}}, path)
+    loaded = load_model("memnet-baseline", str(path))
+    assert loaded.weights.digest.startswith("sha256:")
+    torch.testing.assert_close(loaded.module.fc8.weight, state["fc8.weight"])
+    assert not loaded.module.training
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    from models.memnet import MemNetBaseline
+
+    path = tmp_path / "memnet.pt"
+    torch.save({"model": MemNetBaseline().state_dict()}, path)
+    with pytest.raises((ValueError, RuntimeError)):  # missing keys / size mismatch
+        load_model("m3m", str(path))
+
+
+@pytest.mark.skipif(not HAS_RESMEM, reason="needs the resmem package's published weights")
+def test_memnet_starts_from_resmems_alexnet_branch():
+    from models.memnet import initial_memnet
+    from models.resmem_retrain import published_resmem_state
+
+    state = published_resmem_state()
+    model = initial_memnet(state)
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+        torch.testing.assert_close(getattr(model, name).weight, state[f"{name}.weight"])
+
+
+def test_segmenter_weights_from_a_local_file(tmp_path):
+    from models.m3m import build_segmenter, segmenter_state_dict
+
+    torch.manual_seed(1)
+    segmenter = build_segmenter("lraspp")
+    path = tmp_path / "lraspp.pt"
+    torch.save(segmenter.state_dict(), path)
+    state = segmenter_state_dict("lraspp", path)
+    assert state.keys() == segmenter.state_dict().keys()
+    torch.save({"model": segmenter.state_dict()}, tmp_path / "wrapped.pt")  # a memscore-style checkpoint works too
+    assert segmenter_state_dict("lraspp", tmp_path / "wrapped.pt").keys() == state.keys()
+    with pytest.raises(WeightsNotFoundError, match="segmenter weights file not found"):
+        segmenter_state_dict("lraspp", tmp_path / "nope.pt")
+
+
+def test_torchvision_segmenter_weights_offline_error_says_what_to_do(monkeypatch):
+    from torchvision.models import segmentation
+
+    from models.m3m import segmenter_state_dict
+
+    def offline(self, *args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(segmentation.LRASPP_MobileNet_V3_Large_Weights, "get_state_dict", offline)
+    with pytest.raises(WeightsNotFoundError, match="torch hub cache.*--segmenter-weights"):
+        segmenter_state_dict("lraspp")
+
+
+def test_frozen_parts_stay_in_eval_mode():
+    from models.m3m import M3M
+
+    with torch.device("meta"):
+        model = M3M("lraspp")
+    model.features.requires_grad_(False)
+    model.train()
+    assert model.training and model.fc6.training
+    assert not model.segmenter.training and not model.features.training
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_RESMEM, reason="needs the resmem package's published weights")
+def test_untrained_m3m_reproduces_resmem_and_has_the_right_shapes():
+    """fc6's segmentation columns start at zero: before training M3M predicts what ResMem predicts."""
+    from models.m3m import initial_m3m
+    from models.resmem import ResMem
+    from models.resmem_retrain import published_resmem_state
+
+    from models.m3m import build_segmenter
+
+    state = published_resmem_state()
+    torch.manual_seed(0)
+    segmenter_state = build_segmenter("lraspp").state_dict()
+    m3m = initial_m3m("lraspp", resmem_state=state, segmenter_state=segmenter_state).eval()
+    torch.testing.assert_close(m3m.segmenter.state_dict()["classifier.low_classifier.weight"],
+                               segmenter_state["classifier.low_classifier.weight"])
+    assert not any(p.requires_grad for p in m3m.segmenter.parameters())
+    resmem = ResMem()
+    resmem.load_state_dict(state)
+    resmem.eval()
+    x = torch.rand(1, 3, 227, 227)
+    with torch.inference_mode():
+        score, feats = m3m.forward_features(x, ["alexnet", "resnet152", "segmentation", "fc6", "fc11"])
+        expected = resmem(x)
+    torch.testing.assert_close(score, expected, rtol=1e-5, atol=1e-6)
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "alexnet": (1, 9216), "resnet152": (1, 1000), "segmentation": (1, 1024), "fc6": (1, 4096), "fc11": (1, 256),
+    }
