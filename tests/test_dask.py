@@ -1,0 +1,120 @@
+"""Scale-out: the shard tasks on a Dask cluster (scheduler + 2 workers on loopback).
+
+The same archive scored in one process and through ``dask_address`` gives the
+same rows (paths, image ids, sizes, scores within float tolerance); the shards
+really ran on both workers, each of which loaded the model once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("prefect_dask")
+distributed = pytest.importorskip("distributed")
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """``dask scheduler`` and two single-threaded ``dask worker`` processes on 127.0.0.1."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False", "OMP_NUM_THREADS": "1"}
+    processes: list[subprocess.Popen] = []
+    logs = []
+
+    def start(name: str, args: list[str]) -> None:
+        log = tmp_path / f"{name}.log"
+        logs.append(log)
+        with open(log, "wb") as out:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", *args], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ))
+
+    try:
+        start("scheduler", ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+                            "--dashboard-address", ":0", "--no-show"])
+        for i in range(2):
+            start(f"worker{i}", ["distributed.cli.dask_worker", address, "--host", "127.0.0.1", "--nworkers", "1",
+                                 "--nthreads", "1", "--name", f"memscore-{i}", "--memory-limit", "0",
+                                 "--dashboard-address", ":0", "--no-nanny"])
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    except Exception:
+        for log in logs:
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        raise
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+
+
+def _rows(destination: Path) -> list[dict]:
+    table = pq.read_table(destination / "scores")
+    return sorted(table.select(["path", "image_id", "size_bytes", "width", "height", "score"]).to_pylist(),
+                  key=lambda row: row["path"])
+
+
+@pytest.mark.slow
+def test_dask_cluster_gives_the_same_rows_as_one_process(dask_cluster, tmp_path, photos, prefect_api):
+    from flows.score import score_archive
+
+    source = tmp_path / "archive"
+    (source / "b").mkdir(parents=True)
+    photos["astronaut"].save(source / "astronaut.jpg", "JPEG")
+    photos["coffee"].save(source / "b" / "coffee.png", "PNG")
+    (source / "broken.png").write_bytes(b"\x89PNG broken")
+    common = dict(device="cpu", workers=0, shard_size=1, features=["fc11"])
+
+    local = score_archive(str(source), str(tmp_path / "local"), **common)
+    on_dask = score_archive(str(source), str(tmp_path / "dask"), dask_address=dask_cluster, **common)
+
+    for summary in (local, on_dask):
+        assert (summary["scored"], summary["failed"], summary["shards"]) == (2, 1, 3)
+    assert "dask" in on_dask["device"]
+    assert on_dask["errors_by_reason"] == local["errors_by_reason"]
+
+    expected, got = _rows(tmp_path / "local"), _rows(tmp_path / "dask")
+    assert [r["path"] for r in got] == [r["path"] for r in expected]
+    for a, b in zip(expected, got):
+        assert (a["image_id"], a["size_bytes"], a["width"], a["height"]) == (b["image_id"], b["size_bytes"], b["width"], b["height"])
+        assert b["score"] == pytest.approx(a["score"], abs=1e-5)
+    feats = pq.read_table(tmp_path / "dask" / "scores").column("feat_fc11").to_pylist()
+    assert len(feats) == 2 and all(len(f) > 0 for f in feats)
+    assert pq.read_table(tmp_path / "dask" / "errors").column("path").to_pylist() == ["broken.png"]
+
+    # Both workers took shards, and each loaded the model once (one per process).
+    with distributed.Client(dask_cluster, timeout=30) as client:
+        loaded = client.run(eval, "len(__import__('tasks.score').score._models)")
+    assert len(loaded) == 2
+    assert all(n == 1 for n in loaded.values()), loaded
