@@ -9,11 +9,11 @@ relation, and does the row work in SQL where the data lie:
 - Kendall's tau-b comes from a pairwise self-join (O(n^2), so it is computed only
   up to ``kendall_max_n`` images) with the tie-corrected asymptotic p-value, as
   ``scipy.stats.kendalltau(method="asymptotic")``.
-- Bootstrap: resample ``b`` draws image ``hash(seed, b, k) % n`` for k < n
+- Bootstrap: resample ``b`` draws image ``mix(k, b, seed) % n`` for k < n
   (n draws with replacement, reproducible for a seed), re-ranks within each
   resample and takes percentile intervals with ``quantile_cont``.
 - Split-half: participant ``p`` goes to half A of split ``s`` when its
-  ``hash(seed, s, p)`` is in the lower half of that split's participants; the
+  ``mix(p, s, seed)`` is in the lower half of that split's participants; the
   per-image counts of both halves for all splits come out of one aggregate pass
   (a bit mask per participant), then each split is correlated across images.
 
@@ -141,10 +141,12 @@ def _clean(relation: str, x: str, y: str) -> str:
 
 
 def _num(value: Any) -> float | None:
+    """A finite float rounded to 12 significant digits (parallel aggregation may
+    change the last bits between runs; results stay identical for a seed), or None."""
     if value is None:
         return None
     value = float(value)
-    return value if math.isfinite(value) else None
+    return float(f"{value:.12g}") if math.isfinite(value) else None
 
 
 def point_estimates(con: duckdb.DuckDBPyConnection, relation: str, x: str = "x", y: str = "y") -> dict[str, Any]:
@@ -197,24 +199,58 @@ def kendall_tau(con: duckdb.DuckDBPyConnection, relation: str, x: str = "x", y: 
     return {"tau": max(-1.0, min(1.0, tau)), "p_value": p, "n": n}
 
 
-def bootstrap_sql(relation: str, x: str, y: str, resamples: int, seed: int) -> str:
-    """SQL giving one row per resample b: (b, spearman, pearson)."""
+def mix_sql(item: str, stream: str, seed: int) -> str:
+    """A well-mixed 64-bit hash of (item, stream, seed).
+
+    DuckDB's multi-argument ``hash(a, b, c)`` combines the parts by XOR, so
+    ``hash(seed, b, k) % n`` would draw the same pattern, shifted, in every
+    resample; hashing the XOR of the item's hash and the stream's hash again
+    mixes all bits."""
+    return f"hash(xor(hash({item}), hash({int(seed)}, {stream})))"
+
+
+def bootstrap_sql(relation: str, x: str, y: str, resamples: int, seed: int,
+                  grouped: tuple[bool, bool] = (False, False)) -> str:
+    """SQL giving one row per resample b: (b, spearman, pearson).
+
+    Values are replaced by their dense ranks gx, gy (integers sort faster). A
+    variable with many ties (``grouped``) is ranked per (resample, value) group:
+    mid-rank = cumulative count - (count - 1) / 2, then joined back; otherwise
+    each draw is ranked by a window over its resample."""
+
+    def ranks(var: str, use_groups: bool) -> tuple[str, str, str]:
+        if use_groups:
+            cte = (f"c{var} AS (SELECT b, g{var}, count(*) AS c FROM s GROUP BY b, g{var}), "
+                   f"r{var} AS (SELECT b, g{var}, sum(c) OVER (PARTITION BY b ORDER BY g{var}) - (c - 1) / 2.0 AS r{var} "
+                   f"FROM c{var}), ")
+            return cte, f"r{var}.r{var}", f"JOIN r{var} USING (b, g{var})"
+        return "", f"(rank() OVER w{var} + count(*) OVER w{var}) / 2.0", ""
+
+    cx, rx, jx = ranks("x", grouped[0])
+    cy, ry, jy = ranks("y", grouped[1])
+    windows = [f"w{v} AS (PARTITION BY b ORDER BY g{v})" for v, g in (("x", grouped[0]), ("y", grouped[1])) if not g]
+    window = f"WINDOW {', '.join(windows)}" if windows else ""
     return f"""
-        WITH d AS (SELECT row_number() OVER (ORDER BY x, y) - 1 AS pos, x, y FROM ({_clean(relation, x, y)})),
+        WITH d0 AS ({_clean(relation, x, y)}),
+        d AS (SELECT (row_number() OVER (ORDER BY x, y) - 1)::BIGINT AS pos, x, y,
+                     dense_rank() OVER (ORDER BY x)::INTEGER AS gx, dense_rank() OVER (ORDER BY y)::INTEGER AS gy FROM d0),
         nn AS (SELECT count(*) AS n FROM d),
         draws AS (
-            SELECT r.b, (hash({int(seed)}, r.b, k.k) % nn.n)::BIGINT AS pos
+            SELECT r.b::INTEGER AS b, ({mix_sql("k.k", "r.b", seed)} % nn.n)::BIGINT AS pos
             FROM range({int(resamples)}) r(b), nn, range((SELECT n FROM nn)) k(k)
         ),
-        s AS (SELECT draws.b, d.x, d.y FROM draws JOIN d USING (pos)),
-        ranked AS (
-            SELECT b, x, y,
-                   (rank() OVER wx + count(*) OVER wx) / 2.0 AS rx,
-                   (rank() OVER wy + count(*) OVER wy) / 2.0 AS ry
-            FROM s WINDOW wx AS (PARTITION BY b ORDER BY x), wy AS (PARTITION BY b ORDER BY y)
-        )
+        s AS (SELECT draws.b, d.x, d.y, d.gx, d.gy FROM draws JOIN d USING (pos)),
+        {cx}{cy}
+        ranked AS (SELECT s.b, s.x, s.y, {rx} AS rx, {ry} AS ry FROM s {jx} {jy} {window})
         SELECT b, corr(rx, ry) AS spearman, corr(x, y) AS pearson FROM ranked GROUP BY b
     """
+
+
+def tie_heavy(con: duckdb.DuckDBPyConnection, relation: str, x: str, y: str, ratio: float = 0.25) -> tuple[bool, bool]:
+    """Whether x and y have at most ``ratio`` * n distinct values (ranked per value group in the bootstrap)."""
+    row = con.sql(f"SELECT count(*), count(DISTINCT x), count(DISTINCT y) FROM ({_clean(relation, x, y)})").fetchall()[0]
+    n = max(int(row[0]), 1)
+    return (row[1] <= ratio * n, row[2] <= ratio * n)
 
 
 def bootstrap_intervals(
@@ -231,7 +267,7 @@ def bootstrap_intervals(
     lo, hi = (1.0 - confidence) / 2.0, 1.0 - (1.0 - confidence) / 2.0
     row = con.sql(
         f"""
-        WITH boot AS ({bootstrap_sql(relation, x, y, resamples, seed)})
+        WITH boot AS ({bootstrap_sql(relation, x, y, resamples, seed, tie_heavy(con, relation, x, y))})
         SELECT quantile_cont(spearman, {lo}) FILTER (WHERE isfinite(spearman)),
                quantile_cont(spearman, {hi}) FILTER (WHERE isfinite(spearman)),
                quantile_cont(pearson, {lo}) FILTER (WHERE isfinite(pearson)),
@@ -311,13 +347,13 @@ class SplitHalfResult:
 
 def split_assignment_sql(participants: str, splits: int, seed: int) -> str:
     """(s, participant, half) with half 0 for the first floor(P/2) participants of
-    split s in the order of hash(seed, s, participant)."""
+    split s in the order of mix_sql(participant, s, seed)."""
     return f"""
         WITH p AS (SELECT DISTINCT participant FROM {participants}),
         np AS (SELECT count(*) AS n FROM p),
         ordered AS (
             SELECT s.s, p.participant,
-                   row_number() OVER (PARTITION BY s.s ORDER BY hash({int(seed)}, s.s, p.participant), p.participant) AS k
+                   row_number() OVER (PARTITION BY s.s ORDER BY {mix_sql("p.participant", "s.s", seed)}, p.participant) AS k
             FROM range({int(splits)}) s(s), p
         )
         SELECT s, participant, CASE WHEN k <= (SELECT n FROM np) // 2 THEN 0 ELSE 1 END AS half FROM ordered
@@ -406,8 +442,8 @@ def split_half(
         spearman_max=_num(per_split[5]),
         pearson_mean=r,
         pearson_sd=_num(per_split[7]),
-        spearman_brown=spearman_brown(rho),
-        pearson_brown=spearman_brown(r),
+        spearman_brown=_num(spearman_brown(rho)),
+        pearson_brown=_num(spearman_brown(r)),
         measure=canonical_measure(measure),
         seed=seed,
     )
