@@ -214,6 +214,20 @@ def bench_models(device, pixels: torch.Tensor, batch_sizes, rounds: int, low_pre
     return rows, {"ours_load_seconds": load_seconds, "reference_scores": reference.tolist(), "peak_gpu_bytes_model": peak_gpu}
 
 
+def draft_batch(paths: list[Path]) -> tuple[torch.Tensor, float]:
+    """Preprocessing after PIL's JPEG draft mode (DCT-domain downscale to >= 256 px): a speed
+    option for decode-bound GPU runs, NOT the reference. Returns (uint8 batch, CPU ms per image)."""
+    from models.preprocess import resmem_transform
+
+    started = time.process_time()
+    out = []
+    for p in paths:
+        image = Image.open(p)
+        image.draft("RGB", (256, 256))
+        out.append(resmem_transform(image))
+    return torch.stack(out), 1000 * (time.process_time() - started) / len(paths)
+
+
 def bench_decode(paths: list[Path], worker_counts, batch: int) -> list[dict]:
     """Read + sha256 + decode + preprocess through the pipeline's own DataLoader, no model."""
     import fsspec
@@ -395,6 +409,14 @@ def main(argv=None) -> int:
     if official:
         results["parity_vs_official"] = drift(np.array(official["scores"]), np.array(extra["reference_scores"]))
 
+    # 3b: JPEG draft-mode decode (measured, not wired in): speed and score drift
+    draft_pixels, draft_ms = draft_batch(paths)
+    from models.registry import load_model
+    from models.speed import prepare
+
+    draft_scores = prepare(load_model("resmem", None, device))(draft_pixels, ())[0].astype(np.float64)
+    results["draft_decode"] = {"ms_per_image": draft_ms, **drift(np.array(extra["reference_scores"]), draft_scores)}
+
     # 4: decode only
     log("decode + preprocess ...")
     results["decode"] = bench_decode(paths, worker_counts, defaults_for(device).batch_size)
@@ -450,6 +472,10 @@ def report(results: dict, official: dict | None) -> None:
         else:
             label = f"decode+preprocess only: {row['workers']} worker(s)"
             print(f"| {label:<52} | {row['images_per_s']:7.2f} | {ratio(row['images_per_s']):>11} | {'-':>10} | {'-':>8} |")
+    if "draft_decode" in results:
+        dd = results["draft_decode"]
+        print(f"| {'decode+preprocess, JPEG draft mode (option, not used)':<52} | {dd['ms_per_image']:7.1f} | {'(ms)':>11} | "
+              f"{dd['max_abs_diff']:10.2e} | {dd['spearman']:8.5f} |")
     for run in results["end_to_end"]:
         d, s = run.get("vs_official_max_abs_diff"), run.get("vs_official_spearman")
         print(f"| {('end to end, steady: ' + run['setting'])[:52]:<52} | {fmt(run['steady_images_per_s']):>7} | {ratio(run['steady_images_per_s']):>11} | "
