@@ -151,7 +151,7 @@ class InferenceRunner:
         host_score = _to_host(score)
         host_feats = {k: _to_host(v) for k, v in feats.items()}
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(device))
         return Pending(host_score, host_feats, event)
 
     def __call__(self, pixels: torch.Tensor, layers: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
