@@ -22,7 +22,7 @@ from typing import Any
 
 import duckdb
 
-from storage.human import MATCH_MODES, Exclusion, HumanDataError, key_sql, lit, load_human, q
+from storage.human import MATCH_MODES, Exclusion, HumanDataError, key_sql, lit, load_human, num, q
 from storage.stats import correlate, split_half
 
 SCORE_CANDIDATES = ("score", "resmem", "memorability", "prediction", "predicted", "pred", "mem_score", "memscore")
@@ -124,7 +124,7 @@ def load_scores(con: duckdb.DuckDBPyConnection, path: str, options: AnalysisOpti
     extra = "".join(f", {q(c)}" for c in keep)
     cond = f"WHERE {' AND '.join(where)}" if where else ""
     con.sql(f"CREATE OR REPLACE TEMP TABLE model_staged AS SELECT {q(id_col)}::VARCHAR AS image, "
-            f"TRY_CAST({q(score_col)} AS DOUBLE) AS score{extra} FROM {rel} {cond}")
+            f"{num(q(score_col), 'DOUBLE', types[score_col])} AS score{extra} FROM {rel} {cond}")
     row = con.sql("SELECT count(*), count(*) FILTER (WHERE image IS NULL), count(*) FILTER (WHERE image IS NOT NULL "
                   "AND (score IS NULL OR NOT isfinite(score))) FROM model_staged").fetchall()[0]
     if row[1]:

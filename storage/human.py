@@ -97,6 +97,22 @@ def lit(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def num(expr: str, type: str = "DOUBLE", source_type: str | None = "VARCHAR") -> str:
+    """NULL-safe number from a column. Text goes through trim(): DuckDB 2.0 pushes a
+    bare TRY_CAST into the CSV reader, which then fails on a bad value instead of
+    giving NULL."""
+    if source_type is not None and source_type.upper() != "VARCHAR":
+        return f"TRY_CAST({expr} AS {type})"
+    return f"TRY_CAST(trim({expr}::VARCHAR) AS {type})"
+
+
+def column_types(con: duckdb.DuckDBPyConnection, relation_sql: str) -> dict[str, str]:
+    try:
+        return {r[0]: r[1] for r in con.sql(f"DESCRIBE SELECT * FROM {relation_sql}").fetchall()}
+    except duckdb.Error as error:
+        raise HumanDataError(f"cannot read human data: {str(error).splitlines()[0]}") from error
+
+
 # ---------------------------------------------------------------------------
 # reading raw files
 
@@ -258,11 +274,11 @@ def _load_lamem(con, info: HumanLoad) -> None:
         raise HumanDataError(f"{path}: expected 'image_name score' on each line")
     image, score = cols[1], cols[2]
     # a first line whose score is not a number is a header
-    first = con.sql(f"SELECT TRY_CAST({q(score)} AS DOUBLE) FROM human_raw WHERE line = 1").fetchall()
+    first = con.sql(f"SELECT {num(q(score))} FROM human_raw WHERE line = 1").fetchall()
     skip = 1 if first and first[0][0] is None else 0
     info.id_column, info.score_column = "column0", "column1"
     con.sql(f"CREATE OR REPLACE TEMP VIEW human_staged AS SELECT {q(image)} AS image, "
-            f"TRY_CAST({q(score)} AS DOUBLE) AS human FROM human_raw WHERE line > {skip}")
+            f"{num(q(score))} AS human FROM human_raw WHERE line > {skip}")
     info.measure = "score"
     _finish_scores(con, info, "human_staged", range_check=True)
 
@@ -277,7 +293,7 @@ def _load_table(con, info: HumanLoad, id_column, score_column) -> None:
         score_column = next((lower[c] for c in HUMAN_SCORE_CANDIDATES if c in lower), None)
         if score_column is None:
             numeric = [c for c in candidates if con.sql(
-                f"SELECT count(*) = count(TRY_CAST({q(c)} AS DOUBLE)) AND count(*) > 0 FROM {rel}").fetchall()[0][0]]
+                f"SELECT count(*) = count({num(q(c))}) AND count(*) > 0 FROM {rel}").fetchall()[0][0]]
             if len(numeric) != 1:
                 raise HumanDataError(f"{info.path}: cannot tell which column is the human score "
                                      f"(numeric columns: {', '.join(numeric) or 'none'}); use --human-column")
@@ -288,7 +304,7 @@ def _load_table(con, info: HumanLoad, id_column, score_column) -> None:
     info.extra_columns = extras
     extra_sql = "".join(f", {q(c)}" for c in extras)
     con.sql(f"CREATE OR REPLACE TEMP VIEW human_staged AS SELECT {q(info.id_column)}::VARCHAR AS image, "
-            f"TRY_CAST({q(info.score_column)} AS DOUBLE) AS human{extra_sql} FROM {rel}")
+            f"{num(q(info.score_column))} AS human{extra_sql} FROM {rel}")
     _finish_scores(con, info, "human_staged", range_check=True)
 
 
@@ -302,7 +318,7 @@ def _load_counts(con, info: HumanLoad, id_column, measure) -> None:
                              f"target_fa, target_cr); columns: {', '.join(columns)}")
     prefix, cols = found
     info.measure = canonical_measure(measure or DEFAULT_MEASURE)
-    counts = {k: f"TRY_CAST({q(v)} AS DOUBLE)" for k, v in cols.items()}
+    counts = {k: num(q(v)) for k, v in cols.items()}
     extras = [c for c in columns if c not in (info.id_column, *cols.values()) and c.lower() not in ("image", "human")]
     info.extra_columns = extras
     extra_sql = "".join(f", {q(c)}" for c in extras)
@@ -324,7 +340,7 @@ def _load_counts(con, info: HumanLoad, id_column, measure) -> None:
         col = next((lower[prefix + s] for s in suffixes if prefix + s in lower), None)
         if col is None:
             continue
-        row = con.sql(f"SELECT max(abs({measure_sql(name)} - TRY_CAST(r.{q(col)} AS DOUBLE))), count(*) "
+        row = con.sql(f"SELECT max(abs({measure_sql(name)} - {num('r.' + q(col))})), count(*) "
                       f"FROM human_counts c JOIN {rel} r ON c.image = r.{q(info.id_column)}::VARCHAR").fetchall()[0]
         checks[col] = float(row[0]) if row[0] is not None else float("nan")
         if row[0] is not None and row[0] > 1e-9:
@@ -352,22 +368,31 @@ def _stage_trials(con, info: HumanLoad, id_column, source_sql: str, participant_
     if "trial_type" not in lower:
         raise HumanDataError(f"{info.path}: trial data needs a trial_type column (target, filler, vigilance); "
                              f"columns: {', '.join(columns)}")
+    types = column_types(con, source_sql)
     order_col = next((lower[c] for c in ORDER_CANDIDATES if c in lower), None)
-    order_sql = f"TRY_CAST({q(order_col)} AS DOUBLE), _row" if order_col else "_row"
-    con.sql(f"CREATE OR REPLACE TEMP TABLE trials_raw AS SELECT *, row_number() OVER () AS _row FROM {source_sql}")
-    presentation = (
-        f"TRY_CAST({q(lower['presentation'])} AS INTEGER)" if "presentation" in lower else
-        f"row_number() OVER (PARTITION BY ({participant_sql})::VARCHAR, {q(info.id_column)}::VARCHAR ORDER BY {order_sql})"
-    )
+    image_sql = f"{q(info.id_column)}::VARCHAR"
+    if "presentation" in lower:
+        presentation = num(q(lower["presentation"]), "INTEGER", types[lower["presentation"]])
+        source = source_sql
+    else:  # first showing = 1, repeat = 2, in the order of the order column, else of the file
+        order_sql = (f"{num(q(order_col), 'DOUBLE', types[order_col])}, _row" if order_col else "_row")
+        presentation = (f"row_number() OVER (PARTITION BY ({participant_sql})::VARCHAR, {image_sql} "
+                        f"ORDER BY {order_sql})")
+        source = f"(SELECT *, row_number() OVER () AS _row FROM {source_sql})"
+    rtype = types[lower["response"]].upper()
+    if rtype == "BOOLEAN" or any(t in rtype for t in ("INT", "DOUBLE", "FLOAT", "DECIMAL")):
+        r = q(lower["response"])
+        response = f"CASE WHEN {r}::DOUBLE = 1 THEN 1 WHEN {r}::DOUBLE = 0 THEN 0 ELSE NULL END"
+    else:
+        response = _response_sql(q(lower["response"]))
     con.sql(
         f"""CREATE OR REPLACE TEMP TABLE trials AS
-        SELECT ({participant_sql})::VARCHAR AS participant, {q(info.id_column)}::VARCHAR AS image,
+        SELECT ({participant_sql})::VARCHAR AS participant, {image_sql} AS image,
                lower(trim({q(lower['trial_type'])}::VARCHAR)) AS trial_type,
                {presentation} AS presentation,
-               {_response_sql(q(lower['response']))} AS response
-        FROM trials_raw"""
+               {response} AS response
+        FROM {source}"""
     )
-    con.sql("DROP TABLE trials_raw")
     bad = con.sql("SELECT count(*) FILTER (WHERE response IS NULL), count(*) FILTER (WHERE image IS NULL OR "
                   "participant IS NULL), count(*) FROM trials").fetchall()[0]
     info.rows = int(bad[2])
