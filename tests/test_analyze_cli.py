@@ -1,0 +1,182 @@
+"""memscore analyze / memscore sql and the analyze flow, on small data made here."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats as st
+
+from flows.analyze import AnalysisOptions, run_analysis
+from flows.cli import main
+from storage.schema import scores_schema
+
+
+def make_dest(root, paths, scores, model="resmem", feats=None):
+    """A memscore output folder with one scores part (no model run)."""
+    (root / "scores").mkdir(parents=True, exist_ok=True)
+    n = len(paths)
+    schema = scores_schema({"fc11": 4})
+    rng = np.random.default_rng(0)
+    feats = feats if feats is not None else rng.normal(size=(n, 4)).astype(np.float32)
+    table = pa.table({
+        "image_id": [f"{i:064x}" for i in range(n)], "path": paths, "uri": [f"file:///src/{p}" for p in paths],
+        "size_bytes": pa.array([1000] * n, pa.int64()), "width": pa.array([64] * n, pa.int32()),
+        "height": pa.array([48] * n, pa.int32()), "model": [model] * n, "weights": ["abc"] * n,
+        "score": pa.array(scores, pa.float32()),
+        "feat_fc11": pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1), pa.float32()), 4),
+        "source_version": ["v"] * n, "run_id": ["r"] * n,
+        "scored_at": pa.array([datetime(2026, 1, 1, tzinfo=timezone.utc)] * n, pa.timestamp("us", tz="UTC")),
+    }, schema=schema)
+    pq.write_table(table, root / "scores" / "part-x.parquet")
+    return str(root)
+
+
+@pytest.fixture()
+def lab(tmp_path):
+    rng = np.random.default_rng(42)
+    n = 60
+    names = [f"im{i:03d}.jpg" for i in range(n)]
+    human = np.round(rng.uniform(0.3, 0.9, n), 2)  # ties
+    score = (human + rng.normal(0, 0.1, n)).clip(0, 1).astype(np.float32)
+    dest = make_dest(tmp_path / "dest", [f"set/{x}" for x in names], score)
+    lamem = tmp_path / "test_1.txt"
+    # two human images without scores, one scored image without human data
+    lines = [f"{a} {h}" for a, h in zip(names[1:], human[1:])] + ["extra1.jpg 0.5", "extra2.jpg 0.6"]
+    lamem.write_text("\n".join(lines) + "\n")
+    return {"dest": dest, "lamem": str(lamem), "human": human[1:], "score": score[1:], "tmp": tmp_path}
+
+
+def test_analyze_json_matches_scipy(lab, capsys):
+    code = main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "200", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["match"] == "name"
+    assert (out["n"], out["n_unmatched_scores"], out["n_unmatched_human"]) == (59, 1, 2)
+    rho, p = st.spearmanr(lab["score"].astype(np.float64), lab["human"])
+    r, pr = st.pearsonr(lab["score"].astype(np.float64), lab["human"])
+    assert out["spearman"]["rho"] == pytest.approx(rho, abs=1e-9)
+    assert out["spearman"]["p_value"] == pytest.approx(p, rel=1e-6)
+    assert out["pearson"]["r"] == pytest.approx(r, abs=1e-6)
+    assert out["pearson"]["p_value"] == pytest.approx(pr, rel=1e-4)
+    assert out["spearman"]["ci_low"] < out["spearman"]["rho"] < out["spearman"]["ci_high"]
+    assert {"rho", "ci_low", "ci_high", "p_value"} <= set(out["spearman"])
+    assert {"r", "ci_low", "ci_high", "p_value"} <= set(out["pearson"])
+    assert out["split_half"] is None
+    # same seed, same numbers
+    main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "200", "--json"])
+    again = json.loads(capsys.readouterr().out)
+    assert again["spearman"] == out["spearman"] and again["pearson"] == out["pearson"]
+
+
+def test_analyze_summary_and_out_dir(lab, capsys):
+    out_dir = lab["tmp"] / "report"
+    code = main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "50",
+                 "--match", "name", "--out", str(out_dir)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "59 images matched by name" in text and "Spearman rho" in text
+    joined = pq.read_table(out_dir / "joined.parquet")
+    assert joined.num_rows == 59 and {"image", "score_image", "score", "human", "width"} <= set(joined.column_names)
+    assert json.loads((out_dir / "stats.json").read_text())["n"] == 59
+    assert "Spearman rho" in (out_dir / "report.md").read_text()
+
+
+def test_analyze_errors_are_one_line(lab, capsys, tmp_path):
+    unrelated = tmp_path / "other.txt"
+    unrelated.write_text("zzz.jpg 0.5\nyyy.jpg 0.4\n")
+    assert main(["analyze", "--scores", lab["dest"], "--human", str(unrelated)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("memscore: error: no image of the scores matches") and "\n" not in err
+    assert main(["analyze", "--scores", lab["dest"], "--human", str(tmp_path / "nope.csv")]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--match", "path"]) == 1
+    assert "by path" in capsys.readouterr().err
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--score-column", "nope"]) == 1
+    assert "no column 'nope'" in capsys.readouterr().err
+
+
+def test_official_csv_counts_and_groups(tmp_path):
+    """The official package's CSV beside a count table, per category."""
+    rng = np.random.default_rng(3)
+    n = 80
+    names = [f"x{i}.png" for i in range(n)]
+    hit = rng.integers(5, 40, n)
+    miss = rng.integers(1, 20, n)
+    fa = rng.integers(0, 10, n)
+    cr = rng.integers(20, 40, n)
+    cat = np.where(np.arange(n) % 2 == 0, "indoor", "outdoor")
+    hr, far = hit / (hit + miss), fa / (fa + cr)
+    (tmp_path / "mem.csv").write_text("image_name,category,target_hit,target_miss,target_fa,target_cr\n" + "\n".join(
+        f"{a},{c},{h},{m},{f},{r}" for a, c, h, m, f, r in zip(names, cat, hit, miss, fa, cr)) + "\n")
+    model = hr - far + rng.normal(0, 0.1, n)
+    (tmp_path / "resmem.csv").write_text("image_name,resmem\n" + "\n".join(f"{a},{s}" for a, s in zip(names, model)) + "\n")
+    res = run_analysis(str(tmp_path / "resmem.csv"), str(tmp_path / "mem.csv"), AnalysisOptions(
+        human_measure="corrected_recognition", bootstrap=100, group_column="category"))
+    assert res["match"] == "path" and res["n"] == n and res["human_format"] == "counts"
+    assert res["spearman"]["rho"] == pytest.approx(st.spearmanr(model, hr - far)[0], abs=1e-9)
+    groups = {g["group"]: g for g in res["groups"]}
+    for c in ("indoor", "outdoor"):
+        m = cat == c
+        assert groups[c]["n"] == m.sum()
+        assert groups[c]["spearman"]["rho"] == pytest.approx(st.spearmanr(model[m], (hr - far)[m])[0], abs=1e-9)
+
+
+def test_trials_give_split_half_and_ceiling(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    images, participants = 120, 60
+    mem = rng.uniform(0.2, 0.95, images)
+    rows = ["participant_id,image_id,trial_type,presentation,response"]
+    for p in range(participants):
+        for i in rng.choice(images, 60, replace=False):
+            rows.append(f"s{p},im{i}.jpg,target,1,{int(rng.random() < 0.1)}")
+            rows.append(f"s{p},im{i}.jpg,target,2,{int(rng.random() < mem[i])}")
+        rows.append(f"s{p},v{p}.jpg,vigilance,1,0")
+        rows.append(f"s{p},v{p}.jpg,vigilance,2,{0 if p == 0 else 1}")  # s0 misses its vigilance repeat
+    (tmp_path / "trials.csv").write_text("\n".join(rows) + "\n")
+    dest = make_dest(tmp_path / "dest", [f"im{i}.jpg" for i in range(images)],
+                     (mem + rng.normal(0, 0.1, images)).clip(0, 1))
+    code = main(["analyze", "--scores", dest, "--human", str(tmp_path / "trials.csv"), "--splits", "10",
+                 "--bootstrap", "100", "--seed", "3", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    sh = out["split_half"]
+    assert sh["splits"] == 10 and sh["participants"] == participants - 1
+    assert {"spearman_mean", "pearson_mean", "spearman_brown", "spearman_sd"} <= set(sh)
+    assert 0 < sh["spearman_mean"] < sh["spearman_brown"] < 1
+    assert out["participants"]["excluded_ids"] == ["s0"]
+    assert out["fraction_of_ceiling"] == pytest.approx(out["spearman"]["rho"] / sh["spearman_brown"])
+
+
+def test_sql_views_and_queries(lab, capsys):
+    dest = lab["dest"]
+    assert main(["sql", dest, "SELECT path, score FROM scores ORDER BY score DESC LIMIT 3"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["path", "score"] and "(3 rows)" in out
+    assert main(["sql", dest, "SELECT count(*) AS n FROM errors"]) == 0
+    assert "0" in capsys.readouterr().out.splitlines()[2]
+    query = ("SELECT b.path, list_cosine_similarity(a.feat_fc11::FLOAT[], b.feat_fc11::FLOAT[]) AS sim "
+             "FROM scores a, scores b WHERE a.path = 'set/im000.jpg' AND b.path <> a.path ORDER BY sim DESC LIMIT 5")
+    assert main(["sql", dest, query]) == 0
+    assert "(5 rows)" in capsys.readouterr().out
+    assert main(["sql", "--csv", dest, "SELECT path FROM scores ORDER BY path LIMIT 2"]) == 0
+    assert capsys.readouterr().out.splitlines() == ['"path"', '"set/im000.jpg"', '"set/im001.jpg"']
+    assert main(["sql", dest, "SELECT nope FROM scores"]) == 1
+    assert capsys.readouterr().err.startswith("memscore: error:")
+    assert main(["sql", str(lab["tmp"]), "SELECT 1"]) == 1
+
+
+@pytest.mark.slow
+def test_prefect_flow_attaches_a_markdown_artifact(lab):
+    from prefect.artifacts import Artifact
+
+    from flows.analyze import analyze
+
+    result = analyze(lab["dest"], lab["lamem"], bootstrap=50)
+    assert result["n"] == 59
+    artifact = Artifact.get("memscore-analysis")
+    assert artifact is not None and "Spearman rho" in artifact.data
