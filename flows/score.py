@@ -384,6 +384,30 @@ def score_archive(
     return summary.as_dict()
 
 
+def _api_url_for_workers():
+    """Tell Dask workers where this run's Prefect API is.
+
+    With a server or Prefect Cloud configured (PREFECT_API_URL) the workers get it
+    from the task context. With none, this process started a temporary local API:
+    name its URL in the settings sent along with each task, so that the workers
+    report to it instead of each starting a temporary API of their own.
+    """
+    from contextlib import nullcontext
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return nullcontext()
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            url = str(client.api_url).rstrip("/")
+    except Exception:  # noqa: BLE001 - fall back to Prefect's own behaviour
+        return nullcontext()
+    return temporary_settings(updates={PREFECT_API_URL: url})
+
+
 def _score_on_dask(
     address: str, plan: Plan, src: Location, dest: Location, model: str, weights: str | None,
     device: str, settings: ScoreSettings, account: Any,
@@ -395,7 +419,7 @@ def _score_on_dask(
     """
     from prefect_dask import DaskTaskRunner
 
-    with DaskTaskRunner(address=address) as runner:
+    with _api_url_for_workers(), DaskTaskRunner(address=address) as runner:
         writes = []
         for index, shard in enumerate(plan.shards):
             scored = runner.submit(
