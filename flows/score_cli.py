@@ -75,10 +75,14 @@ def parse_features(text: str | None) -> list[str] | None:
 def check_source(source: str, storage_options: dict | None) -> None:
     """Raise SourceUnreadableError unless SOURCE is a folder we can list."""
     from storage.uris import open_location
-    from tasks.discover import SourceUnreadableError
+    from tasks.discover import SourceUnreadableError, is_s3, iter_s3_objects
 
     try:
         location = open_location(source, storage_options)
+        if is_s3(location.fs):
+            # One ListObjectsV2 call of one key (fs.isdir would list the whole prefix).
+            next(iter(iter_s3_objects(location, page_size=1)), None)
+            return
         is_folder = location.fs.isdir(location.root)
     except (ImportError, ValueError) as error:
         raise SourceUnreadableError(f"cannot open source {source}: {error}") from None

@@ -209,6 +209,14 @@ def test_s3_listing_pages_and_missing_source(s3):
     with pytest.raises(SourceNotFoundError, match="not a folder"):
         list(iter_listing(open_location("s3://memscore-pages/p/00.png")))
 
+    # The CLI's early check costs one ListObjectsV2 call of one key, whatever the prefix holds.
+    from flows.score_cli import check_source
+
+    fs.call_s3 = real
+    check_source("s3://memscore-pages/p", None)
+    with pytest.raises(SourceNotFoundError):
+        check_source("s3://memscore-pages/nope", None)
+
 
 class _FakeS3:
     """Just enough of s3fs for the listing: 100,000 keys served in pages of 1,000."""
