@@ -122,8 +122,6 @@ class M3M(ResMem):
         self.segmenter_kind = segmenter
         self.segmenter = build_segmenter(segmenter)
         self.segmenter.requires_grad_(False)
-        self.register_buffer("seg_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("seg_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # 21 x 227 x 227 probabilities -> 64 x 4 x 4 = 1024
         self.seg_conv1 = nn.Conv2d(SEG_CLASSES, 32, kernel_size=5, stride=2, padding=2)  # 114
         self.seg_pool1 = nn.MaxPool2d(3, 2)  # 56
@@ -142,7 +140,10 @@ class M3M(ResMem):
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel class probabilities ``[B, 21, H, W]`` from the segmenter."""
-        normalised = (x - self.seg_mean.to(x.dtype)) / self.seg_std.to(x.dtype)
+        # constants made here, not buffers: a module built on the meta device gets no state for them
+        mean = torch.tensor(_IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(_IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        normalised = (x - mean) / std
         return torch.softmax(self.segmenter(normalised)["out"], dim=1)
 
     def segmentation_branch(self, x: torch.Tensor) -> torch.Tensor:

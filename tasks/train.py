@@ -374,7 +374,9 @@ class ImageIndex:
         root = self.location.root.rstrip("/") + "/"
         if key.startswith(root):
             key = key[len(root):]
-        key = key.lstrip("./").lstrip("/") if key.startswith(("./", "/")) else key
+        while key.startswith("./"):
+            key = key[2:]
+        key = key.lstrip("/")
         return self.by_path.get(key) or self.by_name.get(key.rsplit("/", 1)[-1])
 
 
@@ -812,7 +814,8 @@ def train_model(
         rho = spearman(val_pred, val_target)
         seconds = time.perf_counter() - started
         train_seconds += seconds
-        improved = not math.isnan(rho) and rho > best_spearman
+        # the first epoch always exports a model (even when its Spearman is undefined, e.g. constant predictions)
+        improved = best_epoch is None or (not math.isnan(rho) and rho > best_spearman)
         row = EpochMetrics(
             epoch=epoch, train_loss=loss_sum / max(seen, 1), val_loss=val_loss, val_spearman=rho,
             val_pearson=pearson(val_pred, val_target), lr=optimizer.param_groups[0]["lr"], train_images=seen,
@@ -822,7 +825,7 @@ def train_model(
         if failed or val_failed:
             log(f"epoch {epoch}: {failed + val_failed} unreadable image(s) skipped")
         if improved:
-            best_spearman, best_epoch, since_best = rho, epoch, 0
+            best_spearman, best_epoch, since_best = (rho if not math.isnan(rho) else -math.inf), epoch, 0
             best_digest = _save_torch(out, "model.pt", {
                 "model": trainable_state(model),
                 "memscore": {"model": config.model, "epoch": epoch, "val_spearman": rho, "format": "memscore-model/1"},
@@ -859,7 +862,7 @@ def train_model(
     return TrainResult(
         out=out.uri, model=config.model, epochs_run=len(history), stopped_early=stopped_early,
         resumed_from_epoch=resumed_from, best_epoch=best_epoch,
-        best_val_spearman=best_spearman if best_epoch is not None else None, test=test, metrics=history,
+        best_val_spearman=best_spearman if best_epoch is not None and math.isfinite(best_spearman) else None, test=test, metrics=history,
         weights_digest=best_digest, train_seconds=train_seconds, parameters=total_params,
         trainable_parameters=trainable_params, card=card,
     )
