@@ -183,3 +183,10 @@ def test_deploy_from_prefect_yaml_and_run_on_a_worker(prefect_server, tmp_path, 
     assert "| scored | 2 |" in summary and "| failed | 1 |" in summary and "UnidentifiedImageError" in summary
     progress = artifacts["score-archive-progress"]
     assert progress["type"] == "progress" and float(progress["data"]) == pytest.approx(100.0)
+
+    # The pool is overridable per deployment from the command line.
+    _prefect(env, "work-pool", "create", "memscore-gpu", "--type", "process")
+    _prefect(env, "--no-prompt", "deploy", "--name", "score-archive/default", "--pool", "memscore-gpu")
+    pools = {(flows_by_id[d["flow_id"]], d["name"]): d["work_pool_name"] for d in _api(env, "/deployments/filter")}
+    assert pools[("score-archive", "default")] == "memscore-gpu"
+    assert pools[("score-archive", "nightly")] == "memscore"
