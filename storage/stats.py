@@ -209,41 +209,64 @@ def mix_sql(item: str, stream: str, seed: int) -> str:
     return f"hash(xor(hash({item}), hash({int(seed)}, {stream})))"
 
 
-def bootstrap_sql(relation: str, x: str, y: str, resamples: int, seed: int,
-                  grouped: tuple[bool, bool] = (False, False)) -> str:
-    """SQL giving one row per resample b: (b, spearman, pearson).
-
-    Values are replaced by their dense ranks gx, gy (integers sort faster). A
-    variable with many ties (``grouped``) is ranked per (resample, value) group:
-    mid-rank = cumulative count - (count - 1) / 2, then joined back; otherwise
-    each draw is ranked by a window over its resample."""
-
-    def ranks(var: str, use_groups: bool) -> tuple[str, str, str]:
-        if use_groups:
-            cte = (f"c{var} AS (SELECT b, g{var}, count(*) AS c FROM s GROUP BY b, g{var}), "
-                   f"r{var} AS (SELECT b, g{var}, sum(c) OVER (PARTITION BY b ORDER BY g{var}) - (c - 1) / 2.0 AS r{var} "
-                   f"FROM c{var}), ")
-            return cte, f"r{var}.r{var}", f"JOIN r{var} USING (b, g{var})"
-        return "", f"(rank() OVER w{var} + count(*) OVER w{var}) / 2.0", ""
-
-    cx, rx, jx = ranks("x", grouped[0])
-    cy, ry, jy = ranks("y", grouped[1])
-    windows = [f"w{v} AS (PARTITION BY b ORDER BY g{v})" for v, g in (("x", grouped[0]), ("y", grouped[1])) if not g]
-    window = f"WINDOW {', '.join(windows)}" if windows else ""
+def _bootstrap_base(relation: str, x: str, y: str, resamples: int, seed: int) -> str:
+    """CTEs d (pos, x, y, gx, gy: dense ranks) and draws (b, pos): n draws with replacement per resample."""
     return f"""
-        WITH d0 AS ({_clean(relation, x, y)}),
+        d0 AS ({_clean(relation, x, y)}),
         d AS (SELECT (row_number() OVER (ORDER BY x, y) - 1)::BIGINT AS pos, x, y,
                      dense_rank() OVER (ORDER BY x)::INTEGER AS gx, dense_rank() OVER (ORDER BY y)::INTEGER AS gy FROM d0),
         nn AS (SELECT count(*) AS n FROM d),
         draws AS (
             SELECT r.b::INTEGER AS b, ({mix_sql("k.k", "r.b", seed)} % nn.n)::BIGINT AS pos
             FROM range({int(resamples)}) r(b), nn, range((SELECT n FROM nn)) k(k)
-        ),
-        s AS (SELECT draws.b, d.x, d.y, d.gx, d.gy FROM draws JOIN d USING (pos)),
-        {cx}{cy}
-        ranked AS (SELECT s.b, s.x, s.y, {rx} AS rx, {ry} AS ry FROM s {jx} {jy} {window})
-        SELECT b, corr(rx, ry) AS spearman, corr(x, y) AS pearson FROM ranked GROUP BY b
+        )"""
+
+
+def bootstrap_spearman_sql(relation: str, x: str, y: str, resamples: int, seed: int,
+                           grouped: tuple[bool, bool] = (False, False)) -> str:
+    """SQL giving one row per resample: (b, spearman), re-ranking every resample.
+
+    Only the dense ranks gx, gy travel through the windows. A draw's mid-rank is
+    (rank() + n * cume_dist()) / 2 over its resample (first and last position of
+    its tie group; every resample has exactly n draws). A variable with many ties
+    (``grouped``) is ranked per (resample, value) group instead, mid-rank =
+    cumulative count - (count - 1) / 2, and joined back."""
+    ranks, joins, windows = {}, [], []
+    for var, use_groups in (("x", grouped[0]), ("y", grouped[1])):
+        if use_groups:
+            joins.append(f"JOIN r{var} USING (b, g{var})")
+            ranks[var] = f"r{var}.r{var}"
+        else:
+            windows.append(f"w{var} AS (PARTITION BY b ORDER BY g{var})")
+            ranks[var] = f"(rank() OVER w{var} + round(cume_dist() OVER w{var} * (SELECT n FROM nn))) / 2.0"
+    group_ctes = "".join(
+        f"c{var} AS (SELECT b, g{var}, count(*) AS c FROM s GROUP BY b, g{var}), "
+        f"r{var} AS (SELECT b, g{var}, sum(c) OVER (PARTITION BY b ORDER BY g{var}) - (c - 1) / 2.0 AS r{var} FROM c{var}), "
+        for var, use_groups in (("x", grouped[0]), ("y", grouped[1])) if use_groups
+    )
+    window = f"WINDOW {', '.join(windows)}" if windows else ""
+    return f"""
+        WITH {_bootstrap_base(relation, x, y, resamples, seed)},
+        s AS (SELECT draws.b, d.gx, d.gy FROM draws JOIN d USING (pos)),
+        {group_ctes}
+        ranked AS (SELECT s.b, {ranks['x']} AS rx, {ranks['y']} AS ry FROM s {' '.join(joins)} {window})
+        SELECT b, corr(rx, ry) AS spearman FROM ranked GROUP BY b
     """
+
+
+def bootstrap_pearson_sql(relation: str, x: str, y: str, resamples: int, seed: int) -> str:
+    """SQL giving one row per resample: (b, pearson), over the same draws as the Spearman."""
+    return f"""
+        WITH {_bootstrap_base(relation, x, y, resamples, seed)}
+        SELECT b, corr(d.x, d.y) AS pearson FROM draws JOIN d USING (pos) GROUP BY b
+    """
+
+
+def bootstrap_sql(relation: str, x: str, y: str, resamples: int, seed: int,
+                  grouped: tuple[bool, bool] = (False, False)) -> str:
+    """SQL giving one row per resample b: (b, spearman, pearson)."""
+    return (f"SELECT b, s.spearman, p.pearson FROM ({bootstrap_spearman_sql(relation, x, y, resamples, seed, grouped)}) s "
+            f"JOIN ({bootstrap_pearson_sql(relation, x, y, resamples, seed)}) p USING (b)")
 
 
 def tie_heavy(con: duckdb.DuckDBPyConnection, relation: str, x: str, y: str, ratio: float = 0.25) -> tuple[bool, bool]:
@@ -265,26 +288,19 @@ def bootstrap_intervals(
 ) -> dict[str, Any]:
     """Percentile bootstrap intervals over images for Spearman and Pearson."""
     lo, hi = (1.0 - confidence) / 2.0, 1.0 - (1.0 - confidence) / 2.0
-    row = con.sql(
-        f"""
-        WITH boot AS ({bootstrap_sql(relation, x, y, resamples, seed, tie_heavy(con, relation, x, y))})
-        SELECT quantile_cont(spearman, {lo}) FILTER (WHERE isfinite(spearman)),
-               quantile_cont(spearman, {hi}) FILTER (WHERE isfinite(spearman)),
-               quantile_cont(pearson, {lo}) FILTER (WHERE isfinite(pearson)),
-               quantile_cont(pearson, {hi}) FILTER (WHERE isfinite(pearson)),
-               count(*) FILTER (WHERE isfinite(spearman)),
-               stddev_samp(spearman) FILTER (WHERE isfinite(spearman)),
-               stddev_samp(pearson) FILTER (WHERE isfinite(pearson))
-        FROM boot
-        """
-    ).fetchall()[0]
-    return {
-        "spearman": (_num(row[0]), _num(row[1])),
-        "pearson": (_num(row[2]), _num(row[3])),
-        "valid_resamples": int(row[4] or 0),
-        "spearman_se": _num(row[5]),
-        "pearson_se": _num(row[6]),
-    }
+    out: dict[str, Any] = {}
+    grouped = tie_heavy(con, relation, x, y)
+    for name, sql in (("spearman", bootstrap_spearman_sql(relation, x, y, resamples, seed, grouped)),
+                      ("pearson", bootstrap_pearson_sql(relation, x, y, resamples, seed))):
+        row = con.sql(
+            f"""SELECT quantile_cont({name}, {lo}), quantile_cont({name}, {hi}), count(*), stddev_samp({name})
+            FROM ({sql}) WHERE isfinite({name})"""
+        ).fetchall()[0]
+        out[name] = (_num(row[0]), _num(row[1]))
+        out[f"{name}_se"] = _num(row[3])
+        out[f"{name}_valid_resamples"] = int(row[2] or 0)
+    out["valid_resamples"] = out["spearman_valid_resamples"]
+    return out
 
 
 def correlate(
@@ -360,28 +376,52 @@ def split_assignment_sql(participants: str, splits: int, seed: int) -> str:
     """
 
 
-def split_half_counts_sql(counts: str, splits: int, seed: int) -> str:
+PACK_BITS = 15  # four counts share one BIGINT; per-image sums must stay below 2**15
+
+
+def split_half_counts_sql(counts: str, splits: int, seed: int, packed: bool = True) -> str:
     """Per (s, image) the hit/miss/fa/cr counts of half A and half B.
 
     ``counts`` has columns participant, image, hit, miss, fa, cr (one row per
     participant and image). One aggregate pass per 64 splits: each participant
-    carries a bit mask of the splits in which it is in half A.
+    carries a bit mask of the splits in which it is in half A, and half A's sum
+    for split s is ``sum(value * bit_s(mask))``. With ``packed`` the four counts
+    travel as one BIGINT (15 bits each: per-image totals must stay below 32768),
+    one sum per split instead of four.
     """
+    cols = ("hit", "miss", "fa", "cr")
+    mask = f"((coalesce(m.mask, 0::UBIGINT) >> {{k}}::UBIGINT) & 1::UBIGINT)::BIGINT"
     parts = []
     for start in range(0, splits, 64):
         stop = min(splits, start + 64)
-        mask = (
+        masks = (
             f"SELECT participant, bit_or((1::UBIGINT << (s - {start})::UBIGINT)) FILTER (WHERE half = 0) AS mask "
             f"FROM assign WHERE s >= {start} AND s < {stop} GROUP BY participant"
         )
+        if packed:
+            value = " + ".join(f"({c}::BIGINT << {i * PACK_BITS})" for i, c in enumerate(cols))
+            aggs = [f"sum(v * {mask.format(k=s - start)}) AS a_{s}" for s in range(start, stop)] + ["sum(v) AS a_all"]
+            unnest = f"unnest(range({start}, {stop})) AS s, unnest([{', '.join(f'a_{s}' for s in range(start, stop))}]) AS a"
+            unpack = ", ".join(
+                f"((a >> {i * PACK_BITS}) & {2 ** PACK_BITS - 1})::BIGINT AS {c}_a, "
+                f"((a_all >> {i * PACK_BITS}) & {2 ** PACK_BITS - 1})::BIGINT - ((a >> {i * PACK_BITS}) & {2 ** PACK_BITS - 1})::BIGINT AS {c}_b"
+                for i, c in enumerate(cols)
+            )
+            parts.append(
+                f"""SELECT s, image, {unpack}
+                FROM (SELECT image, a_all::BIGINT AS a_all, {unnest.replace(' AS a', ' AS a_h')}
+                      FROM (SELECT c.image, {', '.join(aggs)}
+                            FROM (SELECT image, participant, {value} AS v FROM {counts}) c
+                            LEFT JOIN ({masks}) m USING (participant) GROUP BY c.image)) t(image, a_all, s, a)"""
+            )
+            continue
         aggs = []
         lists = {}
-        for col in ("hit", "miss", "fa", "cr"):
+        for col in cols:
             names = []
             for s in range(start, stop):
-                name = f"{col}_a_{s}"
-                aggs.append(f"sum({col} * ((coalesce(m.mask, 0::UBIGINT) >> {s - start}::UBIGINT) & 1::UBIGINT)::BIGINT) AS {name}")
-                names.append(name)
+                aggs.append(f"sum({col} * {mask.format(k=s - start)}) AS {col}_a_{s}")
+                names.append(f"{col}_a_{s}")
             aggs.append(f"sum({col}) AS {col}_all")
             lists[col] = names
         unnest = ", ".join(
@@ -392,11 +432,20 @@ def split_half_counts_sql(counts: str, splits: int, seed: int) -> str:
             f"""SELECT s, image, {', '.join(f'{c}_a, {c}_all - {c}_a AS {c}_b' for c in lists)}
             FROM (SELECT image, {', '.join(f'{c}_all' for c in lists)}, {unnest}
                   FROM (SELECT c.image, {', '.join(aggs)}
-                        FROM {counts} c LEFT JOIN ({mask}) m USING (participant) GROUP BY c.image))"""
+                        FROM {counts} c LEFT JOIN ({masks}) m USING (participant) GROUP BY c.image))"""
         )
     return f"WITH assign AS ({split_assignment_sql(counts, splits, seed)}) " + " UNION ALL ".join(
         f"({p})" for p in parts
     )
+
+
+def can_pack(con: duckdb.DuckDBPyConnection, counts: str) -> bool:
+    """Whether every per-image total of hit/miss/fa/cr fits the packed representation."""
+    row = con.sql(
+        f"SELECT max(greatest(h, m, f, c)), min(least(h0, m0, f0, c0)) FROM (SELECT image, sum(hit) h, sum(miss) m, "
+        f"sum(fa) f, sum(cr) c, min(hit) h0, min(miss) m0, min(fa) f0, min(cr) c0 FROM {counts} GROUP BY image)"
+    ).fetchall()[0]
+    return row[0] is None or (row[0] < 2 ** PACK_BITS and row[1] >= 0)
 
 
 def split_half(
@@ -416,7 +465,7 @@ def split_half(
     mb = measure_sql(measure, "hit_b", "miss_b", "fa_b", "cr_b")
     per_split = con.sql(
         f"""
-        WITH h AS ({split_half_counts_sql(counts, splits, seed)}),
+        WITH h AS ({split_half_counts_sql(counts, splits, seed, can_pack(con, counts))}),
         m AS (SELECT s, image, {ma} AS a, {mb} AS b FROM h),
         d AS (SELECT * FROM m WHERE a IS NOT NULL AND b IS NOT NULL AND isfinite(a) AND isfinite(b)),
         r AS (
