@@ -24,7 +24,6 @@ epochs. Every default is in :class:`TrainConfig`.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import io
@@ -267,68 +266,19 @@ def loss_fn(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch
 
 
 def read_human_table(config: TrainConfig) -> pa.Table:
-    """The human data as a table with ``image`` (string) and ``human`` (float64), plus ``split`` if given."""
+    """The human data (``storage.human``'s readers): ``image`` (string), ``human`` (float64), other columns kept."""
+    from storage.human import read_human_scores
+
     try:
-        from storage.human import read_human_scores  # the analysis issue's readers
-    except ImportError:
-        read_human_scores = None
-    if read_human_scores is not None:
-        try:
-            table = read_human_scores(
-                config.human, format=config.human_format, id_column=config.id_column,
-                score_column=config.score_column, measure=config.measure,
-            )
-        except (OSError, ValueError, KeyError) as error:
-            raise TrainingError(f"cannot read human data {config.human}: {error}") from error
-    else:
-        table = _read_simple_csv(config.human, config.id_column, config.score_column, config.storage_options)
+        table = read_human_scores(
+            config.human, format=config.human_format, id_column=config.id_column,
+            score_column=config.score_column, measure=config.measure,
+        )
+    except (OSError, ValueError, KeyError) as error:  # HumanDataError is a ValueError
+        raise TrainingError(f"cannot read human data {config.human}: {error}") from error
     if table.num_rows == 0:
         raise TrainingError(f"human data {config.human} has no rows")
     return table
-
-
-def _read_simple_csv(path: str, id_column: str | None, score_column: str | None, storage_options: dict | None) -> pa.Table:
-    """Fallback reader: CSV with a header (image/score columns) or LaMem-style ``name score`` lines."""
-    import fsspec
-
-    try:
-        with fsspec.open(path, "rt", **(storage_options or {})) as handle:
-            text = handle.read()
-    except (OSError, ValueError) as error:
-        raise TrainingError(f"cannot read human data {path}: {error}") from error
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise TrainingError(f"human data {path} is empty")
-    images, scores, splits = [], [], []
-    first = lines[0]
-    if "," in first and not _is_number(first.split(",")[-1]):
-        rows = list(csv.DictReader(lines))
-        header = list(rows[0].keys()) if rows else first.split(",")
-        id_col = id_column or next((c for c in header if c.lower() in ("image", "filename", "file", "path", "image_id", "name")), header[0])
-        score_col = score_column or next((c for c in header if c.lower() in ("human", "score", "memorability", "hr", "mem")), header[1])
-        for row in rows:
-            if _is_number(row.get(score_col, "")):
-                images.append(row[id_col].strip())
-                scores.append(float(row[score_col]))
-                splits.append((row.get("split") or "").strip().lower() or None)
-    else:
-        for line in lines:
-            parts = line.replace(",", " ").split()
-            if len(parts) >= 2 and _is_number(parts[1]):
-                images.append(parts[0])
-                scores.append(float(parts[1]))
-                splits.append(None)
-    data = {"image": pa.array(images, pa.string()), "human": pa.array(scores, pa.float64())}
-    if any(splits):
-        data["split"] = pa.array(splits, pa.string())
-    return pa.table(data)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except (TypeError, ValueError):
-        return False
 
 
 def read_image_list(path: str, storage_options: dict | None = None) -> list[str]:
@@ -349,7 +299,7 @@ def read_image_list(path: str, storage_options: dict | None = None) -> list[str]
 
 
 class ImageIndex:
-    """Finds the file for an image name: exact relative path, then a unique file name."""
+    """Finds the file for an image name: exact relative path, else a unique file name, else a unique stem."""
 
     def __init__(self, images: Location) -> None:
         from tasks.discover import iter_listing
@@ -366,6 +316,10 @@ class ImageIndex:
         except Exception as error:  # noqa: BLE001 - any listing failure: say where
             raise TrainingError(f"cannot list images under {images.uri}: {error}") from error
         self.by_name = {name: paths[0] for name, paths in by_name.items() if len(paths) == 1}
+        by_stem: dict[str, list[str]] = {}
+        for name, paths in by_name.items():
+            by_stem.setdefault(name.rsplit(".", 1)[0], []).extend(paths)
+        self.by_stem = {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
 
     def find(self, image: str) -> str | None:
         key = image.replace("\\", "/")
@@ -377,7 +331,8 @@ class ImageIndex:
         while key.startswith("./"):
             key = key[2:]
         key = key.lstrip("/")
-        return self.by_path.get(key) or self.by_name.get(key.rsplit("/", 1)[-1])
+        name = key.rsplit("/", 1)[-1]
+        return self.by_path.get(key) or self.by_name.get(name) or self.by_stem.get(name)  # ids without extension too
 
 
 def assign_splits(table: pa.Table, config: TrainConfig) -> list[str | None]:
