@@ -190,3 +190,43 @@ def test_deploy_from_prefect_yaml_and_run_on_a_worker(prefect_server, tmp_path, 
     pools = {(flows_by_id[d["flow_id"]], d["name"]): d["work_pool_name"] for d in _api(env, "/deployments/filter")}
     assert pools[("score-archive", "default")] == "memscore-gpu"
     assert pools[("score-archive", "nightly")] == "memscore"
+
+
+def test_prefect_yaml_entrypoints_pool_and_schedule():
+    import importlib
+
+    import yaml
+
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deployments = {(d["entrypoint"], d["name"]): d for d in config["deployments"]}
+    assert set(deployments) == {
+        ("flows/score.py:score_archive", "default"),
+        ("flows/score.py:score_archive", "nightly"),
+        ("flows/analyze.py:analyze", "default"),
+    }
+    for (entrypoint, _), deployment in deployments.items():
+        assert deployment["work_pool"]["name"] == "memscore"
+        path, function = entrypoint.split(":")
+        if (REPO / path).is_file():
+            module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+            assert hasattr(getattr(module, function), "fn"), f"{entrypoint} is not a Prefect flow"
+    nightly = deployments[("flows/score.py:score_archive", "nightly")]
+    assert [s["active"] for s in nightly["schedules"]] == [False]
+
+
+def test_storage_retries_skip_hopeless_failures_and_summary_markdown():
+    from prefect.states import Failed
+
+    from flows.score import ScoreSummary, _retry_storage_errors, summary_markdown
+    from tasks.discover import SourceNotFoundError, SourceUnreadableError
+
+    assert _retry_storage_errors(None, None, Failed(data=OSError(5, "503 Slow Down"))) is True
+    assert _retry_storage_errors(None, None, Failed(data=SourceUnreadableError("cannot list"))) is True
+    assert _retry_storage_errors(None, None, Failed(data=SourceNotFoundError("source not found"))) is False
+
+    summary = ScoreSummary(run_id="r1", source="s3://a/b", destination="s3://c/d", model="resmem",
+                           weights="sha256:" + "0" * 64, device="cpu", images_found=5, scored=3, failed=2,
+                           errors_by_reason={"UnidentifiedImageError": 1, "EmptyFileError": 1})
+    text = summary_markdown(summary)
+    assert "| scored | 3 |" in text and "| failed | 2 |" in text
+    assert "| EmptyFileError | 1 |" in text and "s3://c/d/errors/*.parquet" in text
