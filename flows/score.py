@@ -136,6 +136,8 @@ def worker_device(device: str) -> str:
                 chosen = f"cuda:{rank % gpus}"
             except (ImportError, ValueError):  # not on a Dask worker
                 pass
+            except Exception as error:  # noqa: BLE001 - pinning is an optimisation, never a failure
+                get_run_logger().warning("could not pick a GPU for this Dask worker (%s); using %s", error, chosen)
     if chosen.startswith("cuda:"):
         import torch
 

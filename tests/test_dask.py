@@ -118,3 +118,35 @@ def test_dask_cluster_gives_the_same_rows_as_one_process(dask_cluster, tmp_path,
         loaded = client.run(eval, "len(__import__('tasks.score').score._models)")
     assert len(loaded) == 2
     assert all(n == 1 for n in loaded.values()), loaded
+
+
+def test_each_dask_worker_takes_its_own_gpu(monkeypatch):
+    """With 2 GPUs visible and no CUDA_VISIBLE_DEVICES, worker ranks on a host map to cuda:0 / cuda:1."""
+    import torch
+
+    import flows.score as score
+
+    chosen_devices = []
+    monkeypatch.setattr(score, "resolve_device", lambda name: torch.device(name if name.startswith("cuda:") else "cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen_devices.append(str(device)))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    peers = ["tcp://10.0.0.1:4001", "tcp://10.0.0.1:4002", "tcp://10.0.0.2:4001"]
+
+    class FakeClient:
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {address: {} for address in peers}}
+
+    picks = {}
+    for address in peers:
+        monkeypatch.setattr(distributed, "get_worker", lambda address=address: type("W", (), {"address": address})())
+        monkeypatch.setattr(distributed, "get_client", lambda: FakeClient())
+        score._pinned_device.clear()
+        picks[address] = score.worker_device("auto")
+    assert picks == {"tcp://10.0.0.1:4001": "cuda:0", "tcp://10.0.0.1:4002": "cuda:1", "tcp://10.0.0.2:4001": "cuda:0"}
+    assert chosen_devices == ["cuda:0", "cuda:1", "cuda:0"]
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # dask-cuda style: the worker's GPU is already chosen
+    score._pinned_device.clear()
+    assert score.worker_device("auto") == "cuda"
+    score._pinned_device.clear()
