@@ -185,9 +185,10 @@ def match_images(con: duckdb.DuckDBPyConnection, mode: str) -> dict[str, Any]:
         if n:
             raise AnalysisError(f"matching by {mode}: {n} image(s) of the {side} share a {mode} with another; "
                                 f"match by a more specific key (--match path)")
-    human_cols = [c for c in con.sql("SELECT * FROM human LIMIT 0").columns if c not in ("image", "human")]
+    reserved = {"image", "human", "score", "score_image", "key"}
+    human_cols = [c for c in con.sql("SELECT * FROM human LIMIT 0").columns if c.lower() not in reserved]
     score_cols = [c for c in con.sql("SELECT * FROM model_scores LIMIT 0").columns
-                  if c not in ("image", "score") and c not in human_cols]
+                  if c.lower() not in reserved and c.lower() not in {h.lower() for h in human_cols}]
     con.sql(
         f"""CREATE OR REPLACE TEMP TABLE joined AS
         SELECT h.image AS image, s.image AS score_image, {key_sql('h.image', mode)} AS key, s.score, h.human

@@ -209,21 +209,31 @@ def mix_sql(item: str, stream: str, seed: int) -> str:
     return f"hash(xor(hash({item}), hash({int(seed)}, {stream})))"
 
 
-def _bootstrap_base(relation: str, x: str, y: str, resamples: int, seed: int) -> str:
-    """CTEs d (pos, x, y, gx, gy: dense ranks) and draws (b, pos): n draws with replacement per resample."""
+def ranked_pairs_sql(relation: str, x: str, y: str) -> str:
+    """(pos, x, y, gx, gy): the pairs numbered in (x, y) order, with dense ranks of x and y."""
+    return f"""SELECT (row_number() OVER (ORDER BY x, y) - 1)::BIGINT AS pos, x, y,
+                      dense_rank() OVER (ORDER BY x)::INTEGER AS gx, dense_rank() OVER (ORDER BY y)::INTEGER AS gy
+               FROM ({_clean(relation, x, y)})"""
+
+
+def _bootstrap_base(relation: str, x: str, y: str, resamples: int | tuple[int, int], seed: int,
+                    pairs: str | None = None) -> str:
+    """CTEs d (pos, x, y, gx, gy) and draws (b, pos): n draws with replacement for each
+    resample b in range(resamples) (or in [start, stop)). ``pairs`` names a table
+    holding :func:`ranked_pairs_sql` already."""
+    start, stop = (0, resamples) if isinstance(resamples, int) else resamples
+    d = f"SELECT * FROM {pairs}" if pairs else ranked_pairs_sql(relation, x, y)
     return f"""
-        d0 AS ({_clean(relation, x, y)}),
-        d AS (SELECT (row_number() OVER (ORDER BY x, y) - 1)::BIGINT AS pos, x, y,
-                     dense_rank() OVER (ORDER BY x)::INTEGER AS gx, dense_rank() OVER (ORDER BY y)::INTEGER AS gy FROM d0),
+        d AS ({d}),
         nn AS (SELECT count(*) AS n FROM d),
         draws AS (
             SELECT r.b::INTEGER AS b, ({mix_sql("k.k", "r.b", seed)} % nn.n)::BIGINT AS pos
-            FROM range({int(resamples)}) r(b), nn, range((SELECT n FROM nn)) k(k)
+            FROM range({int(start)}, {int(stop)}) r(b), nn, range((SELECT n FROM nn)) k(k)
         )"""
 
 
-def bootstrap_spearman_sql(relation: str, x: str, y: str, resamples: int, seed: int,
-                           grouped: tuple[bool, bool] = (False, False)) -> str:
+def bootstrap_spearman_sql(relation: str, x: str, y: str, resamples: int | tuple[int, int], seed: int,
+                           grouped: tuple[bool, bool] = (False, False), pairs: str | None = None) -> str:
     """SQL giving one row per resample: (b, spearman), re-ranking every resample.
 
     Only the dense ranks gx, gy travel through the windows. A draw's mid-rank is
@@ -246,7 +256,7 @@ def bootstrap_spearman_sql(relation: str, x: str, y: str, resamples: int, seed: 
     )
     window = f"WINDOW {', '.join(windows)}" if windows else ""
     return f"""
-        WITH {_bootstrap_base(relation, x, y, resamples, seed)},
+        WITH {_bootstrap_base(relation, x, y, resamples, seed, pairs)},
         s AS (SELECT draws.b, d.gx, d.gy FROM draws JOIN d USING (pos)),
         {group_ctes}
         ranked AS (SELECT s.b, {ranks['x']} AS rx, {ranks['y']} AS ry FROM s {' '.join(joins)} {window})
@@ -254,10 +264,11 @@ def bootstrap_spearman_sql(relation: str, x: str, y: str, resamples: int, seed: 
     """
 
 
-def bootstrap_pearson_sql(relation: str, x: str, y: str, resamples: int, seed: int) -> str:
+def bootstrap_pearson_sql(relation: str, x: str, y: str, resamples: int | tuple[int, int], seed: int,
+                          pairs: str | None = None) -> str:
     """SQL giving one row per resample: (b, pearson), over the same draws as the Spearman."""
     return f"""
-        WITH {_bootstrap_base(relation, x, y, resamples, seed)}
+        WITH {_bootstrap_base(relation, x, y, resamples, seed, pairs)}
         SELECT b, corr(d.x, d.y) AS pearson FROM draws JOIN d USING (pos) GROUP BY b
     """
 
@@ -285,21 +296,39 @@ def bootstrap_intervals(
     resamples: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    chunk_draws: int = 10_000_000,
 ) -> dict[str, Any]:
-    """Percentile bootstrap intervals over images for Spearman and Pearson."""
+    """Percentile bootstrap intervals over images for Spearman and Pearson.
+
+    The per-resample statistics are computed in chunks of resamples (each chunk
+    one SQL statement over about ``chunk_draws`` draws); the chunking does not
+    change the numbers."""
     lo, hi = (1.0 - confidence) / 2.0, 1.0 - (1.0 - confidence) / 2.0
-    out: dict[str, Any] = {}
     grouped = tie_heavy(con, relation, x, y)
-    for name, sql in (("spearman", bootstrap_spearman_sql(relation, x, y, resamples, seed, grouped)),
-                      ("pearson", bootstrap_pearson_sql(relation, x, y, resamples, seed))):
+    con.sql(f"CREATE OR REPLACE TEMP TABLE _boot_pairs AS {ranked_pairs_sql(relation, x, y)}")
+    con.sql("CREATE OR REPLACE TEMP TABLE _boot (b INTEGER, spearman DOUBLE, pearson DOUBLE)")
+    n = max(1, con.sql("SELECT count(*) FROM _boot_pairs").fetchall()[0][0])
+    # resamples go in chunks of about chunk_draws draws: the windows stay in memory
+    step = max(1, chunk_draws // n)
+    for start in range(0, resamples, step):
+        chunk = (start, min(resamples, start + step))
+        con.sql(
+            f"""INSERT INTO _boot SELECT b, s.spearman, p.pearson
+            FROM ({bootstrap_spearman_sql(relation, x, y, chunk, seed, grouped, "_boot_pairs")}) s
+            JOIN ({bootstrap_pearson_sql(relation, x, y, chunk, seed, "_boot_pairs")}) p USING (b)"""
+        )
+    out: dict[str, Any] = {}
+    for name in ("spearman", "pearson"):
         row = con.sql(
             f"""SELECT quantile_cont({name}, {lo}), quantile_cont({name}, {hi}), count(*), stddev_samp({name})
-            FROM ({sql}) WHERE isfinite({name})"""
+            FROM _boot WHERE isfinite({name})"""
         ).fetchall()[0]
         out[name] = (_num(row[0]), _num(row[1]))
         out[f"{name}_se"] = _num(row[3])
         out[f"{name}_valid_resamples"] = int(row[2] or 0)
     out["valid_resamples"] = out["spearman_valid_resamples"]
+    con.sql("DROP TABLE _boot")
+    con.sql("DROP TABLE _boot_pairs")
     return out
 
 

@@ -175,3 +175,12 @@ def test_split_half_recovers_a_known_reliability():
     assert 0 < res.spearman_sd < 0.05
     again = stats.split_half(con, "c", splits=25, seed=0)
     assert again == res
+
+
+def test_bootstrap_chunks_do_not_change_the_numbers():
+    x, y = _tied(300, 8)
+    con = _con(x=x, y=y)
+    whole = stats.bootstrap_intervals(con, "t", resamples=40, seed=4, chunk_draws=10**9)
+    chunked = stats.bootstrap_intervals(con, "t", resamples=40, seed=4, chunk_draws=1000)  # 3 resamples per chunk
+    assert whole == chunked
+    assert whole["valid_resamples"] == 40
