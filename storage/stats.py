@@ -217,23 +217,23 @@ def ranked_pairs_sql(relation: str, x: str, y: str) -> str:
 
 
 def _bootstrap_base(relation: str, x: str, y: str, resamples: int | tuple[int, int], seed: int,
-                    pairs: str | None = None) -> str:
+                    pairs: str | None, n: int) -> str:
     """CTEs d (pos, x, y, gx, gy) and draws (b, pos): n draws with replacement for each
     resample b in range(resamples) (or in [start, stop)). ``pairs`` names a table
-    holding :func:`ranked_pairs_sql` already."""
+    holding :func:`ranked_pairs_sql` already; ``n`` is its row count (a literal: DuckDB
+    runs ``range()`` with a subquery argument far slower)."""
     start, stop = (0, resamples) if isinstance(resamples, int) else resamples
     d = f"SELECT * FROM {pairs}" if pairs else ranked_pairs_sql(relation, x, y)
     return f"""
         d AS ({d}),
-        nn AS (SELECT count(*) AS n FROM d),
         draws AS (
-            SELECT r.b::INTEGER AS b, ({mix_sql("k.k", "r.b", seed)} % nn.n)::BIGINT AS pos
-            FROM range({int(start)}, {int(stop)}) r(b), nn, range((SELECT n FROM nn)) k(k)
+            SELECT r.b::INTEGER AS b, ({mix_sql("k.k", "r.b", seed)} % {int(n)})::BIGINT AS pos
+            FROM range({int(start)}, {int(stop)}) r(b), range({int(n)}) k(k)
         )"""
 
 
 def bootstrap_spearman_sql(relation: str, x: str, y: str, resamples: int | tuple[int, int], seed: int,
-                           grouped: tuple[bool, bool] = (False, False), pairs: str | None = None) -> str:
+                           grouped: tuple[bool, bool], pairs: str | None, n: int) -> str:
     """SQL giving one row per resample: (b, spearman), re-ranking every resample.
 
     Only the dense ranks gx, gy travel through the windows. A draw's mid-rank is
@@ -248,7 +248,7 @@ def bootstrap_spearman_sql(relation: str, x: str, y: str, resamples: int | tuple
             ranks[var] = f"r{var}.r{var}"
         else:
             windows.append(f"w{var} AS (PARTITION BY b ORDER BY g{var})")
-            ranks[var] = f"(rank() OVER w{var} + round(cume_dist() OVER w{var} * (SELECT n FROM nn))) / 2.0"
+            ranks[var] = f"(rank() OVER w{var} + round(cume_dist() OVER w{var} * {int(n)})) / 2.0"
     group_ctes = "".join(
         f"c{var} AS (SELECT b, g{var}, count(*) AS c FROM s GROUP BY b, g{var}), "
         f"r{var} AS (SELECT b, g{var}, sum(c) OVER (PARTITION BY b ORDER BY g{var}) - (c - 1) / 2.0 AS r{var} FROM c{var}), "
@@ -256,7 +256,7 @@ def bootstrap_spearman_sql(relation: str, x: str, y: str, resamples: int | tuple
     )
     window = f"WINDOW {', '.join(windows)}" if windows else ""
     return f"""
-        WITH {_bootstrap_base(relation, x, y, resamples, seed, pairs)},
+        WITH {_bootstrap_base(relation, x, y, resamples, seed, pairs, n)},
         s AS (SELECT draws.b, d.gx, d.gy FROM draws JOIN d USING (pos)),
         {group_ctes}
         ranked AS (SELECT s.b, {ranks['x']} AS rx, {ranks['y']} AS ry FROM s {' '.join(joins)} {window})
@@ -265,19 +265,21 @@ def bootstrap_spearman_sql(relation: str, x: str, y: str, resamples: int | tuple
 
 
 def bootstrap_pearson_sql(relation: str, x: str, y: str, resamples: int | tuple[int, int], seed: int,
-                          pairs: str | None = None) -> str:
+                          pairs: str | None, n: int) -> str:
     """SQL giving one row per resample: (b, pearson), over the same draws as the Spearman."""
     return f"""
-        WITH {_bootstrap_base(relation, x, y, resamples, seed, pairs)}
+        WITH {_bootstrap_base(relation, x, y, resamples, seed, pairs, n)}
         SELECT b, corr(d.x, d.y) AS pearson FROM draws JOIN d USING (pos) GROUP BY b
     """
 
 
-def bootstrap_sql(relation: str, x: str, y: str, resamples: int, seed: int,
-                  grouped: tuple[bool, bool] = (False, False)) -> str:
-    """SQL giving one row per resample b: (b, spearman, pearson)."""
-    return (f"SELECT b, s.spearman, p.pearson FROM ({bootstrap_spearman_sql(relation, x, y, resamples, seed, grouped)}) s "
-            f"JOIN ({bootstrap_pearson_sql(relation, x, y, resamples, seed)}) p USING (b)")
+def bootstrap_sql(relation: str, x: str, y: str, resamples: int | tuple[int, int], seed: int,
+                  grouped: tuple[bool, bool], n: int, pairs: str | None = None) -> str:
+    """SQL giving one row per resample b: (b, spearman, pearson); n = the number of
+    usable (x, y) pairs in relation."""
+    return (f"SELECT b, s.spearman, p.pearson "
+            f"FROM ({bootstrap_spearman_sql(relation, x, y, resamples, seed, grouped, pairs, n)}) s "
+            f"JOIN ({bootstrap_pearson_sql(relation, x, y, resamples, seed, pairs, n)}) p USING (b)")
 
 
 def tie_heavy(con: duckdb.DuckDBPyConnection, relation: str, x: str, y: str, ratio: float = 0.25) -> tuple[bool, bool]:
@@ -312,11 +314,7 @@ def bootstrap_intervals(
     step = max(1, chunk_draws // n)
     for start in range(0, resamples, step):
         chunk = (start, min(resamples, start + step))
-        con.sql(
-            f"""INSERT INTO _boot SELECT b, s.spearman, p.pearson
-            FROM ({bootstrap_spearman_sql(relation, x, y, chunk, seed, grouped, "_boot_pairs")}) s
-            JOIN ({bootstrap_pearson_sql(relation, x, y, chunk, seed, "_boot_pairs")}) p USING (b)"""
-        )
+        con.sql(f"INSERT INTO _boot {bootstrap_sql(relation, x, y, chunk, seed, grouped, n, '_boot_pairs')}")
     out: dict[str, Any] = {}
     for name in ("spearman", "pearson"):
         row = con.sql(

@@ -62,7 +62,7 @@ def test_every_bootstrap_resample_matches_scipy(grouped):
     y = y + np.random.default_rng(0).normal(0, 0.01, y.size) if not grouped[1] else y
     con = _con(x=x, y=y)
     resamples, seed = 6, 11
-    got = con.sql(stats.bootstrap_sql("t", "x", "y", resamples, seed, grouped) + " ORDER BY b").fetchall()
+    got = con.sql(stats.bootstrap_sql("t", "x", "y", resamples, seed, grouped, len(x)) + " ORDER BY b").fetchall()
     pairs = np.array(sorted(zip(x, y)))  # the SQL numbers images in (x, y) order
     n = len(pairs)
     draws = np.array(
