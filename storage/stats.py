@@ -11,11 +11,16 @@ relation, and does the row work in SQL where the data lie:
   ``scipy.stats.kendalltau(method="asymptotic")``.
 - Bootstrap: resample ``b`` draws image ``mix(k, b, seed) % n`` for k < n
   (n draws with replacement, reproducible for a seed), re-ranks within each
-  resample and takes percentile intervals with ``quantile_cont``.
+  resample (``rank()`` and ``cume_dist()`` over dense ranks, or per value group
+  for a variable with many ties) and takes percentile intervals with
+  ``quantile_cont``. Resamples run in chunks of about 10M draws, one SQL
+  statement each (a Python loop over chunks, not rows); the chunking does not
+  change the numbers.
 - Split-half: participant ``p`` goes to half A of split ``s`` when its
   ``mix(p, s, seed)`` is in the lower half of that split's participants; the
   per-image counts of both halves for all splits come out of one aggregate pass
-  (a bit mask per participant), then each split is correlated across images.
+  (a bit mask per participant; the four counts packed into one BIGINT), then
+  each split is correlated across images.
 
 Only the two-sided p-values are computed in Python, from the final statistic
 (Student's t via the regularised incomplete beta function; the normal
