@@ -180,3 +180,11 @@ def test_prefect_flow_attaches_a_markdown_artifact(lab):
     assert result["n"] == 59
     artifact = Artifact.get("memscore-analysis")
     assert artifact is not None and "Spearman rho" in artifact.data
+
+
+def test_sql_prompt(lab, monkeypatch, capsys):
+    lines = iter(["SELECT count(*) AS n", "FROM scores;", "SELECT nope FROM scores;", ".quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["sql", lab["dest"]]) == 0
+    captured = capsys.readouterr()
+    assert "60" in captured.out and "error:" in captured.err
