@@ -83,9 +83,10 @@ class HumanLoad:
     published_check: dict[str, float] | None = None
     extra_columns: list[str] = field(default_factory=list)
     has_trials: bool = False
+    duplicates: str = "error"
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "has_trials"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("has_trials", "duplicates")}
 
 
 def q(name: str) -> str:
@@ -252,6 +253,15 @@ def _finish_scores(con: duckdb.DuckDBPyConnection, info: HumanLoad, staged: str,
             f"WHERE image IS NOT NULL AND human IS NOT NULL AND isfinite(human)")
     if info.rows and not con.sql("SELECT count(*) FROM human").fetchall()[0][0]:
         raise HumanDataError(f"{info.path}: no row has a usable human score")
+    if info.duplicates == "mean":
+        dup = con.sql("SELECT count(*), sum(c) FROM (SELECT count(*) AS c FROM human GROUP BY image "
+                      "HAVING count(*) > 1)").fetchall()[0]
+        if dup[0]:
+            others = [c for c in con.sql("SELECT * FROM human LIMIT 0").columns if c not in ("image", "human")]
+            con.sql(f"CREATE OR REPLACE TEMP TABLE human AS SELECT image, avg(human) AS human"
+                    f"{''.join(f', min({q(c)}) AS {q(c)}' for c in others)} FROM human GROUP BY image")
+            info.warnings.append(f"human data: {dup[0]} image id(s) had several rows ({dup[1]} rows): "
+                                 f"their scores were averaged")
     _check_duplicates(con, "human", info.path, "give one row per image (for trial data use --human-format trials)")
     if range_check:
         out = con.sql("SELECT count(*) FROM human WHERE human < 0 OR human > 1").fetchall()[0][0]
@@ -492,6 +502,7 @@ def load_human(
     score_column: str | None = None,
     measure: str | None = None,
     exclusion: Exclusion | None = None,
+    duplicates: str = "error",
 ) -> HumanLoad:
     """Read human data into ``con``: temp table ``human`` (image, human, extra columns);
     with trial data also ``trials``, ``participants`` and ``trial_counts``
@@ -514,7 +525,9 @@ def load_human(
     if measure is not None and fmt in ("lamem", "table"):
         raise HumanDataError(f"--human-measure {measure} needs counts or trials; {path} was read as {fmt} "
                              f"(use --human-column for a ready score, or --human-format)")
-    info = HumanLoad(path=path, format=fmt, id_column=id_column or "")
+    if duplicates not in ("error", "mean"):
+        raise HumanDataError(f"duplicates must be 'error' or 'mean', not {duplicates!r}")
+    info = HumanLoad(path=path, format=fmt, id_column=id_column or "", duplicates=duplicates)
     if fmt == "lamem":
         _load_lamem(con, info)
     elif fmt == "table":
@@ -535,13 +548,17 @@ def read_human_scores(
     id_column: str | None = None,
     score_column: str | None = None,
     measure: str | None = None,
+    duplicates: str = "error",
 ) -> pa.Table:
     """Per-image human scores as a table with at least ``image`` (string, as in the
     file) and ``human`` (float64), plus the file's other columns (counts, categories).
+    Several rows for one image raise an error, or with ``duplicates="mean"`` are
+    averaged (other columns: their smallest value).
     Raises :class:`HumanDataError` with a one-line message on unusable input."""
     con = duckdb.connect()
     try:
-        load_human(con, path, format=format, id_column=id_column, score_column=score_column, measure=measure)
+        load_human(con, path, format=format, id_column=id_column, score_column=score_column, measure=measure,
+                   duplicates=duplicates)
         table = con.sql("SELECT * FROM human ORDER BY image").to_arrow_table()
     finally:
         con.close()

@@ -180,3 +180,12 @@ def test_read_human_scores_signature_for_training(tmp_path):
     table = read_human_scores(path, format="auto", id_column="image_name", score_column=None, measure="hit_rate")
     assert {"image", "human"} <= set(table.column_names)
     assert np.allclose(table["human"].to_numpy(), [0.75, 0.5, 1.0])
+
+
+def test_duplicates_can_be_averaged(tmp_path):
+    path = _write(tmp_path / "dup.csv", "image,score,set\na.jpg,0.1,x\na.jpg,0.3,y\nb.jpg,0.5,z\n")
+    table = read_human_scores(path, duplicates="mean")
+    assert table.to_pydict() == {"image": ["a.jpg", "b.jpg"], "human": pytest.approx([0.2, 0.5]), "set": ["x", "z"]}
+    con = duckdb.connect()
+    info = load_human(con, path, duplicates="mean")
+    assert any("1 image id(s) had several rows (2 rows)" in w for w in info.warnings)
