@@ -43,8 +43,8 @@ from storage.stats import MEASURES, canonical_measure, measure_sql
 FORMATS = ("auto", "lamem", "table", "counts", "trials", "bids")
 ID_CANDIDATES = ("path", "image_id", "image_name", "image", "filename", "image_file", "file_name", "file", "stim_file",
                  "stimulus", "name")
-HUMAN_SCORE_CANDIDATES = ("human", "memorability", "mem_score", "memscore", "score", "hr", "hit_rate",
-                          "corrected_recognition", "cr", "crr")
+HUMAN_SCORE_CANDIDATES = ("human", "memorability_w_fa_correction", "memorability", "mem_score", "memscore", "score",
+                          "hr", "hit_rate", "corrected_recognition", "cr", "crr")  # MemCat: memorability_w_fa_correction
 PARTICIPANT_CANDIDATES = ("participant_id", "participant", "subject_id", "subject", "worker_id", "worker", "sub")
 RESPONSE_TRUE = ("1", "1.0", "true", "t", "yes", "y", "old", "seen", "hit")
 RESPONSE_FALSE = ("0", "0.0", "false", "f", "no", "n", "new", "unseen")

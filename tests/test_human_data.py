@@ -189,3 +189,13 @@ def test_duplicates_can_be_averaged(tmp_path):
     con = duckdb.connect()
     info = load_human(con, path, duplicates="mean")
     assert any("1 image id(s) had several rows (2 rows)" in w for w in info.warnings)
+
+
+def test_memcat_columns(tmp_path):
+    """MemCat's CSV: a pandas index column, image_file, categories, two memorability columns."""
+    path = _write(tmp_path / "memcat_image_data.csv",
+                  ",image_file,category,subcategory,memorability_w_fa_correction,memorability_wo_fa_correction\n"
+                  "0,a.jpg,animal,cat,0.61,0.70\n1,b.jpg,food,cake,0.55,0.66\n")
+    table = read_human_scores(path)
+    assert table.to_pydict()["human"] == [0.61, 0.55]
+    assert table.to_pydict()["category"] == ["animal", "food"]
