@@ -183,7 +183,7 @@ def bench_models(device, pixels: torch.Tensor, batch_sizes, rounds: int, low_pre
     def forward_all(runner, batch, images):
         outputs = []
         for start in range(0, images, batch):
-            outputs.append(runner.submit(pixels[start:start + batch], layers))
+            outputs.append(runner.submit(pixels[start:min(start + batch, images)], layers))
         results = [p.result() for p in outputs]
         return np.concatenate([r[0] for r in results]).astype(np.float64)
 
@@ -214,6 +214,51 @@ def bench_models(device, pixels: torch.Tensor, batch_sizes, rounds: int, low_pre
         })
     peak_gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return rows, {"ours_load_seconds": load_seconds, "reference_scores": reference.tolist(), "peak_gpu_bytes_model": peak_gpu}
+
+
+def bench_interleaved(official_model, archive: Path, paths: list[Path], pixels: torch.Tensor,
+                      device: torch.device, rounds: int) -> list[dict]:
+    """Official loop, our pipeline in-process and our model alone, one after another per round.
+
+    The three see (nearly) the same machine load, so their ratios hold even on a
+    shared machine. The pipeline is :func:`tasks.score.score_images` over all N
+    images as one shard with the device's default batch size and workers (reading,
+    hashing, decoding in DataLoader workers, the model, the output tables).
+    """
+    import pyarrow as pa
+
+    from models.devices import defaults_for
+    from models.speed import SpeedSettings
+    from storage.uris import open_location
+    from tasks.discover import iter_listing
+    from tasks.plan import plan_shards
+    from tasks.score import ScoreSettings, get_model, get_runner, score_images
+
+    defaults = defaults_for(device)
+    source = open_location(str(archive))
+    empty = pa.table({"path": pa.array([], pa.string()), "source_version": pa.array([], pa.string())})
+    shard = plan_shards(iter_listing(source), empty, len(paths) + 1).shards[0]
+    loaded = get_model("resmem", None, device)
+    settings = ScoreSettings(defaults.batch_size, defaults.workers, ("resnet152", "fc11"), Image.MAX_IMAGE_PIXELS, "bench")
+    runner = get_runner(loaded, SpeedSettings())
+    score_images(shard.slice(0, 2), source, loaded, settings)  # warm: worker forkserver, oneDNN
+    rows = []
+    for _ in range(rounds):
+        _, official_rate = official_loop(official_model, paths, device)
+        started = time.perf_counter()
+        result = score_images(shard, source, loaded, settings)
+        sync(device)
+        pipeline_rate = result.scores.num_rows / (time.perf_counter() - started)
+        started = time.perf_counter()
+        pending = [runner.submit(pixels[i:i + defaults.batch_size], ("resnet152", "fc11"))
+                   for i in range(0, len(paths), defaults.batch_size)]
+        for p in pending:
+            p.result()
+        model_rate = len(paths) / (time.perf_counter() - started)
+        rows.append({"official": official_rate, "pipeline": pipeline_rate, "model_only": model_rate,
+                     "pipeline_vs_official": pipeline_rate / official_rate, "pipeline_vs_model": pipeline_rate / model_rate,
+                     "batch": defaults.batch_size, "workers": defaults.workers})
+    return rows
 
 
 def draft_batch(paths: list[Path]) -> tuple[torch.Tensor, float]:
@@ -357,6 +402,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default=None, help="model-only batch sizes (default: 4,16,32 on CPU; 64,256,512 on CUDA)")
     parser.add_argument("--workers", default=None, help="decode worker counts to try (default: 0,1,2 on CPU; 0,4,8,<all> on CUDA)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds for model-only timings (best kept)")
+    parser.add_argument("--interleaved-rounds", type=int, default=2,
+                        help="rounds of official loop / in-process pipeline / model only, back to back (0: skip)")
     parser.add_argument("--low-precision-images", type=int, default=8,
                         help="on CPU, bf16/fp16 (emulated without native support) run on this many images only")
     parser.add_argument("--e2e-shards", type=int, default=4, help="end to end: cut the archive into this many shards")
@@ -410,6 +457,13 @@ def main(argv=None) -> int:
     results["ours_load_seconds"] = extra["ours_load_seconds"]
     if official:
         results["parity_vs_official"] = drift(np.array(official["scores"]), np.array(extra["reference_scores"]))
+
+    # 3a: official loop, pipeline and model alone interleaved (robust ratios on a busy machine)
+    if official and args.interleaved_rounds:
+        log("interleaved: official loop / pipeline / model only ...")
+        model, _ = load_official()
+        results["interleaved"] = bench_interleaved(model, archive, paths, pixels, device, args.interleaved_rounds)
+        del model
 
     # 3b: JPEG draft-mode decode (measured, not wired in): speed and score drift
     draft_pixels, draft_ms = draft_batch(paths)
@@ -474,6 +528,13 @@ def report(results: dict, official: dict | None) -> None:
         else:
             label = f"decode+preprocess only: {row['workers']} worker(s)"
             print(f"| {label:<52} | {row['images_per_s']:7.2f} | {ratio(row['images_per_s']):>11} | {'-':>10} | {'-':>8} |")
+    for i, row in enumerate(results.get("interleaved", []), 1):
+        pipeline = f"round {i}: pipeline in-process (batch {row['batch']}, {row['workers']} worker)"
+        print(f"| {f'round {i}: official loop':<52} | {row['official']:7.2f} | {'1.00x':>11} | {'-':>10} | {'-':>8} |")
+        print(f"| {pipeline:<52} | {row['pipeline']:7.2f} | {row['pipeline_vs_official']:10.2f}x | {'-':>10} | {'-':>8} |")
+        print(f"| {f'round {i}: model only (fp32 default)':<52} | {row['model_only']:7.2f} | "
+              f"{row['model_only'] / row['official']:10.2f}x | {'-':>10} | {'-':>8} |")
+        print(f"| {f'round {i}: pipeline / model only':<52} | {'':7} | {row['pipeline_vs_model']:10.0%}  | {'-':>10} | {'-':>8} |")
     if "draft_decode" in results:
         dd = results["draft_decode"]
         print(f"| {'decode+preprocess, JPEG draft mode (option, not used)':<52} | {dd['ms_per_image']:7.1f} | {'(ms)':>11} | "
