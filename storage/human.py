@@ -480,7 +480,8 @@ def _load_bids(con, info: HumanLoad, id_column, measure, exclusion) -> None:
         raise HumanDataError(f"{info.path}: no sub-*/beh/*_beh.tsv files (BIDS layout)")
     source = (f"read_csv([{', '.join(lit(f) for f in files)}], delim = '\\t', header = true, all_varchar = true, "
               f"union_by_name = true, filename = true, nullstr = ['n/a', ''])")
-    participant = "regexp_extract(replace(filename, '\\', '/'), '(sub-[^/_]+)', 1)"
+    # the sub-<label> that starts the file name (not a folder of the root that happens to contain "sub-")
+    participant = "regexp_extract(regexp_extract(replace(filename, '\\', '/'), '[^/]*$', 0), '^(sub-[^_]+)', 1)"
     _stage_trials(con, info, id_column or "stim_file", source, participant)
     listed = root / "participants.tsv"
     if listed.exists():

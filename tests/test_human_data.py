@@ -117,8 +117,8 @@ def test_trials_exclusion_and_measures(tmp_path, with_presentation):
 
 
 def test_bids_layout(tmp_path):
-    root = tmp_path / "bids"
-    (root).mkdir()
+    root = tmp_path / "sub-project" / "bids"
+    root.mkdir(parents=True)
     (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t30\nsub-02\t31\nsub-03\t40\n")
     for sub, responses in (("sub-01", (0, 1, 0, 1)), ("sub-02", (0, 0, 1, 1))):
         beh = root / sub / "beh"
