@@ -245,7 +245,8 @@ def bootstrap_spearman_sql(relation: str, x: str, y: str, resamples: int | tuple
     (rank() + n * cume_dist()) / 2 over its resample (first and last position of
     its tie group; every resample has exactly n draws). A variable with many ties
     (``grouped``) is ranked per (resample, value) group instead, mid-rank =
-    cumulative count - (count - 1) / 2, and joined back."""
+    cumulative count - (count - 1) / 2; when only one of the two is grouped, the
+    cross products come from per-group sums (no join back), else it is joined back."""
     ranks, joins, windows = {}, [], []
     for var, use_groups in (("x", grouped[0]), ("y", grouped[1])):
         if use_groups:
@@ -260,6 +261,22 @@ def bootstrap_spearman_sql(relation: str, x: str, y: str, resamples: int | tuple
         for var, use_groups in (("x", grouped[0]), ("y", grouped[1])) if use_groups
     )
     window = f"WINDOW {', '.join(windows)}" if windows else ""
+    if grouped[0] != grouped[1]:
+        # one variable windowed (w), the other grouped (g): no join back. Per (b, g-value)
+        # group: count c, sum and sum of squares of the windowed ranks; then
+        # sum(rw * rg) = sum over groups of rg * sum(rw), and corr from the sums.
+        w, g = ("y", "x") if grouped[0] else ("x", "y")
+        return f"""
+        WITH {_bootstrap_base(relation, x, y, resamples, seed, pairs, n)},
+        s AS (SELECT draws.b, d.g{w}, d.g{g} FROM draws JOIN d USING (pos)),
+        rw AS (SELECT b, g{g}, (rank() OVER ww + round(cume_dist() OVER ww * {int(n)})) / 2.0 AS r
+               FROM s WINDOW ww AS (PARTITION BY b ORDER BY g{w})),
+        cg AS (SELECT b, g{g}, count(*) AS c, sum(r) AS sr, sum(r * r) AS srr FROM rw GROUP BY b, g{g}),
+        rg AS (SELECT b, c, sr, srr, sum(c) OVER (PARTITION BY b ORDER BY g{g}) - (c - 1) / 2.0 AS q FROM cg),
+        sums AS (SELECT b, sum(c)::DOUBLE AS m, sum(sr) AS sw, sum(srr) AS sww, sum(c * q) AS sg,
+                        sum(c * q * q) AS sgg, sum(q * sr) AS swg FROM rg GROUP BY b)
+        SELECT b, (m * swg - sw * sg) / sqrt((m * sww - sw * sw) * (m * sgg - sg * sg)) AS spearman FROM sums
+        """
     return f"""
         WITH {_bootstrap_base(relation, x, y, resamples, seed, pairs, n)},
         s AS (SELECT draws.b, d.gx, d.gy FROM draws JOIN d USING (pos)),
