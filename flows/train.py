@@ -32,6 +32,7 @@ def train(
     id_column: str | None = None,
     score_column: str | None = None,
     measure: str | None = None,
+    duplicates: str = "error",
     split_files: dict[str, str] | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,

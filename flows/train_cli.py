@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--id-column", default=None, help="column naming the image (default: detected)")
     data.add_argument("--score-column", default=None, help="column with the memorability score (default: detected)")
     data.add_argument("--measure", default=None, help="which measure to use when the data has several")
+    data.add_argument("--duplicates", choices=("error", "mean"), default="error",
+                      help="several rows for one image: error (default) or average them")
     data.add_argument("--split-file", action="append", default=[], metavar="SPLIT=PATH",
                       help="image list for a split (train, val, test); first token per line, e.g. LaMem's splits/*_1.txt")
     data.add_argument("--val-fraction", type=float, default=0.1, help="random split: validation share (default 0.1)")
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         model=get_model_spec(args.model).name, human=args.human, images=args.images, out=args.out,
         human_format=args.human_format, id_column=args.id_column, score_column=args.score_column,
-        measure=args.measure, split_files=parse_split_files(args.split_file), val_fraction=args.val_fraction,
+        measure=args.measure, duplicates=args.duplicates, split_files=parse_split_files(args.split_file), val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, seed=args.seed, max_images=args.max_images, loss=args.loss,
         rank_weight=args.rank_weight, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, amp=args.amp,

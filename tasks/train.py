@@ -75,7 +75,8 @@ class TrainConfig:
         human: human memorability data (path or URI), any format the human data readers read.
         images: folder or fsspec URI holding the images the human data names.
         out: folder or fsspec URI for checkpoints, metrics, the exported model and its card.
-        human_format, id_column, score_column, measure: passed to the human data reader.
+        human_format, id_column, score_column, measure, duplicates: passed to the human data
+            reader (duplicates: ``error``, the default, or ``mean`` to average rows of one image).
         split_files: {"train"|"val"|"test": path} image lists (first token per line, e.g.
             LaMem's ``splits/train_1.txt``); images in none of them are not used.
         val_fraction, test_fraction: seeded random split when the data gives none (0.1, 0.1).
@@ -100,6 +101,7 @@ class TrainConfig:
     id_column: str | None = None
     score_column: str | None = None
     measure: str | None = None
+    duplicates: str = "error"
     split_files: dict[str, str] | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -272,7 +274,7 @@ def read_human_table(config: TrainConfig) -> pa.Table:
     try:
         table = read_human_scores(
             config.human, format=config.human_format, id_column=config.id_column,
-            score_column=config.score_column, measure=config.measure,
+            score_column=config.score_column, measure=config.measure, duplicates=config.duplicates,
         )
     except (OSError, ValueError, KeyError) as error:  # HumanDataError is a ValueError
         raise TrainingError(f"cannot read human data {config.human}: {error}") from error

@@ -229,6 +229,17 @@ def test_missing_images_and_bad_config_are_clear(tmp_path, tiny_model):
         train_model(config_for(tiny_model, human, images, tmp_path / "run", freeze=["wings"]), log=lambda text: None)
 
 
+def test_duplicate_rows_are_an_error_unless_averaged(tmp_path, tiny_model):
+    human, images = make_dataset(tmp_path, n=12)
+    human.write_text(human.read_text() + "img000.jpg,0.9000\n")
+    with pytest.raises(TrainingError, match="cannot read human data"):
+        train_model(config_for(tiny_model, human, images, tmp_path / "run", epochs=1), log=lambda text: None)
+    train_model(config_for(tiny_model, human, images, tmp_path / "run", epochs=1, duplicates="mean"), log=lambda text: None)
+    splits = pq.read_table(tmp_path / "run" / "splits.parquet").to_pydict()
+    assert splits["image"].count("img000.jpg") == 1
+    assert splits["human"][splits["image"].index("img000.jpg")] == pytest.approx((0.35 + 0.9) / 2)
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from flows.cli import main
 
