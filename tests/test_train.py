@@ -240,6 +240,19 @@ def test_duplicate_rows_are_an_error_unless_averaged(tmp_path, tiny_model):
     assert splits["human"][splits["image"].index("img000.jpg")] == pytest.approx((0.35 + 0.9) / 2)
 
 
+def test_train_flow_takes_every_config_field():
+    import dataclasses
+    import inspect
+
+    from flows.train import train
+
+    parameters = inspect.signature(train.fn).parameters
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in parameters, f.name
+        if f.default is not dataclasses.MISSING:
+            assert parameters[f.name].default == f.default, f.name
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from flows.cli import main
 
