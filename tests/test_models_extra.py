@@ -155,3 +155,25 @@ def test_untrained_m3m_reproduces_resmem_and_has_the_right_shapes():
     assert {k: tuple(v.shape) for k, v in feats.items()} == {
         "alexnet": (1, 9216), "resnet152": (1, 1000), "segmentation": (1, 1024), "fc6": (1, 4096), "fc11": (1, 256),
     }
+
+
+def test_training_recipes_freeze_what_they_say():
+    """Trainable parameters per recipe (built on the meta device: no weights needed)."""
+    from tasks.train import TrainConfig, build_trainable
+
+    expected = {
+        "resmem": 131_688_809 - 60_192_808,  # ResNet-152 frozen
+        "resmem-retrain": 131_688_809,  # everything
+        "memnet-baseline": 56_258_881,
+        "m3m": 75_762_561,  # ResNet-152 and segmenter frozen
+    }
+    for name, trainable in expected.items():
+        config = TrainConfig(model=name, human="", images="", out="", init="random")
+        with torch.device("meta"):
+            model, frozen = build_trainable(config)
+        assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trainable, name
+    config = TrainConfig(model="m3m", human="", images="", out="", init="random", freeze=["segmenter"])
+    with torch.device("meta"):
+        model, frozen = build_trainable(config)
+    assert frozen == ("segmenter",)
+    assert all(p.requires_grad for p in model.features.parameters())
