@@ -63,11 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def find_user_error(error: BaseException) -> BaseException | None:
     """The user-fixable error behind ``error`` (Prefect may wrap it), or None."""
     from models.devices import DeviceUnavailableError
-    from models.registry import UnknownModelError
+    from models.registry import UnknownModelError, WeightsMismatchError
     from models.weights import WeightsNotFoundError
     from tasks.discover import SourceUnreadableError
 
-    known = (UserError, UnknownModelError, WeightsNotFoundError, SourceUnreadableError, DeviceUnavailableError)
+    known = (UserError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError, SourceUnreadableError, DeviceUnavailableError)
     seen: BaseException | None = error
     while seen is not None:  # Prefect may wrap the original exception
         if isinstance(seen, known):

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--storage-options is not valid JSON: {error}") from None
     # Fail fast on what needs no orchestrator: unknown model or layers, missing weights, bad device.
     from models.devices import resolve_device
-    from models.registry import get_model_spec, resolve_weights
+    from models.registry import build_with_weights, get_model_spec, resolve_weights
 
     spec = get_model_spec(args.model)
     features = parse_features(args.features)
@@ -110,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         spec.check_features(spec.default_features if features is None else features)
     except ValueError as error:
         raise UserError(str(error)) from None
-    resolve_weights(spec, args.weights)
+    weights = resolve_weights(spec, args.weights)
+    if args.weights:  # a user's file: check it fits the model before any run starts
+        build_with_weights(spec, weights)
     check_source(args.source, storage_options)
     if args.dask_address:
         try:

@@ -23,6 +23,10 @@ class UnknownModelError(ValueError):
     """No model is registered under that name."""
 
 
+class WeightsMismatchError(ValueError):
+    """A weights file does not fit the model it was given to."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """How to build, load, feed and read one memorability model."""
@@ -98,9 +102,14 @@ def build_with_weights(spec: ModelSpec, ref: WeightsRef) -> nn.Module:
     state = load_state_dict(ref)
     with torch.device("meta"):
         module = spec.build()
-    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as error:  # tensor shapes differ
+        first = str(error).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line), first[0] if first else "")
+        raise WeightsMismatchError(f"weights {ref.path} do not fit model {spec.name!r}: {detail}") from None
     if missing or unexpected:
-        raise ValueError(
+        raise WeightsMismatchError(
             f"weights {ref.path} do not fit model {spec.name!r}: "
             f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
         )

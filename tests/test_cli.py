@@ -82,3 +82,13 @@ def test_help_documents_the_options(capsys):
 def test_models_lists_resmem(capsys):
     code, out, _ = run_cli(capsys, "models")
     assert code == 0 and "resmem" in out and "fc11 (256)" in out
+
+
+def test_weights_that_do_not_fit_the_model(tmp_path, capsys):
+    import torch
+
+    wrong = tmp_path / "other.pt"
+    torch.save({"fc12.weight": torch.zeros(3, 3), "fc12.bias": torch.zeros(3)}, wrong)
+    code, _, err = run_cli(capsys, "score", str(tmp_path), "--out", str(tmp_path / "o"), "--weights", str(wrong))
+    assert code == 1
+    assert "do not fit model 'resmem'" in one_line_error(err)
