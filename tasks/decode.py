@@ -137,15 +137,29 @@ class Batch:
         return self
 
 
-def init_worker(_worker_id: int) -> None:
-    """DataLoader worker start: make SIGTERM end the worker quietly.
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a DataLoader worker does first: take the parent's environment, quiet SIGTERM.
 
-    A worker forked from a Prefect flow run inherits Prefect's SIGTERM handler,
-    which exits with status 1. The DataLoader sends SIGTERM to a worker that is
-    slow to leave at shutdown (after all its batches were delivered), and would
-    then report the run as failed; here the worker simply exits with status 0.
+    Workers are forked from a forkserver started once per process, so they would
+    otherwise see the environment of the moment that server started, not of this
+    run (credentials such as AWS_* set later would be missing). And a worker must
+    end quietly on SIGTERM: the DataLoader sends it to a worker slow to leave at
+    shutdown, and an inherited handler (Prefect's exits with status 1) would turn
+    that into a failed run.
     """
-    signal.signal(signal.SIGTERM, _exit_quietly)
+
+    environ: dict[str, str]
+
+    def __call__(self, _worker_id: int) -> None:
+        os.environ.clear()
+        os.environ.update(self.environ)
+        signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def worker_setup() -> WorkerSetup:
+    """A worker_init_fn carrying this process's current environment."""
+    return WorkerSetup(dict(os.environ))
 
 
 def _exit_quietly(_signum: int, _frame: object) -> None:

@@ -27,7 +27,7 @@ from models.registry import LoadedModel, load_model
 from models.speed import InferenceRunner, Pending, SpeedSettings, prepare
 from storage.schema import ERRORS_SCHEMA, feature_column, scores_schema
 from storage.uris import Location
-from tasks.decode import Batch, ImageFailure, ShardDataset, collate, init_worker
+from tasks.decode import Batch, ImageFailure, ShardDataset, collate, worker_setup
 
 _models: dict[tuple[str, str | None, str], LoadedModel] = {}
 _models_lock = threading.Lock()
@@ -105,7 +105,7 @@ def _loader(dataset: ShardDataset, settings: ScoreSettings, device: torch.device
         batch_size=settings.batch_size,
         num_workers=workers,
         collate_fn=collate,
-        worker_init_fn=init_worker if workers > 0 else None,
+        worker_init_fn=worker_setup() if workers > 0 else None,
         multiprocessing_context=worker_context() if workers > 0 else None,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
