@@ -31,7 +31,6 @@ from tasks.decode import Batch, ImageFailure, ShardDataset, collate, worker_setu
 
 _models: dict[tuple[str, str | None, str], LoadedModel] = {}
 _models_lock = threading.Lock()
-_runners: dict[tuple[int, SpeedSettings], InferenceRunner] = {}
 
 
 def get_model(name: str, weights: str | None, device: torch.device) -> LoadedModel:
@@ -44,12 +43,15 @@ def get_model(name: str, weights: str | None, device: torch.device) -> LoadedMod
 
 
 def get_runner(model: LoadedModel, speed: SpeedSettings) -> InferenceRunner:
-    """``model`` prepared with ``speed`` (channels_last, folding, precision), once per process."""
-    key = (id(model.module), speed)
+    """``model`` prepared with ``speed`` (channels_last, folding, precision), once per model.
+
+    The runners live on the LoadedModel itself, so they go when the model goes.
+    """
     with _models_lock:
-        if key not in _runners:
-            _runners[key] = prepare(model, speed)
-        return _runners[key]
+        runners = model.__dict__.setdefault("_speed_runners", {})
+        if speed not in runners:
+            runners[speed] = prepare(model, speed)
+        return runners[speed]
 
 
 @dataclass
