@@ -18,40 +18,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.resmem import AlexNetBranchMixin
+
 FEATURE_LAYERS: dict[str, int] = {"alexnet": 9216, "fc6": 4096, "fc7": 4096}
 DEFAULT_FEATURES: tuple[str, ...] = ("fc7",)
 BRANCH_PREFIXES = ("conv1.", "conv2.", "conv3.", "conv4.", "conv5.")
 
 
-class MemNetBaseline(nn.Module):
+class MemNetBaseline(AlexNetBranchMixin, nn.Module):
     """AlexNet-style branch (ResMem's conv1..conv5) plus fc6..fc8 and a sigmoid."""
 
     def __init__(self, cruise_altitude: int = 384, dropout: float = 0.5) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 48, kernel_size=11, stride=4)
-        self.pool1 = nn.MaxPool2d(3, 2)
-        self.lrn1 = nn.LocalResponseNorm(5)
-        self.conv2 = nn.Conv2d(48, 256, kernel_size=5, stride=1, padding=2, groups=2)
-        self.pool2 = nn.MaxPool2d(3, 2)
-        self.lrn2 = nn.LocalResponseNorm(5)
-        self.conv3 = nn.Conv2d(256, cruise_altitude, kernel_size=3, padding=1, groups=2)
-        self.conv4 = nn.Conv2d(cruise_altitude, cruise_altitude, kernel_size=3, padding=1, groups=2)
-        self.conv5 = nn.Conv2d(cruise_altitude, 256, kernel_size=3, padding=1, groups=2)
-        self.pool5 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.add_alexnet_branch(cruise_altitude)
         self.fc6 = nn.Linear(9216, 4096)
         self.drp6 = nn.Dropout(dropout)
         self.fc7 = nn.Linear(4096, 4096)
         self.drp7 = nn.Dropout(dropout)
         self.fc8 = nn.Linear(4096, 1)
-
-    def alexnet_branch(self, x: torch.Tensor) -> torch.Tensor:
-        """conv1..conv5 and pool5, flattened to 9216 (as in ResMem)."""
-        h = self.lrn1(self.pool1(F.relu(self.conv1(x))))
-        h = self.lrn2(self.pool2(F.relu(self.conv2(h))))
-        h = F.relu(self.conv3(h))
-        h = F.relu(self.conv4(h))
-        h = self.pool5(F.relu(self.conv5(h)))
-        return torch.flatten(h, 1)
 
     def head(self, alex: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """fc6, fc7 (after ReLU and dropout) and the sigmoid score."""

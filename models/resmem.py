@@ -35,16 +35,16 @@ DEFAULT_FEATURES: tuple[str, ...] = ("resnet152", "fc11")
 _HIDDEN = ("fc6", "fc7", "fc8", "fc9", "fc10", "fc11")
 
 
-class ResMem(nn.Module):
-    """ResMem with the layer names of the published weights.
+class AlexNetBranchMixin:
+    """ResMem's AlexNet-style branch, with its published parameter names.
 
-    ``forward(x)`` returns the memorability score, shape ``[B]``.
-    ``forward_features(x, layers)`` also returns the requested feature layers.
+    The layers are plain attributes (``conv1`` .. ``conv5``), not a submodule, so
+    the state-dict keys stay those of the published weights; models that reuse the
+    branch (memnet-baseline) load ResMem's tensors unchanged.
     """
 
-    def __init__(self, cruise_altitude: int = 384) -> None:
-        super().__init__()
-        self.features = resnet152(weights=None)
+    def add_alexnet_branch(self, cruise_altitude: int = 384) -> None:
+        """Create conv1..conv5 with their pooling and local response normalisation."""
         self.conv1 = nn.Conv2d(3, 48, kernel_size=11, stride=4)
         self.pool1 = nn.MaxPool2d(3, 2)
         self.lrn1 = nn.LocalResponseNorm(5)
@@ -55,15 +55,6 @@ class ResMem(nn.Module):
         self.conv4 = nn.Conv2d(cruise_altitude, cruise_altitude, kernel_size=3, padding=1, groups=2)
         self.conv5 = nn.Conv2d(cruise_altitude, 256, kernel_size=3, padding=1, groups=2)
         self.pool5 = nn.MaxPool2d(kernel_size=3, stride=2)
-        self.fc6 = nn.Linear(9216 + 1000, 4096)
-        self.drp6 = nn.Dropout(p=0.5)
-        self.fc7 = nn.Linear(4096, 4096)
-        self.drp7 = nn.Dropout(p=0.5)
-        self.fc8 = nn.Linear(4096, 2048)
-        self.fc9 = nn.Linear(2048, 1024)
-        self.fc10 = nn.Linear(1024, 512)
-        self.fc11 = nn.Linear(512, 256)
-        self.fc12 = nn.Linear(256, 1)
 
     def alexnet_branch(self, x: torch.Tensor) -> torch.Tensor:
         """The AlexNet-style branch: conv1..conv5 and pool5, flattened to 9216."""
@@ -73,6 +64,28 @@ class ResMem(nn.Module):
         h = F.relu(self.conv4(h))
         h = self.pool5(F.relu(self.conv5(h)))
         return torch.flatten(h, 1)
+
+
+class ResMem(AlexNetBranchMixin, nn.Module):
+    """ResMem with the layer names of the published weights.
+
+    ``forward(x)`` returns the memorability score, shape ``[B]``.
+    ``forward_features(x, layers)`` also returns the requested feature layers.
+    """
+
+    def __init__(self, cruise_altitude: int = 384) -> None:
+        super().__init__()
+        self.features = resnet152(weights=None)
+        self.add_alexnet_branch(cruise_altitude)
+        self.fc6 = nn.Linear(9216 + 1000, 4096)
+        self.drp6 = nn.Dropout(p=0.5)
+        self.fc7 = nn.Linear(4096, 4096)
+        self.drp7 = nn.Dropout(p=0.5)
+        self.fc8 = nn.Linear(4096, 2048)
+        self.fc9 = nn.Linear(2048, 1024)
+        self.fc10 = nn.Linear(1024, 512)
+        self.fc11 = nn.Linear(512, 256)
+        self.fc12 = nn.Linear(256, 1)
 
     def head(self, concatenated: torch.Tensor, keep: Sequence[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """fc6..fc12 and the sigmoid over the 10216 concatenated features."""
