@@ -22,7 +22,7 @@ from typing import Any
 
 import duckdb
 
-from storage.human import MATCH_MODES, Exclusion, HumanDataError, key_sql, lit, load_human, num, q
+from storage.human import MATCH_MODES, Exclusion, HumanDataError, find_column, key_sql, lit, load_human, num, q
 from storage.stats import correlate, split_half
 
 SCORE_CANDIDATES = ("score", "resmem", "memorability", "prediction", "predicted", "pred", "mem_score", "memscore")
@@ -76,17 +76,11 @@ def scores_relation_sql(path: str) -> str:
 
 
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: str) -> str:
-    lower = {c.lower(): c for c in columns}
-    if wanted is not None:
-        if wanted in columns:
-            return wanted
-        if wanted.lower() in lower:
-            return lower[wanted.lower()]
-        raise AnalysisError(f"{path} has no column {wanted!r} ({what}); columns: {', '.join(columns)}")
-    for c in candidates:
-        if c in lower:
-            return lower[c]
-    raise AnalysisError(f"{path}: no {what} column found (tried {', '.join(candidates)}); columns: {', '.join(columns)}")
+    """:func:`storage.human.find_column`, failing with :class:`AnalysisError`."""
+    try:
+        return find_column(columns, wanted, candidates, what, path)
+    except HumanDataError as error:
+        raise AnalysisError(str(error)) from None
 
 
 def load_scores(con: duckdb.DuckDBPyConnection, path: str, options: AnalysisOptions, warnings: list[str]) -> dict[str, Any]:

@@ -148,7 +148,8 @@ def _columns(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[str]:
         raise HumanDataError(f"cannot read human data: {str(error).splitlines()[0]}") from error
 
 
-def _find(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: str) -> str:
+def find_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: str) -> str:
+    """The column named ``wanted`` (any case), else the first of ``candidates`` present; HumanDataError otherwise."""
     lower = {c.lower(): c for c in columns}
     if wanted is not None:
         if wanted in columns:
@@ -296,7 +297,7 @@ def _load_lamem(con, info: HumanLoad) -> None:
 def _load_table(con, info: HumanLoad, id_column, score_column) -> None:
     rel = raw_relation_sql(info.path)
     columns = _columns(con, rel)
-    info.id_column = _find(columns, id_column, ID_CANDIDATES, "image id", info.path)
+    info.id_column = find_column(columns, id_column, ID_CANDIDATES, "image id", info.path)
     candidates = tuple(c for c in columns if c != info.id_column)
     if score_column is None:
         lower = {c.lower(): c for c in candidates}
@@ -308,7 +309,7 @@ def _load_table(con, info: HumanLoad, id_column, score_column) -> None:
                 raise HumanDataError(f"{info.path}: cannot tell which column is the human score "
                                      f"(numeric columns: {', '.join(numeric) or 'none'}); use --human-column")
             score_column = numeric[0]
-    info.score_column = _find(columns, score_column, (), "human score", info.path)
+    info.score_column = find_column(columns, score_column, (), "human score", info.path)
     info.measure = info.score_column
     extras = [c for c in columns if c not in (info.id_column, info.score_column) and c.lower() not in ("image", "human")]
     info.extra_columns = extras
@@ -321,7 +322,7 @@ def _load_table(con, info: HumanLoad, id_column, score_column) -> None:
 def _load_counts(con, info: HumanLoad, id_column, measure) -> None:
     rel = raw_relation_sql(info.path)
     columns = _columns(con, rel)
-    info.id_column = _find(columns, id_column, ID_CANDIDATES, "image id", info.path)
+    info.id_column = find_column(columns, id_column, ID_CANDIDATES, "image id", info.path)
     found = find_count_columns(columns)
     if found is None:
         raise HumanDataError(f"{info.path}: no hit/miss/fa/cr count columns (e.g. target_hit, target_miss, "
@@ -369,10 +370,10 @@ def _stage_trials(con, info: HumanLoad, id_column, source_sql: str, participant_
     """Normalise trials into temp table ``trials`` (participant, image, trial_type, presentation, response)."""
     columns = _columns(con, source_sql)
     lower = {c.lower(): c for c in columns}
-    info.id_column = _find(columns, id_column, ("image_id", "image", "stim_file", "image_name", "path", "filename",
+    info.id_column = find_column(columns, id_column, ("image_id", "image", "stim_file", "image_name", "path", "filename",
                                                  "stimulus"), "image id", info.path)
     if participant_sql is None:
-        participant_sql = q(_find(columns, None, PARTICIPANT_CANDIDATES, "participant", info.path))
+        participant_sql = q(find_column(columns, None, PARTICIPANT_CANDIDATES, "participant", info.path))
     if "response" not in lower:
         raise HumanDataError(f"{info.path}: trial data needs a response column; columns: {', '.join(columns)}")
     if "trial_type" not in lower:
