@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,27 @@ def photo(name: str, size: tuple[int, int] | None = (320, 240)) -> Image.Image:
 
     image = Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB")
     return image.resize(size, Image.BILINEAR) if size else image
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen | None) -> None:
+    """Stop a process group started with start_new_session=True: SIGTERM, then SIGKILL."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
 
 
 @pytest.fixture(scope="session")

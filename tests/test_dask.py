@@ -8,38 +8,17 @@ really ran on both workers, each of which loaded the model once.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-from contextlib import closing
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import free_port, stop_process_group
+
 pytest.importorskip("prefect_dask")
 distributed = pytest.importorskip("distributed")
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture
@@ -76,7 +55,7 @@ def dask_cluster(tmp_path):
         raise
     finally:
         for process in reversed(processes):
-            _stop(process)
+            stop_process_group(process)
 
 
 def _rows(destination: Path) -> list[dict]:

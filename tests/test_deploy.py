@@ -11,40 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import closing
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import free_port, stop_process_group
+
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen | None, name: str) -> None:
-    """Stop a process group started with start_new_session=True: SIGTERM, then SIGKILL."""
-    if process is None or process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
@@ -95,7 +74,7 @@ def prefect_server(tmp_path):
             time.sleep(1)
         yield env
     finally:
-        _stop(server, "server")
+        stop_process_group(server)
 
 
 def _prefect(env, *args, timeout=180, cwd=REPO) -> subprocess.CompletedProcess:
@@ -167,7 +146,7 @@ def test_deploy_from_prefect_yaml_and_run_on_a_worker(prefect_server, tmp_path, 
         assert run.returncode == 0, f"deployment run failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}\nworker:\n{_tail(worker_log)}"
         assert "Completed" in run.stdout + run.stderr
     finally:
-        _stop(worker, "worker")
+        stop_process_group(worker)
 
     scores = pq.read_table(destination / "scores")
     assert sorted(scores.column("path").to_pylist()) == ["astronaut.jpg", "sub/chelsea.png"]

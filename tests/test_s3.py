@@ -9,23 +9,17 @@ a server error, without losing or duplicating rows. A fast test checks that a
 from __future__ import annotations
 
 import io
-import socket
 import threading
 import time
 import tracemalloc
-from contextlib import closing
 
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import free_port
+
 from storage.uris import Location, open_location
 from tasks.discover import LISTING_SCHEMA, SourceNotFoundError, iter_listing, iter_s3_objects
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class FlakyS3:
