@@ -55,33 +55,60 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immu
 
 
 # --------------------------------------------------------------------------- archive
-def build_archive(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """N JPEGs (quality 90), sizes 400x300..2000x1500 (a third portrait), seeded crops of skimage photos."""
+def load_sources(photos_dir: Path | None = None) -> list[Image.Image]:
+    """The source photos: scikit-image's, or the same saved as PNG in ``photos_dir`` (offline machines)."""
+    if photos_dir is not None:
+        return [Image.open(photos_dir / f"{name}.png").convert("RGB") for name in PHOTOS]
     import skimage.data
 
-    rng = np.random.default_rng(seed)
     sources = []
     for name in PHOTOS:
         array = getattr(skimage.data, name)()
         array = array[0] if isinstance(array, tuple) else array
         sources.append(Image.fromarray(array).convert("RGB"))
+    return sources
+
+
+_SOURCES: list[Image.Image] = []
+
+
+def _init_sources(photos_dir: Path | None) -> None:
+    _SOURCES[:] = load_sources(photos_dir)
+
+
+def _write_one(job: tuple) -> Path:
+    i, box, size, path = job
+    _SOURCES[i % len(_SOURCES)].crop(box).resize(size, Image.BICUBIC).save(path, "JPEG", quality=90)
+    return path
+
+
+def build_archive(folder: Path, n: int, seed: int = 0, photos_dir: Path | None = None, processes: int = 1) -> list[Path]:
+    """N JPEGs (quality 90), sizes 400x300..2000x1500 (a third portrait), seeded crops of skimage photos.
+
+    The crops are drawn in one seeded sequence, so the archive is the same for any
+    number of ``processes`` writing it.
+    """
+    _init_sources(photos_dir)
+    rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    jobs = []
     for i in range(n):
-        photo = sources[i % len(sources)]
-        w0, h0 = photo.size
+        w0, h0 = _SOURCES[i % len(_SOURCES)].size
         cw, ch = int(w0 * rng.uniform(0.6, 1.0)), int(h0 * rng.uniform(0.6, 1.0))
         left, top = int(rng.integers(0, w0 - cw + 1)), int(rng.integers(0, h0 - ch + 1))
         long_side = int(rng.integers(400, 2001))
         size = (long_side, long_side * 3 // 4)
         if rng.random() < 1 / 3:
             size = size[::-1]
-        image = photo.crop((left, top, left + cw, top + ch)).resize(size, Image.BICUBIC)
         path = folder / f"{i // 100:03d}" / f"img_{i:05d}.jpg"
         path.parent.mkdir(exist_ok=True)
-        image.save(path, "JPEG", quality=90)
-        paths.append(path)
-    return paths
+        jobs.append((i, (left, top, left + cw, top + ch), size, path))
+    if processes <= 1:
+        return [_write_one(job) for job in jobs]
+    from multiprocessing import get_context
+
+    with get_context("fork").Pool(processes, _init_sources, (photos_dir,)) as pool:
+        return pool.map(_write_one, jobs, chunksize=16)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -333,7 +360,11 @@ def run_memscore(source: Path, dest: Path, device: str, extra: list[str], env_ex
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
+    gpu = _gpu_memory_probe() if device.startswith("cuda") else None
+    peak_gpu_mib = 0.0
     while thread.is_alive():
+        if gpu is not None:
+            peak_gpu_mib = max(peak_gpu_mib, gpu())
         try:
             main = ps.memory_info().rss
             tree = main + sum(c.memory_info().rss for c in ps.children(recursive=True))
@@ -366,7 +397,20 @@ def run_memscore(source: Path, dest: Path, device: str, extra: list[str], env_ex
         "scored": summary["scored"], "failed": summary["failed"],
         "peak_rss_main_mb": peak_main / 2**20, "peak_rss_tree_mb": peak_tree / 2**20,
         "parts": len(ordered),
+        "peak_gpu_memory_used_mib": peak_gpu_mib if gpu is not None else None,
     }
+
+
+def _gpu_memory_probe():
+    """A function giving the GPU's used memory in MiB (all processes; NVML), or None without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    except Exception:  # noqa: BLE001 - no NVML: no GPU memory figure
+        return None
+    return lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
 
 
 def read_scores(dest: Path) -> dict[str, float]:

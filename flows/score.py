@@ -279,6 +279,7 @@ def score_archive(
     channels_last: bool | None = None,
     fold_batchnorm: bool | None = None,
     compile_model: bool = False,
+    decode: str = "auto",
 ) -> dict[str, Any]:
     """Score every image under ``source`` with ``model``; write Parquet under ``destination``.
 
@@ -303,6 +304,9 @@ def score_archive(
         channels_last: channels_last memory format (default: on for CPU and CUDA).
         fold_batchnorm: fold BatchNorm into the convolutions (default: on).
         compile_model: torch.compile the model (slow to start; off by default).
+        decode: where JPEGs are decoded: ``workers`` (PIL in the DataLoader workers, the
+            reference), ``device`` (a batch at a time on the model's device, nvJPEG on
+            CUDA) or ``auto`` (device on CUDA, workers elsewhere).
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -336,6 +340,7 @@ def score_archive(
         channels_last=channels_last,
         fold_batchnorm=fold_batchnorm,
         compile=compile_model,
+        decode=decode,
     )
     src = open_location(source, storage_options)
     dest = open_location(destination, storage_options)

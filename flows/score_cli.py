@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold-batchnorm", action=argparse.BooleanOptionalAction, default=None,
                         help="fold BatchNorm into the convolutions (default: on; scores move by ~1e-7)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (minutes to start on a small CPU)")
+    parser.add_argument("--decode", choices=("auto", "workers", "device"), default="auto",
+                        help="where JPEGs are decoded: workers (PIL, the reference), device (a batch at a time with "
+                             "torchvision; nvJPEG on CUDA), auto: device on CUDA, workers elsewhere")
 
 
 def _positive(text: str) -> int:
@@ -143,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         fold_batchnorm=args.fold_batchnorm,
         compile_model=args.compile,
+        decode=args.decode,
     )
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -4,6 +4,10 @@ Runs inside DataLoader workers. A file that cannot be read, is empty, is not an
 image, is truncated, or exceeds the pixel limit (PIL's decompression-bomb guard)
 becomes an :class:`ImageFailure` with the stage (``read`` or ``decode``), the
 error type and a message; a partly decoded image is never scored.
+
+With ``device_jpeg`` (``decode='device'``, see :mod:`tasks.device_decode`) a plain
+JPEG is not decoded here: the worker checks its header and passes its bytes on as
+an :class:`EncodedImage`, to be decoded in a batch on the scoring device.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import io
 import os
 import signal
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import fsspec
@@ -37,6 +41,18 @@ class DecodedImage:
 
     index: int
     tensor: torch.Tensor
+    image_id: str
+    size_bytes: int
+    width: int
+    height: int
+
+
+@dataclass
+class EncodedImage:
+    """A JPEG read and checked (header, pixel limit) but not decoded: its bytes go to the device."""
+
+    index: int
+    data: torch.Tensor  # uint8 [size_bytes]
     image_id: str
     size_bytes: int
     width: int
@@ -79,13 +95,29 @@ def load_one(
     fs_path: str,
     preprocess: Callable[[Image.Image], torch.Tensor],
     max_pixels: int | None,
-) -> DecodedImage | ImageFailure:
-    """Read, hash, decode and preprocess one file; never raises for bad input."""
+    device_jpeg: bool = False,
+) -> DecodedImage | EncodedImage | ImageFailure:
+    """Read, hash, decode and preprocess one file; never raises for bad input.
+
+    With ``device_jpeg``, a JPEG fit for the device decoder (:func:`device_jpeg_header`)
+    comes back undecoded, as an :class:`EncodedImage`.
+    """
     try:
         data = fs.cat_file(fs_path)
     except Exception as error:  # noqa: BLE001 - any read failure becomes an error row
         return ImageFailure(index, "read", type(error).__name__, _message(error))
     image_id = hashlib.sha256(data).hexdigest()
+    if device_jpeg:
+        size = device_jpeg_header(data, max_pixels)
+        if size is not None:
+            return EncodedImage(index, torch.frombuffer(bytearray(data), dtype=torch.uint8), image_id, len(data), *size)
+    return preprocess_bytes(index, data, image_id, preprocess, max_pixels)
+
+
+def preprocess_bytes(
+    index: int, data: bytes, image_id: str, preprocess: Callable[[Image.Image], torch.Tensor], max_pixels: int | None,
+) -> DecodedImage | ImageFailure:
+    """Decode (PIL) and preprocess the bytes of one file; a failure carries PIL's reason."""
     try:
         image = decode_image(data, max_pixels)
         width, height = image.size
@@ -94,6 +126,33 @@ def load_one(
             SyntaxError, EOFError, MemoryError, IndexError, TypeError, KeyError) as error:
         return ImageFailure(index, "decode", type(error).__name__, _message(error), len(data))
     return DecodedImage(index, tensor, image_id, len(data), width, height)
+
+
+_JPEG_EOI = b"\xff\xd9"
+
+
+def device_jpeg_header(data: bytes, max_pixels: int | None) -> tuple[int, int] | None:
+    """(width, height) if ``data`` is a JPEG the device decoder may take, else ``None``.
+
+    That is: PIL reads its header as a JPEG in RGB or greyscale (not CMYK), it ends
+    with the end-of-image marker (so a truncated file goes to PIL, which reports it),
+    and it is within the pixel limit. Anything else is left to PIL, which decodes it
+    or gives the reason it cannot.
+    """
+    if not data.rstrip(b"\0 \r\n").endswith(_JPEG_EOI):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+                    return None
+                width, height = image.size
+    except Exception:  # noqa: BLE001 - anything odd is PIL's to report
+        return None
+    if max_pixels is not None and width * height > max_pixels:
+        return None
+    return width, height
 
 
 def _message(error: BaseException) -> str:
@@ -110,26 +169,33 @@ class ShardDataset(torch.utils.data.Dataset):
         fs_paths: list[str],
         preprocess: Callable[[Image.Image], torch.Tensor],
         max_pixels: int | None,
+        device_jpeg: bool = False,
     ) -> None:
         self.fs = fs
         self.fs_paths = fs_paths
         self.preprocess = preprocess
         self.max_pixels = max_pixels
+        self.device_jpeg = device_jpeg
 
     def __len__(self) -> int:
         return len(self.fs_paths)
 
-    def __getitem__(self, index: int) -> DecodedImage | ImageFailure:
-        return load_one(index, self.fs, self.fs_paths[index], self.preprocess, self.max_pixels)
+    def __getitem__(self, index: int) -> DecodedImage | EncodedImage | ImageFailure:
+        return load_one(index, self.fs, self.fs_paths[index], self.preprocess, self.max_pixels, self.device_jpeg)
 
 
 @dataclass
 class Batch:
-    """A collated batch: the decoded images stacked, and the failures beside them."""
+    """A collated batch: the decoded images stacked, the undecoded JPEGs and the failures beside them.
+
+    ``pixels`` holds one row per entry of ``images``, in that order; ``encoded``
+    JPEGs still await :func:`tasks.device_decode.decode_on_device`.
+    """
 
     images: list[DecodedImage]
     pixels: torch.Tensor | None
     failures: list[ImageFailure]
+    encoded: list[EncodedImage] = field(default_factory=list)
 
     def pin_memory(self) -> "Batch":
         if self.pixels is not None:
@@ -167,10 +233,11 @@ def _exit_quietly(_signum: int, _frame: object) -> None:
 
 
 def collate(items: list[Any]) -> Batch:
-    """Stack decoded images into one uint8 tensor; keep failures aside."""
+    """Stack decoded images into one uint8 tensor; keep encoded JPEGs and failures aside."""
     images = [item for item in items if isinstance(item, DecodedImage)]
     failures = [item for item in items if isinstance(item, ImageFailure)]
+    encoded = [item for item in items if isinstance(item, EncodedImage)]
     pixels = torch.stack([image.tensor for image in images]) if images else None
     for image in images:
         image.tensor = torch.empty(0, dtype=torch.uint8)  # the stacked copy is the one we keep
-    return Batch(images, pixels, failures)
+    return Batch(images, pixels, failures, encoded)

@@ -4,6 +4,8 @@
 the shard's scores table (schema in :mod:`storage.schema`) and its errors table.
 Models are loaded once per process and reused by every shard (:func:`get_model`),
 prepared for speed once per setting (:func:`get_runner`, see :mod:`models.speed`).
+On CUDA the workers pass plain JPEGs on undecoded and the batch is decoded on the
+GPU (:mod:`tasks.device_decode`); ``decode='workers'`` keeps PIL in the workers.
 DataLoader workers are forked from a forkserver that has torch and the decoder
 imported already, so a shard's workers start in milliseconds instead of the
 seconds a fresh ``spawn`` takes (and without inheriting the flow's signal handlers).
@@ -28,6 +30,7 @@ from models.speed import InferenceRunner, Pending, SpeedSettings, prepare
 from storage.schema import ERRORS_SCHEMA, feature_column, scores_schema
 from storage.uris import Location
 from tasks.decode import Batch, ImageFailure, ShardDataset, collate, worker_setup
+from tasks.device_decode import decode_on_device, resolve_decode
 
 _models: dict[tuple[str, str | None, str], LoadedModel] = {}
 _models_lock = threading.Lock()
@@ -67,6 +70,7 @@ class ScoreSettings:
     channels_last: bool | None = None  # None: the device's default (on for CPU and CUDA)
     fold_batchnorm: bool | None = None  # None: on (float32 results move by ~1e-7)
     compile: bool = False  # torch.compile the model (slow to start; off by default)
+    decode: str = "auto"  # auto | workers | device (auto: JPEGs on the device on CUDA, else PIL in workers)
 
     def speed(self) -> SpeedSettings:
         return SpeedSettings(precision=self.precision, channels_last=self.channels_last,
@@ -132,7 +136,8 @@ def score_images(
     uris = shard.column("uri").to_pylist()
     versions = shard.column("source_version").to_pylist()
     fs_paths = [source.fs._strip_protocol(uri) for uri in uris]
-    dataset = ShardDataset(source.fs, fs_paths, model.spec.preprocess, settings.max_pixels)
+    device_jpeg = resolve_decode(settings.decode, model.device, model.spec.preprocess) == "device"
+    dataset = ShardDataset(source.fs, fs_paths, model.spec.preprocess, settings.max_pixels, device_jpeg)
     layers = settings.features
     rows: dict[str, list] = {k: [] for k in ("index", "image_id", "size_bytes", "width", "height")}
     score_parts: list[np.ndarray] = []
@@ -169,6 +174,8 @@ def score_images(
     in_flight: tuple[Batch, Pending] | None = None
     for batch in _loader(dataset, settings, model.device):
         batch: Batch
+        if batch.encoded:
+            batch = decode_on_device(batch, model.spec.preprocess, model.device, settings.max_pixels)
         failures.extend(batch.failures)
         submitted = None
         if batch.pixels is not None:

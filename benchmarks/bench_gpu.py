@@ -1,0 +1,338 @@
+"""GPU benchmark: what one CUDA device does with memscore, measured on the same files in one run.
+
+The GPU counterpart of ``bench_score.py`` (whose archive, official loop, model
+settings and end-to-end runner it reuses). Phases, each writing ``DIR/<phase>.json``:
+
+``model``
+    the official package's one-image loop on the GPU (the baseline); a float32
+    CPU reference over the first ``--reference-images`` images (the parity
+    reference, PIL decoding); model-only images/s per setting (fp32 = TF32 in
+    cuDNN, bf16, fp16, channels_last, BatchNorm folding, batch size, optionally
+    torch.compile) with each setting's drift against the CPU reference; the drift
+    of device (nvJPEG) decoding; and decode throughput per worker count for PIL in
+    workers and for ``--decode device`` (workers read, nvJPEG decodes).
+``e2e``
+    ``memscore score`` end to end as a user runs it (Prefect, shards, Parquet),
+    with the CUDA defaults and with ``--decode workers``: steady-state images/s,
+    time to the first part, peak RSS and GPU memory.
+``train``
+    training images/s of each trainable model on the GPU (``tasks.train.train_model``,
+    the code behind ``memscore train``), on LaMem-sized 256x256 JPEGs.
+
+Usage (repository root, on the GPU machine)::
+
+    python benchmarks/bench_gpu.py --phase model --n 16384 --dir /root/bench
+    python benchmarks/bench_gpu.py --phase e2e --n 16384 --dir /root/bench
+    python benchmarks/bench_gpu.py --phase train --dir /root/bench
+
+``--photos DIR`` reads the source photos from PNG files (``<name>.png``) instead
+of scikit-image, for machines without its data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench_score as bs  # noqa: E402
+
+LAYERS = ("resnet152", "fc11")
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.empty_cache()
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def log(*parts) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def archive(args) -> tuple[Path, list[Path]]:
+    folder = args.dir / f"archive-{args.n}-{args.seed}"
+    if not folder.exists():
+        started = time.perf_counter()
+        bs.build_archive(folder, args.n, args.seed, args.photos, processes=os.cpu_count() or 1)
+        log(f"built {args.n} JPEGs in {time.perf_counter() - started:.1f} s")
+    return folder, sorted(folder.rglob("*.jpg"))
+
+
+def timed(fn, device: torch.device, repeats: int = 1) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        bs.sync(device)
+        started = time.perf_counter()
+        out = fn()
+        bs.sync(device)
+        best = min(best, time.perf_counter() - started)
+    return best, out
+
+
+def run_settings(runner, pixels: torch.Tensor, batch: int) -> np.ndarray:
+    """Scores of all ``pixels`` (uint8, host) in batches, one batch in flight (as the pipeline runs)."""
+    pending = [runner.submit(pixels[i:i + batch], LAYERS) for i in range(0, len(pixels), batch)]
+    return np.concatenate([p.result()[0] for p in pending]).astype(np.float64)
+
+
+def device_decoded(paths: list[Path], device: torch.device, batch: int) -> torch.Tensor:
+    """The pixels ``--decode device`` gives (nvJPEG + resize on the GPU), back on the host."""
+    from models.preprocess import resmem_transform
+    from tasks.decode import collate, load_one
+    from tasks.device_decode import decode_on_device
+    import fsspec
+
+    fs = fsspec.filesystem("file")
+    out = []
+    for start in range(0, len(paths), batch):
+        items = [load_one(i, fs, str(p), resmem_transform, None, device_jpeg=True)
+                 for i, p in enumerate(paths[start:start + batch], start)]
+        decoded = decode_on_device(collate(items), resmem_transform, device, None)
+        assert not decoded.failures and [im.index for im in decoded.images] == [it.index for it in items]
+        out.append(decoded.pixels.cpu())
+    return torch.cat(out)
+
+
+def model_setting(name, kwargs, args, device, all_pixels, pil_pixels, reference) -> list[dict]:
+    """Images/s (best of ``--repeats``) and drift against the CPU reference for one setting."""
+    from models.registry import load_model
+    from models.speed import SpeedSettings, prepare
+
+    started = time.perf_counter()
+    runner = prepare(load_model("resmem", None, device), SpeedSettings(**kwargs))
+    bs.sync(device)
+    load = time.perf_counter() - started
+    rows = []
+    for batch in (args.batch_sizes if name == "bf16 cl+fold (default)" else [256]):
+        reset_peak(device)
+        warm_s, _ = timed(lambda: run_settings(runner, all_pixels[: 2 * batch], batch), device)
+        seconds, _ = timed(lambda: run_settings(runner, all_pixels, batch), device, repeats=args.repeats)
+        scores = run_settings(runner, pil_pixels, batch)
+        rows.append({"setting": name, "batch": batch, "images_per_s": len(all_pixels) / seconds,
+                     "load_and_prepare_seconds": load, "first_batches_seconds": warm_s,
+                     "peak_gpu_gib": peak_gib(device), **bs.drift(reference, scores)})
+        log(f"  {name}, batch {batch}: {rows[-1]['images_per_s']:.0f} img/s, Spearman {rows[-1]['spearman']:.5f}")
+    return rows
+
+
+def phase_model(args, device: torch.device) -> dict:
+    from models.registry import load_model
+    from models.speed import SpeedSettings, prepare
+
+    folder, paths = archive(args)
+    results: dict = {"archive": {"images": len(paths), "mean_megapixels": float(np.mean(
+        [w * h for w, h in (Image.open(p).size for p in paths[:2048])]) / 1e6)}}
+    sub = paths[: args.reference_images]
+
+    log("official package: load + one-image loop on the GPU ...")
+    official_model, load_s = bs.load_official()
+    official_scores, official_rate = bs.official_loop(official_model, paths[: args.official_images], device)
+    results["official"] = {"load_seconds": load_s, "images_per_s": official_rate, "images": args.official_images}
+    del official_model
+    reset_peak(device)
+
+    log("CPU float32 reference (PIL decoding, CPU defaults: the parity-tested path) ...")
+    pil_pixels = bs.decoded_batch(sub)
+    cpu = torch.device("cpu")
+    torch.set_num_threads(os.cpu_count() or 1)
+    started = time.perf_counter()
+    reference = run_settings(prepare(load_model("resmem", None, cpu), SpeedSettings(precision="fp32")), pil_pixels, 64)
+    results["cpu_reference"] = {"images": len(sub), "images_per_s": len(sub) / (time.perf_counter() - started),
+                                "threads": torch.get_num_threads()}
+    n_off = min(len(official_scores), len(reference))
+    results["official_gpu_vs_cpu_reference"] = bs.drift(reference[:n_off], official_scores[:n_off])
+
+    log("model only, per setting ...")
+    all_pixels = bs.decoded_batch(paths[: args.model_images])
+    variants = {
+        "fp32 (TF32 convs) plain": dict(precision="fp32", channels_last=False, fold_batchnorm=False),
+        "fp32 (TF32 convs) cl+fold": dict(precision="fp32", channels_last=True, fold_batchnorm=True),
+        "fp16 cl+fold": dict(precision="fp16", channels_last=True, fold_batchnorm=True),
+        "bf16 plain": dict(precision="bf16", channels_last=False, fold_batchnorm=False),
+        "bf16 cl+fold (default)": dict(precision="bf16", channels_last=True, fold_batchnorm=True),
+    }
+    if args.compile:
+        variants["bf16 cl+fold compiled"] = dict(precision="bf16", channels_last=True, fold_batchnorm=True, compile=True)
+    rows = []
+    for name, kwargs in variants.items():
+        try:
+            rows.extend(model_setting(name, kwargs, args, device, all_pixels, pil_pixels, reference))
+        except Exception as error:  # noqa: BLE001 - e.g. torch.compile failing: record it, go on
+            rows.append({"setting": name, "error": f"{type(error).__name__}: {str(error)[:300]}"})
+            log(f"  {name}: failed: {rows[-1]['error']}")
+        reset_peak(device)
+    results["model_only"] = rows
+
+    log("device (nvJPEG) decoding: drift ...")
+    gpu_pixels = device_decoded(sub, device, 256)
+    results["device_decode_pixels"] = {
+        "mean_abs_diff_levels": float((gpu_pixels.float() - pil_pixels.float()).abs().mean()),
+        "max_abs_diff_levels": float((gpu_pixels.float() - pil_pixels.float()).abs().max()),
+    }
+    decode_rows = []
+    for name in ("fp32 (TF32 convs) cl+fold", "bf16 cl+fold (default)"):
+        runner = prepare(load_model("resmem", None, device), SpeedSettings(**variants[name]))
+        decode_rows.append({"setting": f"device decode + {name}", **bs.drift(reference, run_settings(runner, gpu_pixels, 256))})
+        del runner
+    results["device_decode_drift"] = decode_rows
+
+    log("decode throughput ...")
+    results["decode"] = bench_decode(paths[: args.decode_images], device, args.worker_counts)
+    return results
+
+
+def bench_decode(paths: list[Path], device: torch.device, worker_counts: list[int]) -> list[dict]:
+    """Images/s of the pipeline's own DataLoader (+ device decoding), no model."""
+    import fsspec
+
+    from models.preprocess import resmem_transform
+    from tasks.decode import ShardDataset
+    from tasks.device_decode import decode_on_device
+    from tasks.score import ScoreSettings, _loader
+
+    fs = fsspec.filesystem("file")
+    files = [str(p) for p in paths]
+    warm = ShardDataset(fs, files[:1], resmem_transform, None)
+    for _ in _loader(warm, ScoreSettings(1, 1, (), None, "bench"), device):
+        pass  # start the forkserver once, as a scoring process does
+    rows = []
+    for mode in ("workers", "device"):
+        for workers in worker_counts:
+            dataset = ShardDataset(fs, files, resmem_transform, None, device_jpeg=mode == "device")
+            settings = ScoreSettings(batch_size=256, workers=workers, features=(), max_pixels=None, run_id="bench")
+            bs.sync(device)
+            started = time.perf_counter()
+            count = 0
+            for batch in _loader(dataset, settings, device):
+                if batch.encoded:
+                    batch = decode_on_device(batch, resmem_transform, device, None)
+                pixels = batch.pixels.to(device, non_blocking=True)
+                count += len(batch.images)
+            bs.sync(device)
+            del pixels
+            seconds = time.perf_counter() - started
+            rows.append({"decode": mode, "workers": workers, "images": count, "images_per_s": count / seconds})
+            log(f"  decode {mode}, {workers} workers: {count / seconds:.0f} img/s")
+    return rows
+
+
+def phase_e2e(args, device: torch.device) -> dict:
+    folder, paths = archive(args)
+    runs = []
+    for label, extra in (("defaults (decode on the GPU, bf16)", []), ("--decode workers (PIL in workers)", ["--decode", "workers"])):
+        dest = args.dir / f"e2e-{len(runs)}"
+        import shutil
+
+        shutil.rmtree(dest, ignore_errors=True)
+        log(f"memscore score {label} ...")
+        run = bs.run_memscore(folder, dest, str(device), extra)
+        run["setting"] = label
+        runs.append(run)
+        log(f"  steady {run['steady_images_per_s']} img/s, wall {run['wall_seconds']:.1f} s, parts {run['parts']}")
+    return {"archive": {"images": len(paths)}, "end_to_end": runs}
+
+
+def phase_train(args, device: torch.device) -> dict:
+    """Training images/s per model: 2 epochs on LaMem-sized images (epoch 2 is the steady one)."""
+    import csv
+
+    from tasks.train import TrainConfig, train_model
+
+    folder = args.dir / "train-images"
+    labels = args.dir / "train-labels.csv"
+    if not labels.exists():
+        rng = np.random.default_rng(args.seed)
+        sources = bs.load_sources(args.photos)
+        folder.mkdir(parents=True, exist_ok=True)
+        with labels.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "memorability"])
+            for i in range(args.train_images):
+                photo = sources[i % len(sources)]
+                w, h = photo.size
+                side = int(min(w, h) * rng.uniform(0.5, 1.0))
+                left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+                photo.crop((left, top, left + side, top + side)).resize((256, 256), Image.BICUBIC).save(
+                    folder / f"t{i:05d}.jpg", "JPEG", quality=90)
+                writer.writerow([f"t{i:05d}.jpg", f"{rng.uniform(0.4, 1.0):.4f}"])
+    segmenter = args.dir / "lraspp-random.pt"
+    if not segmenter.exists():  # the machine cannot download torchvision's weights: a local file, random
+        from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+        torch.save(lraspp_mobilenet_v3_large(weights=None, weights_backbone=None).state_dict(), segmenter)
+    rows = []
+    for model in args.train_models:
+        out = args.dir / f"train-{model}"
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        config = TrainConfig(model=model, human=str(labels), images=str(folder), out=str(out), epochs=2, patience=5,
+                             batch_size=args.train_batch, workers=args.train_workers, device=str(device),
+                             segmenter_weights=str(segmenter) if model.startswith("m3m") else None)
+        reset_peak(device)
+        log(f"train {model} ...")
+        result = train_model(config, log=lambda *_: None)
+        last = result.metrics[-1]
+        rows.append({"model": model, "parameters": result.parameters, "trainable_parameters": result.trainable_parameters,
+                     "batch": args.train_batch, "workers": args.train_workers, "train_images": last.train_images,
+                     "epoch2_train_images_per_s": last.train_images_per_second,
+                     "epoch1_train_images_per_s": result.metrics[0].train_images_per_second,
+                     "peak_gpu_gib": peak_gib(device)})
+        log(f"  {model}: {last.train_images_per_second:.0f} img/s (epoch 2)")
+    return {"train": rows}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--phase", choices=("model", "e2e", "train"), required=True)
+    parser.add_argument("--dir", type=Path, required=True, help="work folder (archives, outputs, results)")
+    parser.add_argument("--n", type=int, default=16384, help="JPEGs in the archive (default 16384)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--photos", type=Path, default=None, help="folder of <photo>.png sources instead of scikit-image")
+    parser.add_argument("--official-images", type=int, default=512)
+    parser.add_argument("--reference-images", type=int, default=512)
+    parser.add_argument("--model-images", type=int, default=2048)
+    parser.add_argument("--decode-images", type=int, default=4096)
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[64, 128, 256, 512])
+    parser.add_argument("--worker-counts", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--device", default="cuda", help="cuda (default); cpu only to try the script out")
+    parser.add_argument("--train-models", type=lambda s: s.split(","), default=["memnet-baseline", "resmem", "resmem-retrain", "m3m"])
+    parser.add_argument("--train-images", type=int, default=4096)
+    parser.add_argument("--train-batch", type=int, default=128)
+    parser.add_argument("--train-workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    cores = len(os.sched_getaffinity(0))
+    args.worker_counts = args.worker_counts or [4, 8, cores - 1]
+    args.train_workers = cores - 1 if args.train_workers is None else args.train_workers
+    args.dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    results = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": bs.machine(),
+               "phase": args.phase, "argv": sys.argv[1:]}
+    phase = {"model": phase_model, "e2e": phase_e2e, "train": phase_train}[args.phase]
+    results.update(phase(args, device))
+    path = args.dir / f"{args.phase}.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(results, indent=1, default=str)[-6000:])
+    log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
