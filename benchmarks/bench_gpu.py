@@ -196,7 +196,8 @@ def phase_model(args, device: torch.device) -> dict:
     return results
 
 
-def bench_decode(paths: list[Path], device: torch.device, worker_counts: list[int]) -> list[dict]:
+def bench_decode(paths: list[Path], device: torch.device, worker_counts: list[int],
+                 modes: tuple[str, ...] = ("workers", "device")) -> list[dict]:
     """Images/s of the pipeline's own DataLoader (+ device decoding), no model."""
     import fsspec
 
@@ -211,7 +212,7 @@ def bench_decode(paths: list[Path], device: torch.device, worker_counts: list[in
     for _ in _loader(warm, ScoreSettings(1, 1, (), None, "bench"), device):
         pass  # start the forkserver once, as a scoring process does
     rows = []
-    for mode in ("workers", "device"):
+    for mode in modes:
         for workers in worker_counts:
             dataset = ShardDataset(fs, files, resmem_transform, None, device_jpeg=mode == "device")
             settings = ScoreSettings(batch_size=256, workers=workers, features=(), max_pixels=None, run_id="bench")
@@ -231,19 +232,41 @@ def bench_decode(paths: list[Path], device: torch.device, worker_counts: list[in
     return rows
 
 
-def phase_e2e(args, device: torch.device) -> dict:
-    folder, paths = archive(args)
-    runs = []
-    for label, extra in (("defaults (decode on the GPU, bf16)", []), ("--decode workers (PIL in workers)", ["--decode", "workers"])):
-        dest = args.dir / f"e2e-{len(runs)}"
-        import shutil
+def cpu_reference(paths: list[Path]) -> np.ndarray:
+    """Float32 CPU scores (PIL decoding, CPU defaults: the parity-tested path)."""
+    from models.registry import load_model
+    from models.speed import SpeedSettings, prepare
 
+    torch.set_num_threads(os.cpu_count() or 1)
+    runner = prepare(load_model("resmem", None, torch.device("cpu")), SpeedSettings(precision="fp32"))
+    return run_settings(runner, bs.decoded_batch(paths), 64)
+
+
+def phase_decode(args, device: torch.device) -> dict:
+    _, paths = archive(args)
+    return {"decode": bench_decode(paths[: args.decode_images], device, args.worker_counts, args.decode_modes)}
+
+
+def phase_e2e(args, device: torch.device) -> dict:
+    import shutil
+
+    folder, paths = archive(args)
+    log(f"CPU float32 reference for the first {args.reference_images} images ...")
+    reference_paths = paths[: args.reference_images]
+    reference = cpu_reference(reference_paths)
+    runs = []
+    for label, extra in args.e2e_runs:
+        dest = args.dir / f"e2e-{len(runs)}"
         shutil.rmtree(dest, ignore_errors=True)
         log(f"memscore score {label} ...")
         run = bs.run_memscore(folder, dest, str(device), extra)
         run["setting"] = label
+        scores = bs.read_scores(dest)
+        run.update({"vs_cpu_reference_" + k: v for k, v in bs.drift(
+            reference, np.array([scores[p.relative_to(folder).as_posix()] for p in reference_paths])).items()})
         runs.append(run)
-        log(f"  steady {run['steady_images_per_s']} img/s, wall {run['wall_seconds']:.1f} s, parts {run['parts']}")
+        log(f"  steady {run['steady_images_per_s']} img/s, wall {run['wall_seconds']:.1f} s, parts {run['parts']}, "
+            f"Spearman vs CPU reference {run['vs_cpu_reference_spearman']:.5f}")
     return {"archive": {"images": len(paths)}, "end_to_end": runs}
 
 
@@ -299,7 +322,7 @@ def phase_train(args, device: torch.device) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phase", choices=("model", "e2e", "train"), required=True)
+    parser.add_argument("--phase", choices=("model", "decode", "e2e", "train"), required=True)
     parser.add_argument("--dir", type=Path, required=True, help="work folder (archives, outputs, results)")
     parser.add_argument("--n", type=int, default=16384, help="JPEGs in the archive (default 16384)")
     parser.add_argument("--seed", type=int, default=0)
@@ -310,6 +333,10 @@ def main(argv=None) -> int:
     parser.add_argument("--decode-images", type=int, default=4096)
     parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[64, 128, 256, 512])
     parser.add_argument("--worker-counts", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--decode-modes", type=lambda s: tuple(s.split(",")), default=("workers", "device"))
+    parser.add_argument("--e2e", action="append", default=None, metavar="LABEL=OPTIONS",
+                        help="an end-to-end run: a label and extra memscore score options "
+                             "(default: the CUDA defaults, and --decode workers)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu only to try the script out")
@@ -321,11 +348,13 @@ def main(argv=None) -> int:
     cores = len(os.sched_getaffinity(0))
     args.worker_counts = args.worker_counts or [4, 8, cores - 1]
     args.train_workers = cores - 1 if args.train_workers is None else args.train_workers
+    args.e2e_runs = [(item.split("=", 1)[0], item.split("=", 1)[1].split()) for item in args.e2e] if args.e2e else [
+        ("defaults (JPEGs decoded on the GPU, fp16)", []), ("--decode workers (PIL in workers)", ["--decode", "workers"])]
     args.dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     results = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": bs.machine(),
                "phase": args.phase, "argv": sys.argv[1:]}
-    phase = {"model": phase_model, "e2e": phase_e2e, "train": phase_train}[args.phase]
+    phase = {"model": phase_model, "decode": phase_decode, "e2e": phase_e2e, "train": phase_train}[args.phase]
     results.update(phase(args, device))
     path = args.dir / f"{args.phase}.json"
     path.write_text(json.dumps(results, indent=2, default=str))

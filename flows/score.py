@@ -300,7 +300,7 @@ def score_archive(
         dask_address: run the shard tasks on this Dask scheduler (``tcp://host:8786``)
             through prefect-dask; the device, batch size and decode workers are then
             resolved on each Dask worker. Without it, shards run here, one after another.
-        precision: auto (fp32 on CPU, bf16 or fp16 autocast on CUDA), fp32, bf16 or fp16.
+        precision: auto (fp32 on CPU, fp16 autocast on CUDA), fp32, bf16 or fp16.
         channels_last: channels_last memory format (default: on for CPU and CUDA).
         fold_batchnorm: fold BatchNorm into the convolutions (default: on).
         compile_model: torch.compile the model (slow to start; off by default).

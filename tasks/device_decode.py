@@ -102,14 +102,20 @@ def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch
 
 
 def _resize_all(images: list[torch.Tensor], transform: ResizeCrop) -> torch.Tensor:
-    """Resize and crop every image; images of one size go through in one call."""
+    """Resize and crop every image; images of one size go through in one call.
+
+    Only basic indexing and stacking: an index tensor built on the host would make
+    each copy wait for the model's queued work on the GPU.
+    """
     by_size: dict[tuple[int, int], list[int]] = {}
     for position, image in enumerate(images):
         by_size.setdefault(tuple(image.shape[-2:]), []).append(position)
-    out = torch.empty((len(images), 3, transform.crop, transform.crop), dtype=torch.uint8, device=images[0].device)
+    resized: list[torch.Tensor] = [images[0]] * len(images)
     for positions in by_size.values():
-        out[positions] = transform.on_tensor(torch.stack([images[p] for p in positions]))
-    return out
+        group = transform.on_tensor(torch.stack([images[p] for p in positions]))
+        for position, image in zip(positions, group.unbind(0)):
+            resized[position] = image
+    return torch.stack(resized)
 
 
 def _as_decoded(item: EncodedImage) -> DecodedImage:

@@ -66,7 +66,7 @@ class ScoreSettings:
     features: tuple[str, ...]
     max_pixels: int | None
     run_id: str
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16/fp16 on CUDA)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, fp16 on CUDA)
     channels_last: bool | None = None  # None: the device's default (on for CPU and CUDA)
     fold_batchnorm: bool | None = None  # None: on (float32 results move by ~1e-7)
     compile: bool = False  # torch.compile the model (slow to start; off by default)
