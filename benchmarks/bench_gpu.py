@@ -206,6 +206,22 @@ def bench_decode(paths: list[Path], device: torch.device, worker_counts: list[in
     from tasks.device_decode import decode_on_device
     from tasks.score import ScoreSettings, _loader
 
+    import tasks.device_decode as dd
+
+    spent = {"decode_jpeg": 0.0, "resize": 0.0}
+
+    def timed_part(name, fn):
+        def wrapper(*a, **k):
+            bs.sync(device)
+            started = time.perf_counter()
+            out = fn(*a, **k)
+            bs.sync(device)
+            spent[name] += time.perf_counter() - started
+            return out
+        return wrapper
+
+    original = dd._decode_jpegs, dd._resize_all
+    dd._decode_jpegs, dd._resize_all = timed_part("decode_jpeg", dd._decode_jpegs), timed_part("resize", dd._resize_all)
     fs = fsspec.filesystem("file")
     files = [str(p) for p in paths]
     warm = ShardDataset(fs, files[:1], resmem_transform, None)
@@ -227,8 +243,11 @@ def bench_decode(paths: list[Path], device: torch.device, worker_counts: list[in
             bs.sync(device)
             del pixels
             seconds = time.perf_counter() - started
-            rows.append({"decode": mode, "workers": workers, "images": count, "images_per_s": count / seconds})
-            log(f"  decode {mode}, {workers} workers: {count / seconds:.0f} img/s")
+            rows.append({"decode": mode, "workers": workers, "images": count, "images_per_s": count / seconds,
+                         "main_process_ms_per_image": {k: 1000 * v / count for k, v in spent.items()}})
+            spent.update(decode_jpeg=0.0, resize=0.0)
+            log(f"  decode {mode}, {workers} workers: {count / seconds:.0f} img/s {rows[-1]['main_process_ms_per_image']}")
+    dd._decode_jpegs, dd._resize_all = original
     return rows
 
 

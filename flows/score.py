@@ -30,6 +30,7 @@ from storage.compact import drop_superseded_rows
 from storage.parts import write_part_atomic
 from storage.schema import ERRORS_DIR, SCORES_DIR
 from storage.uris import Location, open_location
+from tasks.device_decode import resolve_decode
 from tasks.discover import DiscoveryCounts, SourceNotFoundError, iter_listing
 from tasks.plan import Plan, done_keys, plan_shards
 from tasks.progress import ProgressReporter
@@ -160,7 +161,7 @@ def score_shard(
     """Score one shard of images with the model (loaded once per process)."""
     torch_device = resolve_device(worker_device(device))
     if settings.batch_size is None or settings.workers is None:  # decided where the shard runs (Dask)
-        defaults = defaults_for(torch_device)
+        defaults = defaults_for(torch_device, resolve_decode(settings.decode, torch_device, get_model_spec(model).preprocess))
         settings = replace(
             settings,
             batch_size=settings.batch_size or defaults.batch_size,
@@ -327,7 +328,7 @@ def score_archive(
     else:
         torch_device = resolve_device(device)
         shard_device = device_label = str(torch_device)
-        defaults = defaults_for(torch_device)
+        defaults = defaults_for(torch_device, resolve_decode(decode, torch_device, spec.preprocess))
         settings_batch = batch_size or defaults.batch_size
         settings_workers = defaults.workers if workers is None else workers
     settings = ScoreSettings(

@@ -86,8 +86,36 @@ def decode_on_device(
     return Batch(images, pixels, failures)
 
 
+_decode_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
 def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """Decode all in one call; if that fails, one by one (``None`` for each that fails)."""
+    """Decode all in one call; if that fails, one by one (``None`` for each that fails).
+
+    On CUDA the call runs with a stream of our own made current. torchvision
+    allocates the output images on the current stream but writes them from
+    nvJPEG's stream without waiting for it; on the default stream, it could be
+    handed memory that the model's queued kernels are still reading (seen on an
+    H100: NaN scores). Memory of our decode stream is never freed by other
+    work; the default stream then waits for the decode, and the images are
+    marked as used there so their memory is not reused before it is done.
+    """
+    if device.type != "cuda":
+        return _decode_all(datas, device)
+    stream = _decode_streams.get(device)
+    if stream is None:
+        stream = _decode_streams[device] = torch.cuda.Stream(device)
+    current = torch.cuda.current_stream(device)
+    with torch.cuda.stream(stream):
+        images = _decode_all(datas, device)
+    current.wait_stream(stream)
+    for image in images:
+        if image is not None:
+            image.record_stream(current)
+    return images
+
+
+def _decode_all(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     try:
         return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:
