@@ -321,3 +321,15 @@ def test_train_m3m_briefly_and_score_with_its_checkpoint(tmp_path):
     torch.testing.assert_close(loaded.module.fc6.weight, saved["fc6.weight"])
     torch.testing.assert_close(loaded.module.seg_conv1.weight, saved["seg_conv1.weight"])
     assert feats["segmentation"].shape == (1, 1024) and feats["fc11"].shape == (1, 256)
+
+
+def test_training_with_decode_workers(tmp_path, tiny_model):
+    """Loaders with workers (forked from the scoring path's forkserver) train like in-process loading."""
+    human, images = make_dataset(tmp_path, n=16)
+    in_process = train_model(config_for(tiny_model, human, images, tmp_path / "w0", epochs=2, augment=False),
+                             log=lambda text: None)
+    with_workers = train_model(config_for(tiny_model, human, images, tmp_path / "w1", epochs=2, augment=False, workers=1),
+                               log=lambda text: None)
+    assert [r.train_images for r in with_workers.metrics] == [r.train_images for r in in_process.metrics]
+    assert [r.val_spearman for r in with_workers.metrics] == pytest.approx([r.val_spearman for r in in_process.metrics])
+    assert with_workers.test["images"] == in_process.test["images"]
