@@ -70,11 +70,13 @@ class ResizeCrop:
         the last bit of a few pixels (about 0.1-12% of them by one grey level, more at
         exact 2:1 reductions); the benchmark measures what that does to the scores.
         """
+        # Bilinear weights are non-negative and sum to one, so each pass stays within
+        # 0..255: no clamping needed (fewer kernels per image on the GPU).
         height = images.shape[-2]
         wide = F.interpolate(images.float(), size=(height, self.size), mode="bilinear",
-                             antialias=True, align_corners=False).round_().clamp_(0, 255)
+                             antialias=True, align_corners=False).round_()
         resized = F.interpolate(wide, size=(self.size, self.size), mode="bilinear",
-                                antialias=True, align_corners=False).round_().clamp_(0, 255)
+                                antialias=True, align_corners=False).round_()
         return TF.center_crop(resized.to(torch.uint8), [self.crop, self.crop])
 
 

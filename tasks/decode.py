@@ -240,4 +240,12 @@ def collate(items: list[Any]) -> Batch:
     pixels = torch.stack([image.tensor for image in images]) if images else None
     for image in images:
         image.tensor = torch.empty(0, dtype=torch.uint8)  # the stacked copy is the one we keep
+    if len(encoded) > 1:
+        # One buffer for the batch's JPEG bytes, each image a view of it: the batch
+        # then crosses to the scoring process as one shared-memory block, not hundreds.
+        flat = torch.cat([item.data for item in encoded])
+        start = 0
+        for item in encoded:
+            item.data = flat[start:start + item.size_bytes]
+            start += item.size_bytes
     return Batch(images, pixels, failures, encoded)

@@ -140,7 +140,8 @@ def _resize_all(images: list[torch.Tensor], transform: ResizeCrop) -> torch.Tens
         by_size.setdefault(tuple(image.shape[-2:]), []).append(position)
     resized: list[torch.Tensor] = [images[0]] * len(images)
     for positions in by_size.values():
-        group = transform.on_tensor(torch.stack([images[p] for p in positions]))
+        stacked = images[positions[0]][None] if len(positions) == 1 else torch.stack([images[p] for p in positions])
+        group = transform.on_tensor(stacked)
         for position, image in zip(positions, group.unbind(0)):
             resized[position] = image
     return torch.stack(resized)
