@@ -18,7 +18,7 @@ What it does not show: agreement with human memory (the target is ResMem, not
 people), performance on LaMem or any real archive, or how well M3M or
 resmem-retrain train (their ResNet-152 is too slow on a small CPU for this).
 
-Run:  python benchmarks/bench_distill.py [--work DIR] [--per-photo 16] [--epochs 8] [--loss mse|rank]
+Run:  python benchmarks/bench_distill.py [--work DIR] [--per-photo 24] [--epochs 20] [--lr 1e-3] [--loss mse|rank]
 Labels are cached in DIR/labels.csv, so a second run only trains.
 """
 
@@ -96,10 +96,10 @@ def label_with_resmem(folder: Path, names: list[str], batch: int = 16) -> dict[s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/memscore-distill", help="working folder (images, labels, run)")
-    parser.add_argument("--per-photo", type=int, default=16, help="crops per source photo (default 16)")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--per-photo", type=int, default=24, help="crops per source photo (default 24)")
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-photos", type=int, default=4)
     parser.add_argument("--test-photos", type=int, default=4)
