@@ -165,7 +165,7 @@ def decoded_batch(paths: list[Path]) -> torch.Tensor:
     return torch.stack([resmem_transform(Image.open(p)) for p in paths])
 
 
-def model_variants(device: torch.device, compile_too: bool) -> dict[str, dict]:
+def model_variants(device: torch.device, compile_too: bool, only: list[str] | None = None) -> dict[str, dict]:
     """name -> SpeedSettings kwargs. The first is the float32 reference (plain module)."""
     variants = {
         "fp32 plain": dict(precision="fp32", channels_last=False, fold_batchnorm=False),
@@ -180,11 +180,14 @@ def model_variants(device: torch.device, compile_too: bool) -> dict[str, dict]:
         variants["bf16 cl+fold (default cuda)"] = variants.pop("bf16 cl+fold")
     if compile_too:
         variants["fp32 cl+fold compiled"] = dict(precision="fp32", channels_last=True, fold_batchnorm=True, compile=True)
+    if only:
+        keep = [name for name in variants if name == "fp32 plain" or any(name.startswith(o) for o in only)]
+        variants = {name: variants[name] for name in keep}
     return variants
 
 
 def bench_models(device, pixels: torch.Tensor, batch_sizes, rounds: int, low_precision_images: int,
-                 compile_too: bool, layers=("resnet152", "fc11")) -> tuple[list[dict], dict]:
+                 compile_too: bool, layers=("resnet152", "fc11"), only: list[str] | None = None) -> tuple[list[dict], dict]:
     """Model-only throughput and drift per setting, interleaved over ``rounds``."""
     from models.registry import load_model
     from models.speed import SpeedSettings, prepare
@@ -194,7 +197,7 @@ def bench_models(device, pixels: torch.Tensor, batch_sizes, rounds: int, low_pre
     runs = []  # (name, runner, batch, images)
     runners = {}
     load_seconds = []
-    for name, kwargs in model_variants(device, compile_too).items():
+    for name, kwargs in model_variants(device, compile_too, only).items():
         started = time.perf_counter()
         loaded = load_model("resmem", None, device)
         sync(device)
@@ -454,6 +457,10 @@ def main(argv=None) -> int:
     parser.add_argument("--e2e-spawn", action="store_true", help="also run end to end with spawn-started workers (the old way)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
     parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument("--settings", default=None,
+                        help="model-only settings to time, by name prefix, comma-separated (the fp32 plain reference always runs)")
+    parser.add_argument("--e2e-shard-size", type=int, default=None, help="end to end: this shard size instead of N/--e2e-shards")
+    parser.add_argument("--no-draft", action="store_true", help="skip the JPEG draft-mode measurement")
     parser.add_argument("--flat-memory", action="store_true", help="only the flat-memory check: N and 10N images end to end")
     parser.add_argument("--workdir", default=None, help="where to build archives (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="write the results here")
@@ -496,7 +503,8 @@ def main(argv=None) -> int:
     # 3: model only
     log("model only ...")
     pixels = decoded_batch(paths)
-    rows, extra = bench_models(device, pixels, batch_sizes, args.rounds, args.low_precision_images, args.compile)
+    rows, extra = bench_models(device, pixels, batch_sizes, args.rounds, args.low_precision_images, args.compile,
+                               only=args.settings.split(",") if args.settings else None)
     results["model_only"] = rows
     results["ours_load_seconds"] = extra["ours_load_seconds"]
     if official:
@@ -510,12 +518,13 @@ def main(argv=None) -> int:
         del model
 
     # 3b: JPEG draft-mode decode (measured, not wired in): speed and score drift
-    draft_pixels, draft_ms = draft_batch(paths)
-    from models.registry import load_model
-    from models.speed import prepare
+    if not args.no_draft:
+        draft_pixels, draft_ms = draft_batch(paths)
+        from models.registry import load_model
+        from models.speed import prepare
 
-    draft_scores = prepare(load_model("resmem", None, device))(draft_pixels, ())[0].astype(np.float64)
-    results["draft_decode"] = {"ms_per_image": draft_ms, **drift(np.array(extra["reference_scores"]), draft_scores)}
+        draft_scores = prepare(load_model("resmem", None, device))(draft_pixels, ())[0].astype(np.float64)
+        results["draft_decode"] = {"ms_per_image": draft_ms, **drift(np.array(extra["reference_scores"]), draft_scores)}
 
     # 4: decode only
     log("decode + preprocess ...")
@@ -523,7 +532,7 @@ def main(argv=None) -> int:
 
     # 5: end to end
     log("end to end (memscore score) ...")
-    shard = max(1, -(-len(paths) // args.e2e_shards))
+    shard = args.e2e_shard_size or max(1, -(-len(paths) // args.e2e_shards))
     e2e_runs = [("memscore score (defaults, forkserver workers)", {})]
     if args.e2e_spawn:
         e2e_runs.append(("memscore score (spawn workers, old)", {"MEMSCORE_WORKER_START": "spawn"}))
