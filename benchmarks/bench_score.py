@@ -175,9 +175,8 @@ def model_variants(device: torch.device, compile_too: bool, only: list[str] | No
         "fp16 cl+fold": dict(precision="fp16", channels_last=True, fold_batchnorm=True),
     }
     if device.type == "cuda":
-        variants["bf16 cl+fold"] = variants.pop("bf16 cl+fold")
         variants = {k.replace(" (default cpu)", ""): v for k, v in variants.items()}
-        variants["bf16 cl+fold (default cuda)"] = variants.pop("bf16 cl+fold")
+        variants["fp16 cl+fold (default cuda)"] = variants.pop("fp16 cl+fold")
     if compile_too:
         variants["fp32 cl+fold compiled"] = dict(precision="fp32", channels_last=True, fold_batchnorm=True, compile=True)
     if only:
