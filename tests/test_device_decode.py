@@ -141,3 +141,19 @@ def test_decode_mode_resolution():
         resolve_decode("gpu-please", CPU, resmem_transform)
     with pytest.raises(ValueError):
         resolve_decode("device", CPU, lambda image: image)
+
+
+def test_cuda_default_workers_depend_on_where_jpegs_are_decoded(monkeypatch):
+    """With GPU decoding the workers only read (a quarter of the cores); with PIL they decode (all but one)."""
+    import models.devices as devices
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 16)
+    assert devices.defaults_for(cuda, "device").workers == 4
+    assert devices.defaults_for(cuda, "workers").workers == 15
+    assert devices.defaults_for(cuda).workers == 15
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 64)
+    assert devices.defaults_for(cuda, "device").workers == 8
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
+    assert devices.defaults_for(cuda, "device").workers == 2
+    assert devices.defaults_for(CPU, "device").workers == 1  # the CPU defaults do not change
