@@ -332,7 +332,7 @@ def phase_train(args, device: torch.device) -> dict:
                              segmenter_weights=str(segmenter) if model.startswith("m3m") else None)
         reset_peak(device)
         log(f"train {model} ...")
-        result = train_model(config, log=lambda *_: None)
+        result = train_model(config, log=lambda text: log(f"  [{model}] {text}"))
         last = result.metrics[-1]
         rows.append({"model": model, "parameters": result.parameters, "trainable_parameters": result.trainable_parameters,
                      "batch": args.train_batch, "workers": args.train_workers, "train_images": last.train_images,
