@@ -756,7 +756,7 @@ def train_model(
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         loader = make_loader(train_data, config.batch_size, True, config.workers, generator)
         set_train_mode(model)
-        loss_sum, seen, failed = 0.0, 0, 0
+        loss_sum, seen, failed = torch.zeros((), device=device), 0, 0  # summed on the device: no sync per step
         for pixels, target, _index, bad in loader:
             failed += bad
             if pixels is None or len(target) < 1:
@@ -769,8 +769,9 @@ def train_model(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(target)
+            loss_sum += loss.detach() * len(target)
             seen += len(target)
+        train_loss = float(loss_sum) / max(seen, 1)  # waits for the epoch's last step
         train_time = time.perf_counter() - started
         _, val_pred, val_target, val_failed, _ = predict(model, val_loader, device, use_amp)
         val_loss = float(criterion(torch.from_numpy(val_pred).float(), torch.from_numpy(val_target).float())) if len(val_pred) else float("nan")
@@ -780,7 +781,7 @@ def train_model(
         # the first epoch always exports a model (even when its Spearman is undefined, e.g. constant predictions)
         improved = best_epoch is None or (not math.isnan(rho) and rho > best_spearman)
         row = EpochMetrics(
-            epoch=epoch, train_loss=loss_sum / max(seen, 1), val_loss=val_loss, val_spearman=rho,
+            epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_spearman=rho,
             val_pearson=pearson(val_pred, val_target), lr=optimizer.param_groups[0]["lr"], train_images=seen,
             seconds=seconds, train_images_per_second=seen / train_time if train_time > 0 else 0.0, best=improved,
         )
