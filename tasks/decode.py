@@ -8,12 +8,16 @@ error type and a message; a partly decoded image is never scored.
 With ``device_jpeg`` (``decode='device'``, see :mod:`tasks.device_decode`) a plain
 JPEG is not decoded here: the worker checks its header and passes its bytes on as
 an :class:`EncodedImage`, to be decoded in a batch on the scoring device.
+
+How the workers themselves start (a forkserver, the run's environment, a quiet
+SIGTERM) is here too: :func:`worker_options`, used by every DataLoader memscore makes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
 import os
 import signal
 import warnings
@@ -221,6 +225,36 @@ class WorkerSetup:
         os.environ.clear()
         os.environ.update(self.environ)
         signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Start method for DataLoader workers: forkserver with torch preloaded, else spawn.
+
+    A plain fork from inside a Prefect flow inherits Prefect's SIGTERM handler and
+    its threads; spawn is safe but re-imports torch in every worker of every shard
+    (seconds each). The forkserver is started once per process (fresh interpreter,
+    torch and the decoder imported once) and forks each worker from there.
+    ``MEMSCORE_WORKER_START=spawn`` (or ``forkserver``) overrides the choice.
+    """
+    method = os.environ.get("MEMSCORE_WORKER_START", "").strip().lower()
+    if method == "spawn" or (not method and "forkserver" not in multiprocessing.get_all_start_methods()):
+        return multiprocessing.get_context("spawn")
+    if method not in ("", "forkserver"):
+        raise ValueError(f"MEMSCORE_WORKER_START={method!r}: use forkserver or spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "PIL.Image", "fsspec", "tasks.decode", "models.preprocess"])
+    return context
+
+
+def worker_options(workers: int) -> dict[str, Any]:
+    """DataLoader arguments for ``workers`` worker processes started the way memscore starts them.
+
+    Workers come from :func:`worker_context` and run :class:`WorkerSetup` first;
+    the scoring and the training loaders both use this.
+    """
+    if workers <= 0:
+        return {"num_workers": 0}
+    return {"num_workers": workers, "multiprocessing_context": worker_context(), "worker_init_fn": worker_setup()}
 
 
 def worker_setup() -> WorkerSetup:

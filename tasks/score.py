@@ -7,14 +7,13 @@ prepared for speed once per setting (:func:`get_runner`, see :mod:`models.speed`
 On CUDA the workers pass plain JPEGs on undecoded and the batch is decoded on the
 GPU (:mod:`tasks.device_decode`); ``decode='workers'`` keeps PIL in the workers.
 DataLoader workers are forked from a forkserver that has torch and the decoder
-imported already, so a shard's workers start in milliseconds instead of the
-seconds a fresh ``spawn`` takes (and without inheriting the flow's signal handlers).
+imported already (:func:`tasks.decode.worker_options`), so a shard's workers start
+in milliseconds instead of the seconds a fresh ``spawn`` takes (and without
+inheriting the flow's signal handlers).
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from models.registry import LoadedModel, load_model
 from models.speed import InferenceRunner, Pending, SpeedSettings, prepare
 from storage.schema import ERRORS_SCHEMA, feature_column, scores_schema
 from storage.uris import Location
-from tasks.decode import Batch, ImageFailure, ShardDataset, collate, worker_setup
+from tasks.decode import Batch, ImageFailure, ShardDataset, collate, worker_options
 from tasks.device_decode import decode_on_device, resolve_decode
 
 _models: dict[tuple[str, str | None, str], LoadedModel] = {}
@@ -85,43 +84,16 @@ class ShardResult:
     errors: pa.Table
 
 
-def worker_context() -> multiprocessing.context.BaseContext:
-    """Start method for DataLoader workers: forkserver with torch preloaded, else spawn.
-
-    A plain fork from inside a Prefect flow inherits Prefect's SIGTERM handler and
-    its threads; spawn is safe but re-imports torch in every worker of every shard
-    (seconds each). The forkserver is started once per process (fresh interpreter,
-    torch and the decoder imported once) and forks each worker from there.
-    ``MEMSCORE_WORKER_START=spawn`` (or ``forkserver``) overrides the choice.
-    """
-    method = os.environ.get("MEMSCORE_WORKER_START", "").strip().lower()
-    if method == "spawn" or (not method and "forkserver" not in multiprocessing.get_all_start_methods()):
-        return multiprocessing.get_context("spawn")
-    if method not in ("", "forkserver"):
-        raise ValueError(f"MEMSCORE_WORKER_START={method!r}: use forkserver or spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "PIL.Image", "fsspec", "tasks.decode", "models.preprocess"])
-    return context
-
-
 def _loader(dataset: ShardDataset, settings: ScoreSettings, device: torch.device) -> DataLoader:
     workers = settings.workers
     return DataLoader(
         dataset,
         batch_size=settings.batch_size,
-        num_workers=workers,
         collate_fn=collate,
-        worker_init_fn=worker_setup() if workers > 0 else None,
-        multiprocessing_context=worker_context() if workers > 0 else None,
+        **worker_options(workers),
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
     )
-
-
-def _run_model(model: LoadedModel, pixels: torch.Tensor, layers: Sequence[str],
-               speed: SpeedSettings | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Scores and features of one uint8 batch (float32 NumPy arrays)."""
-    return get_runner(model, speed or SpeedSettings())(pixels, layers)
 
 
 def score_images(

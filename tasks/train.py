@@ -486,20 +486,17 @@ def collate_scored(items):
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, generator: torch.Generator | None = None) -> DataLoader:
-    from tasks.decode import worker_setup
-    from tasks.score import worker_context
+    from tasks.decode import worker_options
 
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
-        num_workers=workers,
         collate_fn=collate_scored,
         generator=generator,
-        # forked from the scoring path's forkserver (a plain fork breaks inside Prefect
+        # workers as the scoring path starts them (a plain fork breaks inside Prefect
         # flows; spawn re-imports torch in every worker of every loader, seconds each)
-        multiprocessing_context=worker_context() if workers > 0 else None,
-        worker_init_fn=worker_setup() if workers > 0 else None,
+        **worker_options(workers),
         persistent_workers=False,
     )
 

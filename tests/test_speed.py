@@ -100,7 +100,7 @@ def test_score_images_speed_fields(tmp_path, photos, workers):
 
 
 def test_worker_start_method_override(monkeypatch):
-    from tasks.score import worker_context
+    from tasks.decode import worker_context
 
     monkeypatch.setenv("MEMSCORE_WORKER_START", "spawn")
     assert worker_context().get_start_method() == "spawn"

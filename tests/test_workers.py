@@ -7,8 +7,7 @@ import os
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.decode import worker_setup
-from tasks.score import worker_context
+from tasks.decode import worker_context, worker_setup
 
 
 class EnvironmentProbe(Dataset):
