@@ -118,7 +118,7 @@ def model_setting(name, kwargs, args, device, all_pixels, pil_pixels, reference)
     bs.sync(device)
     load = time.perf_counter() - started
     rows = []
-    for batch in (args.batch_sizes if name == "fp16 cl+fold (default)" else [256]):
+    for batch in (args.batch_sizes if "(default" in name else [256]):
         reset_peak(device)
         warm_s, _ = timed(lambda: run_settings(runner, all_pixels[: 2 * batch], batch), device)
         seconds, _ = timed(lambda: run_settings(runner, all_pixels, batch), device, repeats=args.repeats)
@@ -159,15 +159,8 @@ def phase_model(args, device: torch.device) -> dict:
 
     log("model only, per setting ...")
     all_pixels = bs.decoded_batch(paths[: args.model_images])
-    variants = {
-        "fp32 (TF32 convs) plain": dict(precision="fp32", channels_last=False, fold_batchnorm=False),
-        "fp32 (TF32 convs) cl+fold": dict(precision="fp32", channels_last=True, fold_batchnorm=True),
-        "bf16 plain": dict(precision="bf16", channels_last=False, fold_batchnorm=False),
-        "bf16 cl+fold": dict(precision="bf16", channels_last=True, fold_batchnorm=True),
-        "fp16 cl+fold (default)": dict(precision="fp16", channels_last=True, fold_batchnorm=True),
-    }
-    if args.compile:
-        variants["fp16 cl+fold compiled"] = dict(precision="fp16", channels_last=True, fold_batchnorm=True, compile=True)
+    variants = bs.model_variants(device, args.compile)  # on CUDA, fp32 convolutions run as TF32 (cuDNN's default)
+    results["fp32_means"] = "TF32 convolutions" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else "float32"
     rows = []
     for name, kwargs in variants.items():
         try:
@@ -185,70 +178,16 @@ def phase_model(args, device: torch.device) -> dict:
         "max_abs_diff_levels": float((gpu_pixels.float() - pil_pixels.float()).abs().max()),
     }
     decode_rows = []
-    for name in ("fp32 (TF32 convs) cl+fold", "bf16 cl+fold", "fp16 cl+fold (default)"):
+    for name in [n for n in variants if "cl+fold" in n and "compiled" not in n]:  # fp32, bf16, fp16 (the default)
         runner = prepare(load_model("resmem", None, device), SpeedSettings(**variants[name]))
         decode_rows.append({"setting": f"device decode + {name}", **bs.drift(reference, run_settings(runner, gpu_pixels, 256))})
         del runner
     results["device_decode_drift"] = decode_rows
 
     log("decode throughput ...")
-    results["decode"] = bench_decode(paths[: args.decode_images], device, args.worker_counts)
+    results["decode"] = bs.bench_decode(paths[: args.decode_images], args.worker_counts, 256, device,
+                                        ("workers", "device"), cpu_cost_images=64)
     return results
-
-
-def bench_decode(paths: list[Path], device: torch.device, worker_counts: list[int],
-                 modes: tuple[str, ...] = ("workers", "device")) -> list[dict]:
-    """Images/s of the pipeline's own DataLoader (+ device decoding), no model."""
-    import fsspec
-
-    from models.preprocess import resmem_transform
-    from tasks.decode import ShardDataset
-    from tasks.device_decode import decode_on_device
-    from tasks.score import ScoreSettings, _loader
-
-    import tasks.device_decode as dd
-
-    spent = {"decode_jpeg": 0.0, "resize": 0.0}
-
-    def timed_part(name, fn):
-        def wrapper(*a, **k):
-            bs.sync(device)
-            started = time.perf_counter()
-            out = fn(*a, **k)
-            bs.sync(device)
-            spent[name] += time.perf_counter() - started
-            return out
-        return wrapper
-
-    original = dd._decode_jpegs, dd._resize_all
-    dd._decode_jpegs, dd._resize_all = timed_part("decode_jpeg", dd._decode_jpegs), timed_part("resize", dd._resize_all)
-    fs = fsspec.filesystem("file")
-    files = [str(p) for p in paths]
-    warm = ShardDataset(fs, files[:1], resmem_transform, None)
-    for _ in _loader(warm, ScoreSettings(1, 1, (), None, "bench"), device):
-        pass  # start the forkserver once, as a scoring process does
-    rows = []
-    for mode in modes:
-        for workers in worker_counts:
-            dataset = ShardDataset(fs, files, resmem_transform, None, device_jpeg=mode == "device")
-            settings = ScoreSettings(batch_size=256, workers=workers, features=(), max_pixels=None, run_id="bench")
-            bs.sync(device)
-            started = time.perf_counter()
-            count = 0
-            for batch in _loader(dataset, settings, device):
-                if batch.encoded:
-                    batch = decode_on_device(batch, resmem_transform, device, None)
-                pixels = batch.pixels.to(device, non_blocking=True)
-                count += len(batch.images)
-            bs.sync(device)
-            del pixels
-            seconds = time.perf_counter() - started
-            rows.append({"decode": mode, "workers": workers, "images": count, "images_per_s": count / seconds,
-                         "main_process_ms_per_image": {k: 1000 * v / count for k, v in spent.items()}})
-            spent.update(decode_jpeg=0.0, resize=0.0)
-            log(f"  decode {mode}, {workers} workers: {count / seconds:.0f} img/s {rows[-1]['main_process_ms_per_image']}")
-    dd._decode_jpegs, dd._resize_all = original
-    return rows
 
 
 def cpu_reference(paths: list[Path]) -> np.ndarray:
@@ -263,7 +202,8 @@ def cpu_reference(paths: list[Path]) -> np.ndarray:
 
 def phase_decode(args, device: torch.device) -> dict:
     _, paths = archive(args)
-    return {"decode": bench_decode(paths[: args.decode_images], device, args.worker_counts, args.decode_modes)}
+    return {"decode": bs.bench_decode(paths[: args.decode_images], args.worker_counts, 256, device, args.decode_modes,
+                                      cpu_cost_images=64)}
 
 
 def phase_e2e(args, device: torch.device) -> dict:

@@ -178,7 +178,8 @@ def model_variants(device: torch.device, compile_too: bool, only: list[str] | No
         variants = {k.replace(" (default cpu)", ""): v for k, v in variants.items()}
         variants["fp16 cl+fold (default cuda)"] = variants.pop("fp16 cl+fold")
     if compile_too:
-        variants["fp32 cl+fold compiled"] = dict(precision="fp32", channels_last=True, fold_batchnorm=True, compile=True)
+        precision = "fp16" if device.type == "cuda" else "fp32"  # the device's default
+        variants[f"{precision} cl+fold compiled"] = dict(precision=precision, channels_last=True, fold_batchnorm=True, compile=True)
     if only:
         keep = [name for name in variants if name == "fp32 plain" or any(name.startswith(o) for o in only)]
         variants = {name: variants[name] for name in keep}
@@ -304,39 +305,81 @@ def draft_batch(paths: list[Path]) -> tuple[torch.Tensor, float]:
     return torch.stack(out), 1000 * (time.process_time() - started) / len(paths)
 
 
-def bench_decode(paths: list[Path], worker_counts, batch: int) -> list[dict]:
-    """Read + sha256 + decode + preprocess through the pipeline's own DataLoader, no model."""
+def bench_decode(paths: list[Path], worker_counts, batch: int, device: torch.device = torch.device("cpu"),
+                 modes: tuple[str, ...] = ("workers",), cpu_cost_images: int | None = None) -> list[dict]:
+    """Read + sha256 + decode + preprocess through the pipeline's own DataLoader, no model.
+
+    ``modes``: ``workers`` (PIL in the workers) and/or ``device`` (the workers read,
+    the batch is decoded on ``device``: ``--decode device``). For ``device`` the rows
+    also give the scoring process's ms per image in the decoder call and in the
+    resize, with ``device`` synchronised around each (so those runs are a little
+    slower than a plain one). ``cpu_cost_images``: how many images the
+    single-thread CPU cost is measured on (default: all).
+    """
     import fsspec
 
+    import tasks.device_decode as device_decode
     from models.preprocess import resmem_transform
     from tasks.decode import ShardDataset
     from tasks.score import ScoreSettings, _loader
 
     fs = fsspec.filesystem("file")
+    files = [str(p) for p in paths]
     rows = []
     started = time.perf_counter()  # start the worker forkserver once, as a scoring process does
-    warm = ShardDataset(fs, [str(paths[0])], resmem_transform, Image.MAX_IMAGE_PIXELS)
-    for _ in _loader(warm, ScoreSettings(1, 1, (), None, "bench"), torch.device("cpu")):
+    warm = ShardDataset(fs, files[:1], resmem_transform, Image.MAX_IMAGE_PIXELS)
+    for _ in _loader(warm, ScoreSettings(1, 1, (), None, "bench"), device):
         pass
     rows.append({"workers": "worker start (forkserver, once per process)", "seconds": time.perf_counter() - started})
-    for workers in worker_counts:
-        dataset = ShardDataset(fs, [str(p) for p in paths], resmem_transform, Image.MAX_IMAGE_PIXELS)
-        settings = ScoreSettings(batch_size=batch, workers=workers, features=(), max_pixels=None, run_id="bench")
-        started = time.perf_counter()
-        first = None
-        count = 0
-        for item in _loader(dataset, settings, torch.device("cpu")):
-            if first is None:
-                first = time.perf_counter() - started
-            count += len(item.images)
-        seconds = time.perf_counter() - started
-        rows.append({"workers": workers, "images": count, "images_per_s": count / seconds,
-                     "seconds_to_first_batch": first, "seconds": seconds})
+    spent = {"decode_jpeg": 0.0, "resize": 0.0}
+
+    def timed_part(name, fn):
+        def wrapper(*args, **kwargs):
+            sync(device)
+            begun = time.perf_counter()
+            out = fn(*args, **kwargs)
+            sync(device)
+            spent[name] += time.perf_counter() - begun
+            return out
+        return wrapper
+
+    original = device_decode._decode_jpegs, device_decode._resize_all
+    device_decode._decode_jpegs = timed_part("decode_jpeg", original[0])
+    device_decode._resize_all = timed_part("resize", original[1])
+    try:
+        for mode in modes:
+            for workers in worker_counts:
+                dataset = ShardDataset(fs, files, resmem_transform, Image.MAX_IMAGE_PIXELS, device_jpeg=mode == "device")
+                settings = ScoreSettings(batch_size=batch, workers=workers, features=(), max_pixels=None, run_id="bench")
+                spent.update(decode_jpeg=0.0, resize=0.0)
+                sync(device)
+                started = time.perf_counter()
+                first = None
+                count = 0
+                for item in _loader(dataset, settings, device):
+                    if item.encoded:
+                        item = device_decode.decode_on_device(item, resmem_transform, device, None)
+                    if item.pixels is not None:
+                        item.pixels.to(device, non_blocking=True)
+                    if first is None:
+                        first = time.perf_counter() - started
+                    count += len(item.images)
+                sync(device)
+                seconds = time.perf_counter() - started
+                row = {"decode": mode, "workers": workers, "images": count, "images_per_s": count / seconds,
+                       "seconds_to_first_batch": first, "seconds": seconds}
+                if mode == "device":
+                    row["main_process_ms_per_image"] = {k: 1000 * v / count for k, v in spent.items()}
+                rows.append(row)
+                print(f"  decode {mode}, {workers} worker(s): {count / seconds:.0f} img/s", file=sys.stderr, flush=True)
+    finally:
+        device_decode._decode_jpegs, device_decode._resize_all = original
     # single-threaded cost per image, in this process (what a worker spends)
+    sample = paths if cpu_cost_images is None else paths[:cpu_cost_images]
     started = time.process_time()
-    for p in paths:
+    for p in sample:
         resmem_transform(Image.open(p))
-    rows.append({"workers": "in-process, CPU ms per image", "ms_per_image": 1000 * (time.process_time() - started) / len(paths)})
+    rows.append({"workers": "in-process, CPU ms per image", "ms_per_image": 1000 * (time.process_time() - started) / len(sample)})
     return rows
 
 
@@ -578,7 +621,8 @@ def report(results: dict, official: dict | None) -> None:
         elif "ms_per_image" in row:
             print(f"| {'decode+preprocess: CPU ms per image, 1 thread':<52} | {row['ms_per_image']:7.1f} | {'(ms)':>11} | {'-':>10} | {'-':>8} |")
         else:
-            label = f"decode+preprocess only: {row['workers']} worker(s)"
+            where = " (GPU decoding)" if row.get("decode") == "device" else ""
+            label = f"decode+preprocess only{where}: {row['workers']} worker(s)"
             print(f"| {label:<52} | {row['images_per_s']:7.2f} | {ratio(row['images_per_s']):>11} | {'-':>10} | {'-':>8} |")
     for i, row in enumerate(results.get("interleaved", []), 1):
         pipeline = f"round {i}: pipeline in-process (batch {row['batch']}, {row['workers']} worker)"
