@@ -14,8 +14,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Failed, State
 
-from tasks.train import EpochMetrics, TrainConfig, train_model
+from tasks.train import EpochMetrics, TrainConfig, TrainingError, train_model
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors the user can fix (bad data, weights, device): the run fails with their one-line message."""
+    from models.devices import DeviceUnavailableError
+    from models.registry import UnknownModelError, WeightsMismatchError
+    from models.weights import WeightsNotFoundError
+
+    return (TrainingError, WeightsNotFoundError, WeightsMismatchError, UnknownModelError, DeviceUnavailableError)
 
 
 def _artifact_key(model: str) -> str:
@@ -56,10 +66,12 @@ def train(
     workers: int = 0,
     resume: bool = True,
     storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Train ``model`` on ``human`` scores of the images under ``images``; write to ``out``.
 
     The parameters are those of :class:`tasks.train.TrainConfig` (defaults documented there).
+    A problem the user can fix (data, weights, device) ends the run Failed with its
+    one-line message, no traceback; calling the flow raises that error.
     """
     arguments = dict(locals())
     logger = get_run_logger()
@@ -74,7 +86,13 @@ def train(
                         f"val loss {row.val_loss:.5f}, val Spearman {row.val_spearman:.4f}",
         )
 
-    result = train_model(config, on_epoch=publish, log=logger.info)
+    try:
+        result = train_model(config, on_epoch=publish, log=logger.info)
+    except _user_errors() as error:
+        # A Failed state rather than a raise: Prefect would log a traceback for what is a
+        # one-line problem (missing images, a bad split file, no segmenter weights offline).
+        # Calling the flow still raises ``error`` itself.
+        return Failed(message=str(error), data=error)
     test = result.test or {}
     create_markdown_artifact(
         key=key + "-summary",

@@ -92,13 +92,19 @@ def segmenter_state_dict(kind: str, path: str | os.PathLike[str] | None = None) 
     from models.weights import WeightsNotFoundError
 
     if path is not None:
+        from models.resmem_retrain import read_state_file
+
         file = Path(path).expanduser()
         if not file.is_file():
             raise WeightsNotFoundError(f"segmenter weights file not found: {file}")
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
-        return state
+
+        def load():
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("model"), dict):
+                state = state["model"]
+            return state
+
+        return read_state_file(load, file, "segmenter weights")
     weights = torchvision_segmenter_weights(kind)
     try:
         # Downloads to $TORCH_HOME/hub/checkpoints (~/.cache/torch/...) once; reused afterwards.
@@ -188,17 +194,26 @@ def initial_m3m(
     Either may be None (random initialisation, for tests). fc6's segmentation
     columns start at zero so the untrained model reproduces ResMem.
     """
+    from models.registry import WeightsMismatchError
+    from models.resmem_retrain import load_into
+
     model = M3M(segmenter)
     if resmem_state is not None:
         state = {k: v for k, v in resmem_state.items() if not k.startswith("fc6.")}
-        model.load_state_dict(state, strict=False)
+        missing, _ = load_into(model, state, "the ResMem weights", strict=False)
+        wanted = [k for k in missing if not k.startswith(("segmenter.", "seg_conv", "fc6."))]
+        weight, bias = resmem_state.get("fc6.weight"), resmem_state.get("fc6.bias")
+        if wanted or weight is None or bias is None or tuple(weight.shape) != (4096, 9216 + 1000):
+            raise WeightsMismatchError(
+                "the ResMem weights do not fit M3M's ResMem part: "
+                + (f"missing {', '.join(wanted[:5])}" if wanted else "fc6 is not ResMem's 10216 -> 4096 layer")
+            )
         with torch.no_grad():
-            weight = resmem_state["fc6.weight"]
             model.fc6.weight.zero_()
             model.fc6.weight[:, : weight.shape[1]].copy_(weight)
-            model.fc6.bias.copy_(resmem_state["fc6.bias"])
+            model.fc6.bias.copy_(bias)
     if segmenter_state is not None:
         state = {k: v for k, v in segmenter_state.items() if not k.startswith("aux_classifier.")}
-        model.segmenter.load_state_dict(state, strict=True)
+        load_into(model.segmenter, state, f"the segmenter weights (for {segmenter})")
     model.segmenter.requires_grad_(False)
     return model

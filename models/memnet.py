@@ -61,10 +61,14 @@ class MemNetBaseline(AlexNetBranchMixin, nn.Module):
 
 def initial_memnet(resmem_state: dict[str, torch.Tensor] | None = None) -> MemNetBaseline:
     """A baseline ready to train: conv1..conv5 from ResMem's published weights (if given), head random."""
+    from models.registry import WeightsMismatchError
+    from models.resmem_retrain import load_into
+
     model = MemNetBaseline()
     if resmem_state is not None:
         branch = {k: v for k, v in resmem_state.items() if k.startswith(BRANCH_PREFIXES)}
-        missing, _ = model.load_state_dict(branch, strict=False)
-        if any(k.startswith(BRANCH_PREFIXES) for k in missing):
-            raise ValueError(f"ResMem weights lack AlexNet-branch tensors: {missing}")
+        missing, _ = load_into(model, branch, "ResMem's AlexNet-branch weights", strict=False)
+        missing = [k for k in missing if k.startswith(BRANCH_PREFIXES)]
+        if missing:
+            raise WeightsMismatchError(f"the ResMem weights lack AlexNet-branch tensors: {', '.join(missing[:5])}")
     return model

@@ -38,12 +38,42 @@ def no_published_weights(name: str) -> Callable[[], Any]:
     return default_weights
 
 
+def read_state_file(load: Callable[[], Any], path: Any, what: str) -> dict[str, torch.Tensor]:
+    """``load()`` a state dict from ``path``; a file that is not one is a one-line :class:`WeightsMismatchError`."""
+    from models.registry import WeightsMismatchError
+
+    try:
+        state = load()
+    except (WeightsNotFoundError, WeightsMismatchError):
+        raise
+    except Exception as error:  # noqa: BLE001 - unpickling, zip and format errors of a wrong file
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        raise WeightsMismatchError(
+            f"{what} {path} is not a PyTorch state dict: {type(error).__name__}: {detail}"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsMismatchError(f"{what} {path} is not a PyTorch state dict")
+    return state
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str, strict: bool = True):
+    """``module.load_state_dict(state)``; tensors that do not fit are a one-line :class:`WeightsMismatchError`."""
+    from models.registry import WeightsMismatchError
+
+    try:
+        return module.load_state_dict(state, strict=strict)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        detail = next((line for line in lines if "size mismatch" in line), lines[-1] if lines else "")
+        raise WeightsMismatchError(f"{what} do not fit {type(module).__name__}: {detail[:300]}") from None
+
+
 def published_resmem_state(path: str | None = None) -> dict[str, torch.Tensor]:
     """The published ResMem state dict (or one from ``path``)."""
     from models.weights import local_weights
 
     ref = local_weights(path) if path else resmem_package_weights()
-    return load_state_dict(ref)
+    return read_state_file(lambda: load_state_dict(ref), ref.path, "ResMem weights")
 
 
 @dataclass(frozen=True)
@@ -59,7 +89,8 @@ class TrainableModel:
 def _initial_resmem(options: dict[str, Any]) -> ResMem:
     model = ResMem()
     if options.get("init", "published") == "published":
-        model.load_state_dict(published_resmem_state(options.get("resmem_weights")), strict=True)
+        path = options.get("resmem_weights")
+        load_into(model, published_resmem_state(path), f"ResMem weights {path or '(resmem package)'}")
     return model
 
 

@@ -177,3 +177,30 @@ def test_training_recipes_freeze_what_they_say():
         model, frozen = build_trainable(config)
     assert frozen == ("segmenter",)
     assert all(p.requires_grad for p in model.features.parameters())
+
+
+def test_wrong_starting_weights_files_are_one_line_errors(tmp_path):
+    """--resmem-weights / --segmenter-weights naming a wrong file: WeightsMismatchError (the CLI's one line)."""
+    from models.m3m import build_segmenter, initial_m3m, segmenter_state_dict
+    from models.memnet import MemNetBaseline
+    from models.registry import WeightsMismatchError
+    from models.resmem_retrain import TRAINABLE, published_resmem_state
+
+    text = tmp_path / "scores.csv"
+    text.write_text("image,score\na.jpg,0.5\n")
+    with pytest.raises(WeightsMismatchError, match="not a PyTorch state dict"):
+        published_resmem_state(str(text))
+    with pytest.raises(WeightsMismatchError, match="not a PyTorch state dict"):
+        segmenter_state_dict("lraspp", text)
+    memnet = tmp_path / "memnet.pt"
+    with torch.device("meta"):
+        state = MemNetBaseline().state_dict()
+    torch.save({k: torch.zeros(v.shape) for k, v in state.items() if not k.startswith(("fc6", "fc7"))}, memnet)
+    with pytest.raises(WeightsMismatchError, match="do not fit"):
+        TRAINABLE["resmem-retrain"].initial({"init": "published", "resmem_weights": str(memnet)})
+    with pytest.raises(WeightsMismatchError):
+        TRAINABLE["m3m"].initial({"init": "published", "resmem_weights": str(memnet), "segmenter_weights": str(memnet)})
+    with torch.device("meta"):
+        deeplab = build_segmenter("deeplabv3").state_dict()
+    with pytest.raises(WeightsMismatchError, match="segmenter weights .*do not fit"):
+        initial_m3m("lraspp", segmenter_state={k: torch.zeros(v.shape) for k, v in list(deeplab.items())[:3]})

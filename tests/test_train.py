@@ -333,3 +333,26 @@ def test_training_with_decode_workers(tmp_path, tiny_model):
     assert [r.train_images for r in with_workers.metrics] == [r.train_images for r in in_process.metrics]
     assert [r.val_spearman for r in with_workers.metrics] == pytest.approx([r.val_spearman for r in in_process.metrics])
     assert with_workers.test["images"] == in_process.test["images"]
+
+
+@pytest.mark.slow
+def test_cli_data_and_weights_errors_inside_the_flow_are_one_line(tmp_path, capfd):
+    """Errors found once the flow runs (images, split files, weights files) print one line, no traceback."""
+    from flows.cli import main
+
+    human, images = make_dataset(tmp_path, n=8)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["train", "--model", "memnet-baseline", "--human", str(human), "--epochs", "1", "--val-fraction", "0.25"]
+    cases = [
+        (base + ["--images", str(empty), "--out", str(tmp_path / "o1"), "--init", "random"], "none of the 8 images"),
+        (base + ["--images", str(images), "--out", str(tmp_path / "o2"), "--init", "random",
+                 "--split-file", f"train={tmp_path / 'nope.txt'}"], "cannot read split file"),
+        (base + ["--images", str(images), "--out", str(tmp_path / "o3"), "--resmem-weights", str(human)],
+         "not a PyTorch state dict"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1
+        err = capfd.readouterr().err
+        assert f"memscore: error: " in err and message in err, err[-2000:]
+        assert "Traceback" not in err, err[-3000:]
