@@ -390,6 +390,13 @@ class Splits:
             sha.update(f"{image}\t{split}\n".encode())
         return "sha256:" + sha.hexdigest()
 
+    def scores_digest(self) -> str:
+        """Digest of the human scores (the split digest covers only names and splits)."""
+        sha = hashlib.sha256()
+        for image, human in zip(self.table.column("image").to_pylist(), self.table.column("human").to_pylist()):
+            sha.update(f"{image}\t{human!r}\n".encode())
+        return "sha256:" + sha.hexdigest()
+
 
 def build_splits(config: TrainConfig, images: Location) -> Splits:
     """Read the human data, find each image, and assign splits."""
@@ -662,6 +669,16 @@ def metrics_table(rows: list[EpochMetrics]) -> pa.Table:
 # ----------------------------------------------------------------------------- the loop
 
 
+def resume_options(config: TrainConfig, frozen: Sequence[str]) -> dict[str, Any]:
+    """The options a resumed run must share with the run it continues (``epochs`` and
+    ``patience`` may change, so a finished run can be extended; device and workers too)."""
+    return {
+        "loss": config.loss, "rank_weight": config.rank_weight, "optimizer": config.optimizer, "lr": config.lr,
+        "weight_decay": config.weight_decay, "batch_size": config.batch_size, "augment": config.augment,
+        "frozen": list(frozen), "init": config.init, "seed": config.seed,
+    }
+
+
 def resolve_amp(config: TrainConfig, device: torch.device) -> bool:
     if config.amp == "off":
         return False
@@ -703,6 +720,8 @@ def train_model(
     since_best = 0
     train_seconds = 0.0
     resumed_from: int | None = None
+    options = resume_options(config, frozen)
+    scores_digest = splits.scores_digest()
     checkpoint = load_checkpoint(out) if config.resume else None
     if checkpoint is not None:
         saved = checkpoint["memscore"]
@@ -710,9 +729,16 @@ def train_model(
             raise TrainingError(
                 f"{out.uri} holds a training run of {saved['model']!r}, not {config.model!r}: use another --out or --no-resume"
             )
-        if saved["splits_digest"] != splits.digest():
+        if saved["splits_digest"] != splits.digest() or saved.get("scores_digest", scores_digest) != scores_digest:
             raise TrainingError(
                 f"{out.uri} holds a run with other data or splits: use another --out or --no-resume"
+            )
+        changed = [f"{key} {value!r} -> {options[key]!r}" for key, value in (saved.get("options") or {}).items()
+                   if key in options and value != options[key]]
+        if changed:
+            raise TrainingError(
+                f"{out.uri} holds a run with other training options ({', '.join(changed)}): run the same command "
+                "to resume it (--epochs and --patience may change), or use another --out or --no-resume"
             )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -800,6 +826,7 @@ def train_model(
             "optimizer": optimizer.state_dict(),
             "memscore": {
                 "model": config.model, "epoch": epoch, "splits_digest": splits.digest(),
+                "scores_digest": scores_digest, "options": options,
                 "metrics": json.dumps([dataclasses.asdict(r) for r in history]),
                 "best_val_spearman": best_spearman, "best_epoch": best_epoch if best_epoch is not None else -1,
                 "best_digest": best_digest or "", "since_best": since_best, "train_seconds": train_seconds,

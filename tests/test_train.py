@@ -193,6 +193,24 @@ def test_resume_refuses_other_model_or_data(tmp_path, tiny_model):
     assert fresh.resumed_from_epoch is None
 
 
+def test_resume_refuses_other_training_options_or_scores(tmp_path, tiny_model):
+    """Resuming with another lr, loss, batch size, ... would mix two runs under one card: refused.
+    More epochs (or another patience) continue the run."""
+    human, images = make_dataset(tmp_path)
+    out = tmp_path / "run"
+    train_model(config_for(tiny_model, human, images, out, epochs=1), log=lambda text: None)
+    for change in ({"lr": 0.01}, {"loss": "rank"}, {"batch_size": 8}, {"augment": False}, {"optimizer": "sgd"}):
+        with pytest.raises(TrainingError, match="other training options .*" + next(iter(change))):
+            train_model(config_for(tiny_model, human, images, out, epochs=2, **change), log=lambda text: None)
+    assert pq.read_table(out / "metrics.parquet").num_rows == 1
+    rescored = tmp_path / "rescored.csv"
+    rescored.write_text(human.read_text().replace(",0.", ",0.0"))  # same images, other scores
+    with pytest.raises(TrainingError, match="other data or splits"):
+        train_model(config_for(tiny_model, rescored, images, out, epochs=2), log=lambda text: None)
+    more = train_model(config_for(tiny_model, human, images, out, epochs=2, patience=3), log=lambda text: None)
+    assert more.resumed_from_epoch == 1 and [r.epoch for r in more.metrics] == [1, 2]
+
+
 def test_early_stopping_on_validation_spearman(tmp_path, tiny_model):
     human, images = make_dataset(tmp_path)
     result = train_model(config_for(tiny_model, human, images, tmp_path / "run", epochs=30, patience=1, lr=0.0),
