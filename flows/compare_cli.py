@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (spawned; default 0)")
     parser.add_argument("--out", default=None, metavar="FILE", help="also write the table (.parquet, .csv or .json)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON on stdout")
+    parser.add_argument("--storage-options", default=None, metavar="JSON",
+                        help="fsspec options for training folders, images and split files in buckets, as JSON")
 
 
 @dataclass
@@ -53,11 +56,14 @@ class Candidate:
     card: dict[str, Any] | None = None
 
 
+_STORAGE_OPTIONS: dict[str, Any] = {}  # --storage-options, for every fsspec open below
+
+
 def _open_run(path: str) -> dict[str, Any] | None:
     import fsspec
 
     try:
-        with fsspec.open(path.rstrip("/") + "/model_card.json", "rt") as handle:
+        with fsspec.open(path.rstrip("/") + "/model_card.json", "rt", **_STORAGE_OPTIONS) as handle:
             return json.load(handle)
     except (OSError, ValueError):
         return None
@@ -65,7 +71,7 @@ def _open_run(path: str) -> dict[str, Any] | None:
 
 def parse_candidates(values: list[str]) -> list[Candidate]:
     from flows.cli import UserError
-    from models.registry import get_model_spec
+    from models.registry import UnknownModelError, get_model_spec
 
     result = []
     for value in values:
@@ -76,7 +82,13 @@ def parse_candidates(values: list[str]) -> list[Candidate]:
                                     weights=weights, run=value.rstrip("/"), card=card))
             continue
         name, sep, weights = value.partition("=")
-        spec = get_model_spec(name)  # UnknownModelError names the choices
+        try:
+            spec = get_model_spec(name)  # UnknownModelError names the choices
+        except UnknownModelError as error:
+            if not sep and ("/" in value or "\\" in value or "://" in value):
+                raise UserError(f"{value} is neither a training folder (no model_card.json there) nor a model name; "
+                                f"{error}") from None
+            raise
         if sep and not weights:
             raise UserError(f"{value!r}: NAME=WEIGHTS needs a weights file")
         result.append(Candidate(label=spec.name if not sep else f"{spec.name} ({weights})", model=spec.name, weights=weights or None))
@@ -87,8 +99,34 @@ def _read_parquet(path: str):
     import fsspec
     import pyarrow.parquet as pq
 
-    with fsspec.open(path, "rb") as handle:
-        return pq.read_table(handle)
+    from flows.cli import UserError
+
+    try:
+        with fsspec.open(path, "rb", **_STORAGE_OPTIONS) as handle:
+            return pq.read_table(handle)
+    except (OSError, ValueError) as error:  # missing file, not Parquet
+        raise UserError(f"cannot read {path}: {error}") from None
+
+
+def local_weights_file(weights: str, folder: str) -> str:
+    """A local path for ``weights``: itself, ``model.pt`` in a training folder, or a copy fetched from a bucket into ``folder``."""
+    import os
+
+    import fsspec
+
+    from flows.cli import UserError
+
+    fs, path = fsspec.core.url_to_fs(weights, **_STORAGE_OPTIONS)
+    try:
+        if fs.isdir(path) and fs.isfile(path.rstrip("/") + "/model.pt"):
+            path = path.rstrip("/") + "/model.pt"
+        if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            return path
+        target = os.path.join(folder, f"{len(os.listdir(folder))}-{path.rstrip('/').rsplit('/', 1)[-1]}")
+        fs.get_file(path, target)
+        return target
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot fetch weights {weights}: {error}") from None
 
 
 def test_set(args: argparse.Namespace, candidates: list[Candidate]):
@@ -115,7 +153,7 @@ def test_set(args: argparse.Namespace, candidates: list[Candidate]):
         raise UserError("--human is needed when no training folder is given")
     if args.split_file:
         try:
-            names = set(read_image_list(args.split_file))
+            names = set(read_image_list(args.split_file, _STORAGE_OPTIONS))
         except TrainingError as error:
             raise UserError(str(error)) from None
         mask = [n in names or n.rsplit("/", 1)[-1] in names for n in human.column("image").to_pylist()]
@@ -137,16 +175,23 @@ def run(args: argparse.Namespace) -> int:
 
     from flows.cli import UserError
     from models.devices import resolve_device
-    from models.registry import load_model
-    from models.resmem_retrain import parameter_counts
     from storage.uris import open_location
-    from tasks.train import HumanScoreDataset, ImageIndex, bootstrap_spearman, make_loader, predict, spearman
+    from tasks.train import ImageIndex, TrainingError
 
+    try:
+        storage_options = json.loads(args.storage_options) if args.storage_options else {}
+    except ValueError as error:
+        raise UserError(f"--storage-options is not valid JSON: {error}") from None
+    _STORAGE_OPTIONS.clear()
+    _STORAGE_OPTIONS.update(storage_options)
     candidates = parse_candidates(args.models)
     table, description, images_uri = test_set(args, candidates)
     device = resolve_device(args.device)
-    location = open_location(images_uri)
-    index = ImageIndex(location)
+    location = open_location(images_uri, storage_options)
+    try:
+        index = ImageIndex(location)
+    except TrainingError as error:
+        raise UserError(str(error)) from None
     names, items = [], []
     for name, score in zip(table.column("image").to_pylist(), table.column("human").to_pylist()):
         path = index.find(name)
@@ -158,34 +203,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"memscore: comparing {len(candidates)} model(s) on {len(items)} test images: {description}", file=sys.stderr)
     test_names = set(names)
     rows = []
-    for candidate in candidates:
-        loaded = load_model(candidate.model, candidate.weights, device)
-        total, _ = parameter_counts(loaded.module)
-        loader = make_loader(HumanScoreDataset(location.fs, items, loaded.spec.preprocess), args.batch_size, False, args.workers)
-        started = time.perf_counter()
-        _, pred, target, failed, _ = predict(loaded.module, loader, device, use_amp=False)
-        seconds = time.perf_counter() - started
-        rho = spearman(pred, target)
-        low, high = bootstrap_spearman(pred, target, n=args.bootstrap, seed=args.seed)
-        overlap = None
-        train_seconds = None
-        if candidate.run:
-            train_seconds = candidate.card.get("train_seconds")
-            try:
-                splits = _read_parquet(candidate.run + "/splits.parquet")
-                overlap = sum(1 for n, s in zip(splits.column("image").to_pylist(), splits.column("split").to_pylist())
-                              if s == "train" and n in test_names)
-            except OSError:
-                overlap = None
-        rows.append({
-            "model": candidate.label, "architecture": candidate.model, "weights": loaded.weights.digest,
-            "parameters": total, "test_images": int(len(pred)), "unreadable": failed,
-            "test_spearman": rho, "spearman_ci_low": low, "spearman_ci_high": high,
-            "training_seconds": train_seconds,
-            "weights_source": "memscore train" if candidate.run else ("file" if candidate.weights else "published"), "scoring_images_per_second": len(pred) / seconds if seconds > 0 else None,
-            "test_images_seen_in_training": overlap,
-        })
-        del loaded
+    with tempfile.TemporaryDirectory(prefix="memscore-compare-") as fetched:
+        for candidate in candidates:
+            weights = local_weights_file(candidate.weights, fetched) if candidate.weights else None
+            rows.append(_compare_one(candidate, weights, location, items, test_names, device, args))
     result = pa.Table.from_pylist(rows)
     if args.out:
         _write_table(result, args.out)
@@ -194,6 +215,43 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(rows))
     return 0
+
+
+def _compare_one(candidate: Candidate, weights: str | None, location, items, test_names: set[str], device,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """One row of the table: score the test images with one model (freed before the next loads)."""
+    from flows.cli import UserError
+    from models.registry import load_model
+    from models.resmem_retrain import parameter_counts
+    from tasks.train import HumanScoreDataset, bootstrap_spearman, make_loader, predict, spearman
+
+    loaded = load_model(candidate.model, weights, device)
+    total, _ = parameter_counts(loaded.module)
+    loader = make_loader(HumanScoreDataset(location.fs, items, loaded.spec.preprocess), args.batch_size, False, args.workers)
+    started = time.perf_counter()
+    _, pred, target, failed, _ = predict(loaded.module, loader, device, use_amp=False)
+    seconds = time.perf_counter() - started
+    rho = spearman(pred, target)
+    low, high = bootstrap_spearman(pred, target, n=args.bootstrap, seed=args.seed)
+    overlap = None
+    train_seconds = None
+    if candidate.run:
+        train_seconds = candidate.card.get("train_seconds")
+        try:
+            splits = _read_parquet(candidate.run + "/splits.parquet")
+            overlap = sum(1 for n, s in zip(splits.column("image").to_pylist(), splits.column("split").to_pylist())
+                          if s == "train" and n in test_names)
+        except UserError:
+            overlap = None
+    return {
+        "model": candidate.label, "architecture": candidate.model, "weights": loaded.weights.digest,
+        "parameters": total, "test_images": int(len(pred)), "unreadable": failed,
+        "test_spearman": rho, "spearman_ci_low": low, "spearman_ci_high": high,
+        "training_seconds": train_seconds,
+        "weights_source": "memscore train" if candidate.run else ("file" if candidate.weights else "published"),
+        "scoring_images_per_second": len(pred) / seconds if seconds > 0 else None,
+        "test_images_seen_in_training": overlap,
+    }
 
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:

@@ -374,3 +374,30 @@ def test_cli_data_and_weights_errors_inside_the_flow_are_one_line(tmp_path, capf
         err = capfd.readouterr().err
         assert f"memscore: error: " in err and message in err, err[-2000:]
         assert "Traceback" not in err, err[-3000:]
+
+
+def test_compare_runs_given_as_uris_and_bad_run_paths(tmp_path, tiny_model, capsys):
+    """compare takes training folders in buckets (model.pt fetched) and file:// URIs; bad paths are one line."""
+    import fsspec
+
+    from flows.cli import main
+
+    human, images = make_dataset(tmp_path)
+    local = tmp_path / "run"
+    bucket = "memory://memscore-compare-test/run"
+    try:
+        first = train_model(config_for(tiny_model, human, images, local, epochs=1), log=lambda text: None)
+        second = train_model(config_for(tiny_model, human, images, bucket, epochs=1), log=lambda text: None)
+        capsys.readouterr()
+        assert main(["compare", local.as_uri(), bucket, "--json", "--bootstrap", "20", "--workers", "0"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert [r["weights"] for r in rows] == [first.weights_digest, second.weights_digest]
+        assert all(r["test_images"] == first.test["images"] and r["test_images_seen_in_training"] == 0 for r in rows)
+    finally:
+        fsspec.filesystem("memory").rm("/memscore-compare-test", recursive=True)
+    assert main(["compare", str(local), "--split-from", str(tmp_path / "no-such-run")]) == 1
+    assert "memscore: error: cannot read" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "no-such-run"), "--human", str(human), "--images", str(images)]) == 1
+    assert "neither a training folder" in capsys.readouterr().err
+    assert main(["compare", str(local), "--images", str(tmp_path / "no-such-folder")]) == 1
+    assert "memscore: error:" in capsys.readouterr().err
