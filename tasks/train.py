@@ -272,15 +272,39 @@ def read_human_table(config: TrainConfig) -> pa.Table:
     from storage.human import read_human_scores
 
     try:
-        table = read_human_scores(
-            config.human, format=config.human_format, id_column=config.id_column,
-            score_column=config.score_column, measure=config.measure, duplicates=config.duplicates,
-        )
+        with tempfile.TemporaryDirectory(prefix="memscore-human-") as folder:
+            table = read_human_scores(
+                local_copy(config.human, folder, config.storage_options), format=config.human_format,
+                id_column=config.id_column, score_column=config.score_column, measure=config.measure,
+                duplicates=config.duplicates,
+            )
     except (OSError, ValueError, KeyError) as error:  # HumanDataError is a ValueError
         raise TrainingError(f"cannot read human data {config.human}: {error}") from error
     if table.num_rows == 0:
         raise TrainingError(f"human data {config.human} has no rows")
     return table
+
+
+def local_copy(uri: str, folder: str, storage_options: dict | None = None) -> str:
+    """A local path for ``uri``: a local path or ``file://`` URI as it is; a file or folder in a
+    bucket copied into ``folder`` under its own name (the human data readers read local files
+    and tell formats by the file name)."""
+    import fsspec
+
+    if "://" not in uri:
+        return uri
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        return path
+    target = os.path.join(folder, path.rstrip("/").rsplit("/", 1)[-1] or "human")
+    if not fs.exists(path):
+        raise FileNotFoundError(f"not found: {uri}")
+    if fs.isdir(path):
+        fs.get(path.rstrip("/") + "/", target + "/", recursive=True)
+    else:
+        fs.get_file(path, target)
+    return target
 
 
 def read_image_list(path: str, storage_options: dict | None = None) -> list[str]:

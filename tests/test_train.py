@@ -183,6 +183,25 @@ def test_output_to_a_bucket_and_resume_from_it(tmp_path, tiny_model):
         fsspec.filesystem("memory").rm("/memscore-test-runs", recursive=True)
 
 
+def test_human_data_in_a_bucket_or_file_uri(tmp_path, tiny_model):
+    """--human is a path or URI (the help says so): file:// and bucket files are read like local ones."""
+    import fsspec
+
+    human, images = make_dataset(tmp_path, n=12)
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/memscore-human-test/scores.csv", human.read_bytes())
+    try:
+        for uri in (human.as_uri(), "memory://memscore-human-test/scores.csv"):
+            out = tmp_path / f"run-{uri.split(':')[0]}"
+            result = train_model(config_for(tiny_model, uri, images, out, epochs=1), log=lambda text: None)
+            assert sum(result.card["splits"]["counts"].values()) == 12, uri
+        with pytest.raises(TrainingError, match="cannot read human data"):
+            train_model(config_for(tiny_model, "memory://memscore-human-test/none.csv", images, tmp_path / "x", epochs=1),
+                        log=lambda text: None)
+    finally:
+        fs.rm("/memscore-human-test", recursive=True)
+
+
 def test_resume_refuses_other_model_or_data(tmp_path, tiny_model):
     human, images = make_dataset(tmp_path)
     out = tmp_path / "run"
