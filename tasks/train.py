@@ -307,8 +307,9 @@ def local_copy(uri: str, folder: str, storage_options: dict | None = None) -> st
     return target
 
 
-def read_image_list(path: str, storage_options: dict | None = None) -> list[str]:
-    """Image names from a split file: the first token of each non-empty line (LaMem: ``name score``)."""
+def read_split_lines(path: str, storage_options: dict | None = None) -> list[tuple[str, float | None]]:
+    """(image, score or None) per non-empty line of a split file: the first token names the
+    image, a number after it is its score (LaMem: ``name score``)."""
     import fsspec
 
     try:
@@ -316,12 +317,46 @@ def read_image_list(path: str, storage_options: dict | None = None) -> list[str]
             lines = handle.read().splitlines()
     except (OSError, ValueError) as error:
         raise TrainingError(f"cannot read split file {path}: {error}") from error
-    names = []
+    entries = []
     for line in lines:
-        parts = line.replace(",", " ").split()
+        parts = line.replace(",", " ").replace("\t", " ").split()
         if parts and parts[0].lower() not in ("image", "filename", "file", "path"):
-            names.append(parts[0])
-    return names
+            score = None
+            if len(parts) > 1:
+                try:
+                    score = float(parts[1])
+                except ValueError:
+                    score = None
+                if score is not None and not math.isfinite(score):
+                    score = None
+            entries.append((parts[0], score))
+    return entries
+
+
+def read_image_list(path: str, storage_options: dict | None = None) -> list[str]:
+    """Image names from a split file: the first token of each non-empty line (LaMem: ``name score``)."""
+    return [name for name, _ in read_split_lines(path, storage_options)]
+
+
+def read_split_files(config: TrainConfig) -> tuple[dict[str, str], dict[str, float]]:
+    """({image: split}, {image: score}) from ``config.split_files``; an image listed in two splits is an error."""
+    lookup: dict[str, str] = {}
+    scores: dict[str, float] = {}
+    clashes: list[str] = []
+    for split, path in sorted((config.split_files or {}).items()):
+        for name, score in read_split_lines(path, config.storage_options):
+            previous = lookup.get(name)
+            if previous is not None and previous != split:
+                clashes.append(f"{name} ({previous} and {split})")
+            lookup[name] = split
+            if score is not None:
+                scores.setdefault(name, score)
+    if clashes:
+        raise TrainingError(
+            f"{len(clashes)} image(s) are listed in more than one split file, e.g. {', '.join(clashes[:3])}: "
+            "an image in two splits would be trained and tested on"
+        )
+    return lookup, scores
 
 
 class ImageIndex:
@@ -361,22 +396,19 @@ class ImageIndex:
         return self.by_path.get(key) or self.by_name.get(name) or self.by_stem.get(name)  # ids without extension too
 
 
-def assign_splits(table: pa.Table, config: TrainConfig) -> list[str | None]:
-    """The split of each row: from split files, a ``split`` column, or seeded at random."""
+def assign_splits(table: pa.Table, config: TrainConfig, lookup: dict[str, str] | None = None) -> list[str | None]:
+    """The split of each row: from split files (``lookup``, see :func:`read_split_files`),
+    a ``split`` column, or seeded at random (:func:`split_source` says which)."""
     images = table.column("image").to_pylist()
     if config.split_files:
-        lookup: dict[str, str] = {}
-        for split, path in config.split_files.items():
-            for name in read_image_list(path, config.storage_options):
-                lookup[name] = split
-                lookup.setdefault(name.rsplit("/", 1)[-1], split)
-        return [lookup.get(img, lookup.get(img.rsplit("/", 1)[-1])) for img in images]
-    if "split" in table.column_names:
-        given = [(s or "").strip().lower() for s in table.column("split").to_pylist()]
-        aliases = {"validation": "val", "valid": "val", "dev": "val", "training": "train"}
-        given = [aliases.get(s, s) for s in given]
-        if any(given):
-            return [s if s in SPLITS else None for s in given]
+        if lookup is None:
+            lookup, _ = read_split_files(config)
+        by_name: dict[str, str] = {}
+        for name, split in lookup.items():
+            by_name.setdefault(name.rsplit("/", 1)[-1], split)
+        return [lookup.get(img, by_name.get(img.rsplit("/", 1)[-1])) for img in images]
+    if _split_column(table) is not None:
+        return _split_column(table)
     order = sorted(set(images))
     rng = random.Random(config.seed)
     rng.shuffle(order)
@@ -391,6 +423,27 @@ def assign_splits(table: pa.Table, config: TrainConfig) -> list[str | None]:
     return [by_image[img] for img in images]
 
 
+def _split_column(table: pa.Table) -> list[str | None] | None:
+    """The splits a ``split`` column of the human data gives, or None when it has none."""
+    if "split" not in table.column_names:
+        return None
+    given = [(str(s) if s is not None else "").strip().lower() for s in table.column("split").to_pylist()]
+    aliases = {"validation": "val", "valid": "val", "dev": "val", "training": "train"}
+    given = [aliases.get(s, s) for s in given]
+    if not any(given):
+        return None
+    return [s if s in SPLITS else None for s in given]
+
+
+def split_source(config: TrainConfig, table: pa.Table) -> str:
+    """Where the splits of ``table`` come from, in words (for the model card)."""
+    if config.split_files:
+        return "split files: " + ", ".join(f"{k}={v}" for k, v in sorted(config.split_files.items()))
+    if _split_column(table) is not None:
+        return f"the split column of {config.human}"
+    return f"random (seed {config.seed}, val {config.val_fraction}, test {config.test_fraction})"
+
+
 @dataclass
 class Splits:
     """Per split: image names, human scores and the files to read."""
@@ -398,6 +451,9 @@ class Splits:
     table: pa.Table  # image, human, split, fs_path
     missing_images: int
     unassigned: int
+    source: str = ""
+    missing_examples: list[str] = field(default_factory=list)
+    scores_from_split_files: int = 0
 
     def items(self, split: str) -> list[tuple[str, float]]:
         mask = [s == split for s in self.table.column("split").to_pylist()]
@@ -424,7 +480,23 @@ class Splits:
 
 def build_splits(config: TrainConfig, images: Location) -> Splits:
     """Read the human data, find each image, and assign splits."""
+    lookup, file_scores = read_split_files(config) if config.split_files else (None, {})
     table = read_human_table(config)
+    from_files = 0
+    if file_scores:
+        # LaMem's split files carry the scores: images the human data lacks take them from there
+        # (e.g. --human train_1.txt with --split-file val=val_1.txt test=test_1.txt)
+        known = set(table.column("image").to_pylist())
+        known |= {name.rsplit("/", 1)[-1] for name in known}
+        extra = [(name, score) for name, score in file_scores.items()
+                 if name not in known and name.rsplit("/", 1)[-1] not in known]
+        if extra:
+            from_files = len(extra)
+            table = pa.concat_tables([
+                table.select(["image", "human"]),
+                pa.table({"image": pa.array([n for n, _ in extra], pa.string()),
+                          "human": pa.array([v for _, v in extra], pa.float64())}),
+            ])
     # one score per image (several rows for one image: their mean)
     if table.num_rows != len(set(table.column("image").to_pylist())):
         grouped = table.group_by("image").aggregate([("human", "mean")] + ([("split", "min")] if "split" in table.column_names else []))
@@ -433,10 +505,11 @@ def build_splits(config: TrainConfig, images: Location) -> Splits:
         rng = random.Random(config.seed)
         keep = sorted(rng.sample(range(table.num_rows), config.max_images))
         table = table.take(pa.array(keep))
-    splits = assign_splits(table, config)
+    splits = assign_splits(table, config, lookup)
     index = ImageIndex(images)
     paths = [index.find(img) for img in table.column("image").to_pylist()]
     missing = sum(p is None for p in paths)
+    missing_examples = [img for img, p in zip(table.column("image").to_pylist(), paths) if p is None][:20]
     unassigned = sum(s is None for s in splits)
     keep = [p is not None and s is not None for p, s in zip(paths, splits)]
     result = pa.table({
@@ -446,9 +519,19 @@ def build_splits(config: TrainConfig, images: Location) -> Splits:
         "fs_path": pa.array(paths, pa.string()),
     }).filter(pa.array(keep))
     if result.num_rows == 0:
+        if missing == table.num_rows:
+            raise TrainingError(
+                f"none of the {table.num_rows} images named in {config.human} was found under {images.uri} "
+                f"(e.g. {', '.join(missing_examples[:3])})"
+            )
+        if unassigned == table.num_rows:
+            raise TrainingError(
+                f"none of the {table.num_rows} images named in {config.human} is in a split "
+                f"({split_source(config, table)}); do the split files name these images?"
+            )
         raise TrainingError(
-            f"none of the {table.num_rows} images named in {config.human} was found under {images.uri}"
-            + (f" ({unassigned} in no split)" if unassigned else "")
+            f"no image named in {config.human} is both found under {images.uri} ({table.num_rows - missing} are) "
+            f"and in a split ({table.num_rows - unassigned} are)"
         )
     counts = Counter(result.column("split").to_pylist())
     if counts.get("train", 0) < 2:
@@ -458,7 +541,8 @@ def build_splits(config: TrainConfig, images: Location) -> Splits:
             f"the validation split has {counts.get('val', 0)} image(s) found; need at least 2 "
             "(give a val split file or a larger --val-fraction)"
         )
-    return Splits(result.sort_by("image"), missing, unassigned)
+    return Splits(result.sort_by("image"), missing, unassigned, source=split_source(config, table),
+                  missing_examples=missing_examples, scores_from_split_files=from_files)
 
 
 @dataclass(frozen=True)
@@ -728,7 +812,12 @@ def train_model(
     splits = build_splits(config, images)
     counts = splits.counts()
     log(f"data: {counts['train']} train, {counts['val']} val, {counts['test']} test images "
-        f"({splits.missing_images} named but not found, {splits.unassigned} in no split)")
+        f"({splits.missing_images} named but not found, {splits.unassigned} in no split; splits: {splits.source})")
+    if splits.missing_images:
+        log(f"warning: {splits.missing_images} image(s) named in {config.human} not found under {images.uri}, "
+            f"e.g. {', '.join(splits.missing_examples[:5])}")
+    if splits.scores_from_split_files:
+        log(f"{splits.scores_from_split_files} image(s) not in {config.human} take their score from the split files")
 
     model, frozen = build_trainable(config)
     model.to(device)
@@ -783,9 +872,11 @@ def train_model(
         "model": config.model,
         "data": {
             "human": config.human, "images": images.uri, "human_format": config.human_format,
-            "measure": config.measure, "missing_images": splits.missing_images, "unassigned_images": splits.unassigned,
+            "measure": config.measure, "missing_images": splits.missing_images,
+            "missing_image_examples": splits.missing_examples, "unassigned_images": splits.unassigned,
+            "scores_from_split_files": splits.scores_from_split_files,
         },
-        "splits": {"counts": counts, "digest": splits.digest(), "source": _split_source(config, splits),
+        "splits": {"counts": counts, "digest": splits.digest(), "source": splits.source,
                    "file": out.join("splits.parquet")},
         "config": config.as_dict(),
         "frozen": list(frozen),
@@ -878,12 +969,6 @@ def train_model(
         weights_digest=best_digest, train_seconds=train_seconds, parameters=total_params,
         trainable_parameters=trainable_params, card=card,
     )
-
-
-def _split_source(config: TrainConfig, splits: Splits) -> str:
-    if config.split_files:
-        return "split files: " + ", ".join(f"{k}={v}" for k, v in sorted(config.split_files.items()))
-    return f"random (seed {config.seed}, val {config.val_fraction}, test {config.test_fraction}) unless the data has a split column"
 
 
 def evaluate_test(config: TrainConfig, out: Location, images: Location, splits: Splits, model: nn.Module,

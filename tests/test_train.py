@@ -252,6 +252,46 @@ def test_split_files_lamem_style_and_rank_loss(tmp_path, tiny_model):
     assert all(np.isfinite(r.train_loss) for r in result.metrics)
 
 
+def test_lamem_split_files_carry_the_scores_and_must_not_overlap(tmp_path, tiny_model):
+    """The README's LaMem example: --human train_1.txt with val/test split files whose lines carry the scores."""
+    human, images = make_dataset(tmp_path, n=16)
+    rows = [line.split(",") for line in human.read_text().splitlines()[1:]]
+    parts = {"train": rows[:8], "val": rows[8:12], "test": rows[12:]}
+    files = {}
+    for split, part in parts.items():
+        files[split] = tmp_path / f"{split}_1.txt"
+        files[split].write_text("".join(f"{name} {score}\n" for name, score in part))
+    split_files = {s: str(f) for s, f in files.items()}
+    result = train_model(config_for(tiny_model, files["train"], images, tmp_path / "run", epochs=1, split_files=split_files),
+                         log=lambda text: None)
+    assert result.card["splits"]["counts"] == {"train": 8, "val": 4, "test": 4}
+    assert result.card["data"]["scores_from_split_files"] == 8
+    table = pq.read_table(tmp_path / "run" / "splits.parquet").to_pydict()
+    assert dict(zip(table["image"], table["human"])) == {name: float(score) for name, score in rows}
+    # an image in two split files would be trained and tested on: refused
+    files["test"].write_text(files["test"].read_text() + f"{rows[0][0]} {rows[0][1]}\n")
+    with pytest.raises(TrainingError, match="more than one split file.*img000.jpg"):
+        train_model(config_for(tiny_model, human, images, tmp_path / "run2", epochs=1, split_files=split_files),
+                    log=lambda text: None)
+    # split files that name none of the images: said so (the images were found)
+    (tmp_path / "ghost_train.txt").write_text("ghost1.jpg\nghost2.jpg\n")
+    (tmp_path / "ghost_val.txt").write_text("ghost3.jpg\n")
+    with pytest.raises(TrainingError, match="none of the 16 images .* is in a split"):
+        train_model(config_for(tiny_model, human, images, tmp_path / "run3", epochs=1,
+                               split_files={"train": str(tmp_path / "ghost_train.txt"), "val": str(tmp_path / "ghost_val.txt")}),
+                    log=lambda text: None)
+
+
+def test_split_column_is_named_as_the_source(tmp_path, tiny_model):
+    human, images = make_dataset(tmp_path, n=12)
+    lines = human.read_text().splitlines()
+    names = ["train"] * 6 + ["validation"] * 3 + ["test"] * 3
+    human.write_text("\n".join([lines[0] + ",split"] + [f"{line},{s}" for line, s in zip(lines[1:], names)]) + "\n")
+    result = train_model(config_for(tiny_model, human, images, tmp_path / "run", epochs=1), log=lambda text: None)
+    assert result.card["splits"]["counts"] == {"train": 6, "val": 3, "test": 3}
+    assert "split column" in result.card["splits"]["source"] and "random" not in result.card["splits"]["source"]
+
+
 def test_missing_images_and_bad_config_are_clear(tmp_path, tiny_model):
     human, images = make_dataset(tmp_path, n=8)
     empty = tmp_path / "empty"
