@@ -980,10 +980,11 @@ def evaluate_test(config: TrainConfig, out: Location, images: Location, splits: 
     items = splits.items("test")
     loader = make_loader(HumanScoreDataset(images.fs, items, resmem_transform), config.batch_size, False, config.workers)
     index, pred, target, failed, seconds = predict(model, loader, device, use_amp)
-    names = [n for n, s in zip(splits.table.column("image").to_pylist(), splits.table.column("split").to_pylist()) if s == "test"]
+    rows = [(n, h) for n, h, s in zip(splits.table.column("image").to_pylist(), splits.table.column("human").to_pylist(),
+                                      splits.table.column("split").to_pylist()) if s == "test"]
     _write_parquet(out, "test_predictions.parquet", pa.table({
-        "image": pa.array([names[i] for i in index], pa.string()),
-        "human": pa.array(target, pa.float64()),
+        "image": pa.array([rows[i][0] for i in index], pa.string()),
+        "human": pa.array([rows[i][1] for i in index], pa.float64()),  # as in the data, not the loader's float32
         "predicted": pa.array(pred, pa.float64()),
     }))
     low, high = bootstrap_spearman(pred, target, seed=config.seed)

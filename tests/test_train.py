@@ -130,7 +130,10 @@ def test_short_training_loss_falls_and_writes_everything(tmp_path, tiny_model):
     assert card["splits"]["counts"] == {"train": 15, "val": 6, "test": 3}
     assert card["config"]["lr"] == 3e-3 and "storage_options" not in card["config"]
     assert card["metrics"]["test"]["images"] == 3
-    assert pq.read_table(out / "test_predictions.parquet").num_rows == 3
+    predictions = pq.read_table(out / "test_predictions.parquet").to_pydict()
+    assert len(predictions["image"]) == 3
+    human_scores = dict(zip(splits["image"], splits["human"]))
+    assert predictions["human"] == [human_scores[name] for name in predictions["image"]]  # the data's values, not float32
     assert (out / "checkpoints" / "last.pt").is_file()
 
 
