@@ -269,20 +269,42 @@ def loss_fn(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch
 
 def read_human_table(config: TrainConfig) -> pa.Table:
     """The human data (``storage.human``'s readers): ``image`` (string), ``human`` (float64), other columns kept."""
-    from storage.human import read_human_scores
+    return read_human(config)[0]
+
+
+def read_human(config: TrainConfig) -> tuple[pa.Table, dict[str, Any]]:
+    """:func:`read_human_table` and what the reader made of the file (format, id and score
+    columns, measure, rows, warnings, participants kept and excluded) for the model card."""
+    import duckdb
+
+    from storage.human import load_human
 
     try:
         with tempfile.TemporaryDirectory(prefix="memscore-human-") as folder:
-            table = read_human_scores(
-                local_copy(config.human, folder, config.storage_options), format=config.human_format,
-                id_column=config.id_column, score_column=config.score_column, measure=config.measure,
-                duplicates=config.duplicates,
-            )
+            con = duckdb.connect()
+            try:
+                info = load_human(
+                    con, local_copy(config.human, folder, config.storage_options), format=config.human_format,
+                    id_column=config.id_column, score_column=config.score_column, measure=config.measure,
+                    duplicates=config.duplicates,
+                )
+                table = con.sql("SELECT * FROM human ORDER BY image").to_arrow_table()
+            finally:
+                con.close()
     except (OSError, ValueError, KeyError) as error:  # HumanDataError is a ValueError
         raise TrainingError(f"cannot read human data {config.human}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - duckdb errors on a malformed file
+        raise TrainingError(f"cannot read human data {config.human}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
     if table.num_rows == 0:
         raise TrainingError(f"human data {config.human} has no rows")
-    return table
+    table = table.set_column(table.schema.get_field_index("human"), "human", table["human"].cast(pa.float64()))
+    participants = info.participants or None
+    read_as = {
+        "format": info.format, "id_column": info.id_column, "score_column": info.score_column,
+        "measure": info.measure, "rows": info.rows, "images": info.images, "warnings": list(info.warnings),
+        "participants": ({k: participants.get(k) for k in ("total", "kept", "excluded", "rules")} if participants else None),
+    }
+    return table, read_as
 
 
 def local_copy(uri: str, folder: str, storage_options: dict | None = None) -> str:
@@ -454,6 +476,7 @@ class Splits:
     source: str = ""
     missing_examples: list[str] = field(default_factory=list)
     scores_from_split_files: int = 0
+    read_as: dict[str, Any] = field(default_factory=dict)
 
     def items(self, split: str) -> list[tuple[str, float]]:
         mask = [s == split for s in self.table.column("split").to_pylist()]
@@ -481,7 +504,7 @@ class Splits:
 def build_splits(config: TrainConfig, images: Location) -> Splits:
     """Read the human data, find each image, and assign splits."""
     lookup, file_scores = read_split_files(config) if config.split_files else (None, {})
-    table = read_human_table(config)
+    table, read_as = read_human(config)
     from_files = 0
     if file_scores:
         # LaMem's split files carry the scores: images the human data lacks take them from there
@@ -542,7 +565,7 @@ def build_splits(config: TrainConfig, images: Location) -> Splits:
             "(give a val split file or a larger --val-fraction)"
         )
     return Splits(result.sort_by("image"), missing, unassigned, source=split_source(config, table),
-                  missing_examples=missing_examples, scores_from_split_files=from_files)
+                  missing_examples=missing_examples, scores_from_split_files=from_files, read_as=read_as)
 
 
 @dataclass(frozen=True)
@@ -875,6 +898,7 @@ def train_model(
             "measure": config.measure, "missing_images": splits.missing_images,
             "missing_image_examples": splits.missing_examples, "unassigned_images": splits.unassigned,
             "scores_from_split_files": splits.scores_from_split_files,
+            "read_as": splits.read_as,
         },
         "splits": {"counts": counts, "digest": splits.digest(), "source": splits.source,
                    "file": out.join("splits.parquet")},

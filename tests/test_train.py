@@ -129,6 +129,9 @@ def test_short_training_loss_falls_and_writes_everything(tmp_path, tiny_model):
     assert file_digest(out / "model.pt") == result.weights_digest  # the digest scoring rows will carry
     assert card["splits"]["counts"] == {"train": 15, "val": 6, "test": 3}
     assert card["config"]["lr"] == 3e-3 and "storage_options" not in card["config"]
+    # what was read: the detected format and columns, not just the options given (auto, None)
+    assert {k: card["data"]["read_as"][k] for k in ("format", "id_column", "score_column", "images")} == {
+        "format": "table", "id_column": "image", "score_column": "score", "images": 24}
     assert card["metrics"]["test"]["images"] == 3
     predictions = pq.read_table(out / "test_predictions.parquet").to_pydict()
     assert len(predictions["image"]) == 3
