@@ -612,9 +612,9 @@ class HumanScoreDataset(Dataset):
 
 
 def collate_scored(items):
-    """Stack the readable items; count the rest."""
+    """Stack the readable items; the rest as a list of (dataset index, reason)."""
     good = [item for item in items if item[0] is not None]
-    failed = len(items) - len(good)
+    failed = [(int(item[2]), str(item[1])) for item in items if item[0] is None]
     if not good:
         return None, None, None, failed
     pixels = torch.stack([item[0] for item in good])
@@ -682,14 +682,19 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device, use_amp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
-    """(indices, predictions, targets, failed, seconds) over a loader, in eval mode."""
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, use_amp: bool,
+            failures: dict[int, str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+    """(indices, predictions, targets, failed, seconds) over a loader, in eval mode.
+
+    ``failures``, if given, receives {dataset index: reason} of the unreadable images."""
     model.eval()
     indices, preds, targets = [], [], []
     failed = 0
     started = time.perf_counter()
     for pixels, target, index, bad in loader:
-        failed += bad
+        failed += len(bad)
+        if failures is not None:
+            failures.update(bad)
         if pixels is None:
             continue
         x = to_model_input(pixels.to(device))
@@ -858,6 +863,7 @@ def train_model(
     resumed_from: int | None = None
     options = resume_options(config, frozen)
     scores_digest = splits.scores_digest()
+    unreadable: dict[str, str] = {}  # file -> why it could not be read (all splits, all epochs)
     checkpoint = load_checkpoint(out) if config.resume else None
     if checkpoint is not None:
         saved = checkpoint["memscore"]
@@ -886,6 +892,7 @@ def train_model(
         best_digest = saved["best_digest"] or None
         since_best = int(saved["since_best"])
         train_seconds = float(saved["train_seconds"])
+        unreadable.update(saved.get("unreadable") or {})
         log(f"resuming from {out.join('checkpoints/last.pt')} after epoch {resumed_from}")
     _write_parquet(out, "splits.parquet", splits.table.drop_columns(["fs_path"]))
 
@@ -899,6 +906,7 @@ def train_model(
             "missing_image_examples": splits.missing_examples, "unassigned_images": splits.unassigned,
             "scores_from_split_files": splits.scores_from_split_files,
             "read_as": splits.read_as,
+            "unreadable_images": _unreadable_summary(unreadable),
         },
         "splits": {"counts": counts, "digest": splits.digest(), "source": splits.source,
                    "file": out.join("splits.parquet")},
@@ -918,9 +926,10 @@ def train_model(
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         loader = make_loader(train_data, config.batch_size, True, config.workers, generator)
         set_train_mode(model)
-        loss_sum, seen, failed = torch.zeros((), device=device), 0, 0  # summed on the device: no sync per step
+        loss_sum, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per step
+        train_failures: dict[int, str] = {}
         for pixels, target, _index, bad in loader:
-            failed += bad
+            train_failures.update(bad)
             if pixels is None or len(target) < 1:
                 continue
             x = to_model_input(pixels.to(device, non_blocking=True))
@@ -933,9 +942,22 @@ def train_model(
             optimizer.step()
             loss_sum += loss.detach() * len(target)
             seen += len(target)
-        train_loss = float(loss_sum) / max(seen, 1)  # waits for the epoch's last step
+        _note_unreadable(unreadable, train_data, train_failures)
+        if seen == 0:
+            raise TrainingError(
+                f"none of the {len(train_data)} training images could be read, e.g. {_examples(train_data, train_failures)}"
+            )
+        train_loss = float(loss_sum) / seen  # waits for the epoch's last step
         train_time = time.perf_counter() - started
-        _, val_pred, val_target, val_failed, _ = predict(model, val_loader, device, use_amp)
+        val_failures: dict[int, str] = {}
+        _, val_pred, val_target, _, _ = predict(model, val_loader, device, use_amp, val_failures)
+        _note_unreadable(unreadable, val_loader.dataset, val_failures)
+        if len(val_pred) < 2:
+            raise TrainingError(
+                f"only {len(val_pred)} of the {len(val_loader.dataset)} validation images could be read (need 2), "
+                f"e.g. {_examples(val_loader.dataset, val_failures)}"
+            )
+        failed, val_failed = len(train_failures), len(val_failures)
         val_loss = float(criterion(torch.from_numpy(val_pred).float(), torch.from_numpy(val_target).float())) if len(val_pred) else float("nan")
         rho = spearman(val_pred, val_target)
         seconds = time.perf_counter() - started
@@ -949,7 +971,8 @@ def train_model(
         )
         history.append(row)
         if failed or val_failed:
-            log(f"epoch {epoch}: {failed + val_failed} unreadable image(s) skipped")
+            log(f"epoch {epoch}: {failed + val_failed} unreadable image(s) skipped, e.g. "
+                f"{_examples(train_data, train_failures) if failed else _examples(val_loader.dataset, val_failures)}")
         if improved:
             best_spearman, best_epoch, since_best = (rho if not math.isnan(rho) else -math.inf), epoch, 0
             best_digest = _save_torch(out, "model.pt", {
@@ -969,9 +992,11 @@ def train_model(
                 "metrics": json.dumps([dataclasses.asdict(r) for r in history]),
                 "best_val_spearman": best_spearman, "best_epoch": best_epoch if best_epoch is not None else -1,
                 "best_digest": best_digest or "", "since_best": since_best, "train_seconds": train_seconds,
+                "unreadable": dict(unreadable),
             },
         })
         if improved:
+            card_base["data"]["unreadable_images"] = _unreadable_summary(unreadable)
             _write_card(out, card_base, history, best_epoch, best_digest, train_seconds, None, finished=False)
         log(f"epoch {epoch}: train loss {row.train_loss:.5f}, val loss {row.val_loss:.5f}, "
             f"val Spearman {row.val_spearman:.4f}{' (best)' if improved else ''}, {row.train_images_per_second:.1f} images/s")
@@ -984,7 +1009,8 @@ def train_model(
 
     test = None
     if counts["test"] and best_digest is not None:
-        test = evaluate_test(config, out, images, splits, model, device, use_amp)
+        test = evaluate_test(config, out, images, splits, model, device, use_amp, unreadable)
+    card_base["data"]["unreadable_images"] = _unreadable_summary(unreadable)
     card = _write_card(out, card_base, history, best_epoch, best_digest, train_seconds, test, finished=True)
     return TrainResult(
         out=out.uri, model=config.model, epochs_run=len(history), stopped_early=stopped_early,
@@ -995,15 +1021,33 @@ def train_model(
     )
 
 
+def _note_unreadable(unreadable: dict[str, str], dataset: HumanScoreDataset, failures: dict[int, str]) -> None:
+    for position, reason in failures.items():
+        unreadable.setdefault(dataset.items[position][0], reason)
+
+
+def _examples(dataset: HumanScoreDataset, failures: dict[int, str], count: int = 3) -> str:
+    return "; ".join(f"{dataset.items[i][0]}: {reason}" for i, reason in sorted(failures.items())[:count]) or "none"
+
+
+def _unreadable_summary(unreadable: dict[str, str], count: int = 20) -> dict[str, Any]:
+    return {"count": len(unreadable),
+            "examples": [{"file": path, "reason": reason} for path, reason in sorted(unreadable.items())[:count]]}
+
+
 def evaluate_test(config: TrainConfig, out: Location, images: Location, splits: Splits, model: nn.Module,
-                  device: torch.device, use_amp: bool) -> dict[str, Any]:
+                  device: torch.device, use_amp: bool, unreadable: dict[str, str] | None = None) -> dict[str, Any]:
     """Score the test split with the best weights; write ``test_predictions.parquet``."""
     with out.fs.open(out.join("model.pt"), "rb") as handle:
         best = torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
     model.load_state_dict(best["model"])
     items = splits.items("test")
-    loader = make_loader(HumanScoreDataset(images.fs, items, resmem_transform), config.batch_size, False, config.workers)
-    index, pred, target, failed, seconds = predict(model, loader, device, use_amp)
+    dataset = HumanScoreDataset(images.fs, items, resmem_transform)
+    loader = make_loader(dataset, config.batch_size, False, config.workers)
+    failures: dict[int, str] = {}
+    index, pred, target, failed, seconds = predict(model, loader, device, use_amp, failures)
+    if unreadable is not None:
+        _note_unreadable(unreadable, dataset, failures)
     rows = [(n, h) for n, h, s in zip(splits.table.column("image").to_pylist(), splits.table.column("human").to_pylist(),
                                       splits.table.column("split").to_pylist()) if s == "test"]
     _write_parquet(out, "test_predictions.parquet", pa.table({

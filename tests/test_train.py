@@ -312,6 +312,24 @@ def test_missing_images_and_bad_config_are_clear(tmp_path, tiny_model):
         train_model(config_for(tiny_model, human, images, tmp_path / "run", freeze=["wings"]), log=lambda text: None)
 
 
+def test_unreadable_images_are_skipped_named_and_fatal_when_nothing_is_readable(tmp_path, tiny_model):
+    human, images = make_dataset(tmp_path)
+    (images / "sub" / "img003.jpg").write_bytes(b"not a jpeg")
+    (images / "sub" / "img004.jpg").write_bytes((images / "sub" / "img005.jpg").read_bytes()[:300])  # truncated
+    logs = []
+    result = train_model(config_for(tiny_model, human, images, tmp_path / "run", epochs=1), log=logs.append)
+    unreadable = result.card["data"]["unreadable_images"]
+    assert unreadable["count"] == 2
+    assert sorted(Path(e["file"]).name for e in unreadable["examples"]) == ["img003.jpg", "img004.jpg"]
+    assert any("unreadable" in line and "img00" in line for line in logs)
+    # nothing readable: an error, not a 'trained' model with train loss 0
+    for path in (images / "sub").glob("*.jpg"):
+        path.write_bytes(b"junk")
+    with pytest.raises(TrainingError, match="none of the 15 training images could be read"):
+        train_model(config_for(tiny_model, human, images, tmp_path / "run2", epochs=1), log=lambda text: None)
+    assert not (tmp_path / "run2" / "model.pt").exists()
+
+
 def test_duplicate_rows_are_an_error_unless_averaged(tmp_path, tiny_model):
     human, images = make_dataset(tmp_path, n=12)
     human.write_text(human.read_text() + "img000.jpg,0.9000\n")
