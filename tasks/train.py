@@ -134,6 +134,14 @@ class TrainConfig:
             raise TrainingError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise TrainingError("epochs, batch size and patience must be at least 1")
+        for name in ("lr", "weight_decay", "rank_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise TrainingError(f"{name.replace('_', ' ')} must be a number >= 0, not {value!r}")
+        if self.max_images is not None and self.max_images < 1:
+            raise TrainingError("--max-images must be at least 1")
+        if self.workers < 0:
+            raise TrainingError("workers must be 0 or more")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise TrainingError("val and test fractions must be in [0, 1) and sum to less than 1")
         if self.amp not in ("auto", "on", "off"):

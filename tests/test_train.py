@@ -306,6 +306,9 @@ def test_missing_images_and_bad_config_are_clear(tmp_path, tiny_model):
         train_model(config_for(tiny_model, human, empty, tmp_path / "run"), log=lambda text: None)
     with pytest.raises(TrainingError, match="unknown loss"):
         train_model(config_for(tiny_model, human, images, tmp_path / "run", loss="huber"), log=lambda text: None)
+    for bad in ({"lr": -1.0}, {"weight_decay": -0.1}, {"rank_weight": float("nan")}, {"max_images": 0}, {"workers": -1}):
+        with pytest.raises(TrainingError, match="must be"):
+            train_model(config_for(tiny_model, human, images, tmp_path / "run", **bad), log=lambda text: None)
     with pytest.raises(TrainingError, match="nothing to train"):
         train_model(config_for(tiny_model, human, images, tmp_path / "run", freeze=["fc"]), log=lambda text: None)
     with pytest.raises(TrainingError, match="no part 'wings'"):
