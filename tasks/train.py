@@ -1003,6 +1003,9 @@ def train_model(
                 "unreadable": dict(unreadable),
             },
         })
+        # training time includes writing model.pt, the metrics and the checkpoint (large: weights
+        # plus optimiser state), not only the passes over the data
+        train_seconds += time.perf_counter() - started - seconds
         if improved:
             card_base["data"]["unreadable_images"] = _unreadable_summary(unreadable)
             _write_card(out, card_base, history, best_epoch, best_digest, train_seconds, None, finished=False)

@@ -236,6 +236,27 @@ def test_resume_refuses_other_training_options_or_scores(tmp_path, tiny_model):
     assert more.resumed_from_epoch == 1 and [r.epoch for r in more.metrics] == [1, 2]
 
 
+def test_training_time_includes_writing_checkpoints(tmp_path, tiny_model, monkeypatch):
+    """The card's train_seconds (compare's 'training time') counts checkpoint writes, slow for big models or buckets."""
+    import time
+
+    import tasks.train as train_module
+
+    human, images = make_dataset(tmp_path, n=12)
+    real_save = train_module._save_torch
+
+    def slow_save(out, name, obj):
+        time.sleep(0.5)
+        return real_save(out, name, obj)
+
+    monkeypatch.setattr(train_module, "_save_torch", slow_save)
+    result = train_model(config_for(tiny_model, human, images, tmp_path / "run", epochs=2, lr=0.0), log=lambda text: None)
+    passes = sum(row.seconds for row in result.metrics)
+    saves = 0.5 * (2 + 1)  # last.pt twice, model.pt once (lr 0: epoch 2 is no better)
+    assert result.train_seconds >= passes + saves
+    assert result.card["train_seconds"] == pytest.approx(result.train_seconds)
+
+
 def test_early_stopping_on_validation_spearman(tmp_path, tiny_model):
     human, images = make_dataset(tmp_path)
     result = train_model(config_for(tiny_model, human, images, tmp_path / "run", epochs=30, patience=1, lr=0.0),
