@@ -92,6 +92,10 @@ def parse_candidates(values: list[str]) -> list[Candidate]:
         if sep and not weights:
             raise UserError(f"{value!r}: NAME=WEIGHTS needs a weights file")
         result.append(Candidate(label=spec.name if not sep else f"{spec.name} ({weights})", model=spec.name, weights=weights or None))
+    labels = [c.label for c in result]
+    for candidate, value in zip(result, values):
+        if candidate.run and labels.count(candidate.label) > 1:  # two runs/ folders of one name: say which
+            candidate.label = f"{candidate.model} ({value.rstrip('/')})"
     return result
 
 

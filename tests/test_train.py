@@ -499,6 +499,7 @@ def test_compare_runs_given_as_uris_and_bad_run_paths(tmp_path, tiny_model, caps
         assert main(["compare", local.as_uri(), bucket, "--json", "--bootstrap", "20", "--workers", "0"]) == 0
         rows = json.loads(capsys.readouterr().out)
         assert [r["weights"] for r in rows] == [first.weights_digest, second.weights_digest]
+        assert rows[0]["model"] != rows[1]["model"]  # both folders are called 'run': labelled by their full path
         assert all(r["test_images"] == first.test["images"] and r["test_images_seen_in_training"] == 0 for r in rows)
     finally:
         fsspec.filesystem("memory").rm("/memscore-compare-test", recursive=True)
