@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     cores = len(os.sched_getaffinity(0))
     args.worker_counts = args.worker_counts or [4, 8, cores - 1]
     args.train_workers = cores - 1 if args.train_workers is None else args.train_workers
-    args.e2e_runs = [(item.split("=", 1)[0], item.split("=", 1)[1].split()) for item in args.e2e] if args.e2e else [
+    args.e2e_runs = bs.parse_e2e_runs(args.e2e) or [
         ("defaults (JPEGs decoded on the GPU, fp16)", []), ("--decode workers (PIL in workers)", ["--decode", "workers"])]
     args.dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)

@@ -384,6 +384,15 @@ def bench_decode(paths: list[Path], worker_counts, batch: int, device: torch.dev
 
 
 # --------------------------------------------------------------------------- end to end
+def parse_e2e_runs(values: list[str] | None) -> list[tuple[str, list[str]]]:
+    """``LABEL=OPTIONS`` items (from ``--e2e``) as (label, extra memscore score options)."""
+    runs = []
+    for item in values or []:
+        label, _, options = item.partition("=")
+        runs.append((label, options.split()))
+    return runs
+
+
 def run_memscore(source: Path, dest: Path, device: str, extra: list[str], env_extra: dict | None = None) -> dict:
     """``memscore score`` in a subprocess; poll RSS of it (and its children) and the parts it writes."""
     import psutil
@@ -496,6 +505,11 @@ def main(argv=None) -> int:
     parser.add_argument("--low-precision-images", type=int, default=8,
                         help="on CPU, bf16/fp16 (emulated without native support) run on this many images only")
     parser.add_argument("--e2e-shards", type=int, default=4, help="end to end: cut the archive into this many shards")
+    parser.add_argument("--e2e", action="append", default=None, metavar="LABEL=OPTIONS",
+                        help="an end-to-end run: a label and extra memscore score options, e.g. "
+                             "'one worker=--workers 1' (repeatable; default: memscore's defaults)")
+    parser.add_argument("--e2e-repeats", type=int, default=1,
+                        help="run the list of end-to-end runs this many times, one after another (interleaved)")
     parser.add_argument("--e2e-spawn", action="store_true", help="also run end to end with spawn-started workers (the old way)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
     parser.add_argument("--skip-official", action="store_true")
@@ -575,14 +589,16 @@ def main(argv=None) -> int:
     # 5: end to end
     log("end to end (memscore score) ...")
     shard = args.e2e_shard_size or max(1, -(-len(paths) // args.e2e_shards))
-    e2e_runs = [("memscore score (defaults, forkserver workers)", {})]
+    e2e_runs = [(label, options, {}) for label, options in parse_e2e_runs(args.e2e)] or [
+        ("memscore score (defaults, forkserver workers)", [], {})]
     if args.e2e_spawn:
-        e2e_runs.append(("memscore score (spawn workers, old)", {"MEMSCORE_WORKER_START": "spawn"}))
+        e2e_runs.append(("memscore score (spawn workers, old)", [], {"MEMSCORE_WORKER_START": "spawn"}))
     results["end_to_end"] = []
-    for label, env in e2e_runs:
+    for label, options, env in e2e_runs * args.e2e_repeats:
         dest = workdir / f"out-{len(results['end_to_end'])}"
         shutil.rmtree(dest, ignore_errors=True)
-        run = run_memscore(archive, dest, str(device), ["--shard-size", str(shard)], env)
+        log(f"end to end: {label} ...")
+        run = run_memscore(archive, dest, str(device), ["--shard-size", str(shard), *options], env)
         run["setting"] = label
         ours = read_scores(dest)
         reference = np.array([ours[p.relative_to(archive).as_posix()] for p in paths])
@@ -646,10 +662,11 @@ def report(results: dict, official: dict | None) -> None:
               f"flow summary {run['summary_images_per_s']:.2f} img/s; peak RSS {run['peak_rss_main_mb']:.0f} MB "
               f"(with children {run['peak_rss_tree_mb']:.0f} MB)")
     best_model = max((r for r in results["model_only"] if r["setting"].startswith("fp32 cl+fold")), key=lambda r: r["images_per_s"], default=None)
-    if best_model and results["end_to_end"]:
-        steady = results["end_to_end"][0]["steady_images_per_s"]
-        if steady:
-            print(f"end to end / best fp32 model-only ({best_model['images_per_s']:.2f} img/s): {steady / best_model['images_per_s']:.0%}")
+    if best_model:
+        for run in results["end_to_end"]:
+            if run["steady_images_per_s"]:
+                print(f"end to end ({run['setting']}) / best fp32 model-only ({best_model['images_per_s']:.2f} img/s): "
+                      f"{run['steady_images_per_s'] / best_model['images_per_s']:.0%}")
 
 
 def flat_memory(args, device, workdir: Path, results: dict, log) -> int:

@@ -30,6 +30,7 @@ from storage.compact import drop_superseded_rows
 from storage.parts import write_part_atomic
 from storage.schema import ERRORS_DIR, SCORES_DIR
 from storage.uris import Location, open_location
+from tasks.decode import start_worker_server
 from tasks.device_decode import resolve_decode
 from tasks.discover import DiscoveryCounts, SourceNotFoundError, iter_listing
 from tasks.plan import Plan, done_keys, plan_shards
@@ -174,6 +175,7 @@ def score_shard(
             "DASK_DISTRIBUTED__WORKER__DAEMON=False to use %d decode workers", settings.workers
         )
         settings = replace(settings, workers=0)
+    start_worker_server(settings.workers)  # its torch import runs while the model loads
     loaded = get_model(model, weights, torch_device)
     return score_images(shard, source, loaded, settings, on_batch=progress.advance if progress else None)
 

@@ -257,6 +257,22 @@ def worker_options(workers: int) -> dict[str, Any]:
     return {"num_workers": workers, "multiprocessing_context": worker_context(), "worker_init_fn": worker_setup()}
 
 
+def start_worker_server(workers: int) -> None:
+    """Start the forkserver now, without waiting for it, if ``workers`` will need it.
+
+    The forkserver imports torch and the decoder (seconds on a small machine); started
+    before the model loads, that import runs beside the load instead of after it, and
+    the first batch comes sooner. Idempotent: a running forkserver is left as it is.
+    """
+    if workers <= 0:
+        return
+    context = worker_context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def worker_setup() -> WorkerSetup:
     """A worker_init_fn carrying this process's current environment."""
     return WorkerSetup(dict(os.environ))
