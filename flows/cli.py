@@ -44,9 +44,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; a command's options may come before, between or after its positionals.
+
+    Plain argparse stops taking positionals once an option follows the first one
+    (``memscore sql DEST --csv SQL`` would be refused), so each command's own
+    arguments are parsed with ``parse_intermixed_args``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, _ = parser.parse_known_args(argv)  # the command (and -h / errors at the top level)
+    position = argv.index(args.command)
+    command_parser = _command_parsers(parser)[args.command]
+    return command_parser.parse_intermixed_args(argv[position + 1:], namespace=argparse.Namespace(command=args.command))
+
+
+def _command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:  # argparse keeps the subparsers here; there is no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise ValueError("the parser has no commands")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:

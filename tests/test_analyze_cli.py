@@ -165,6 +165,11 @@ def test_sql_views_and_queries(lab, capsys):
     assert "(5 rows)" in capsys.readouterr().out
     assert main(["sql", "--csv", dest, "SELECT path FROM scores ORDER BY path LIMIT 2"]) == 0
     assert capsys.readouterr().out.splitlines() == ['"path"', '"set/im000.jpg"', '"set/im001.jpg"']
+    # options may also come between DEST and SQL, or after SQL
+    assert main(["sql", dest, "--csv", "SELECT path FROM scores ORDER BY path LIMIT 1"]) == 0
+    assert capsys.readouterr().out.splitlines() == ['"path"', '"set/im000.jpg"']
+    assert main(["sql", dest, "SELECT path FROM scores ORDER BY path", "--max-rows", "1"]) == 0
+    assert "set/im001.jpg" not in capsys.readouterr().out
     assert main(["sql", dest, "SELECT nope FROM scores"]) == 1
     assert capsys.readouterr().err.startswith("memscore: error:")
     assert main(["sql", str(lab["tmp"]), "SELECT 1"]) == 1
