@@ -732,6 +732,26 @@ def _local_temporary(out: Location, name: str) -> tuple[str, str]:
     return target, temporary
 
 
+def remove_stale_temporaries(out: Location) -> int:
+    """Delete the half-written ``.*.inprogress`` files a killed run left in a local OUT; return how many."""
+    if not out.is_local:
+        return 0  # buckets get whole objects (one PUT), nothing half-written
+    removed = 0
+    for folder in (out.join(""), out.join("checkpoints")):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(".") and name.endswith(".inprogress"):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
 def _finish_local(temporary: str, target: str) -> None:
     with open(temporary, "rb+") as handle:
         os.fsync(handle.fileno())
@@ -872,6 +892,8 @@ def train_model(
     options = resume_options(config, frozen)
     scores_digest = splits.scores_digest()
     unreadable: dict[str, str] = {}  # file -> why it could not be read (all splits, all epochs)
+    if remove_stale_temporaries(out):
+        log(f"removed half-written file(s) a killed run left in {out.uri}")
     checkpoint = load_checkpoint(out) if config.resume else None
     if checkpoint is not None:
         saved = checkpoint["memscore"]

@@ -167,9 +167,13 @@ def test_resume_after_kill_continues_where_it_stopped(tmp_path, tiny_model):
     b = torch.load(killed_out / "checkpoints" / "last.pt", weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key])
+    # a run killed while writing a checkpoint leaves a half-written temporary: the next run removes it
+    stale = killed_out / "checkpoints" / ".tmpkilled.inprogress"
+    stale.write_bytes(b"half a checkpoint")
     # a finished run started again does no more epochs
     again = train_model(config_for(tiny_model, human, images, killed_out), log=lambda text: None)
     assert again.resumed_from_epoch == 4 and len(again.metrics) == 4
+    assert not stale.exists()
 
 
 def test_output_to_a_bucket_and_resume_from_it(tmp_path, tiny_model):
