@@ -872,6 +872,13 @@ def train_model(
     if splits.missing_images:
         log(f"warning: {splits.missing_images} image(s) named in {config.human} not found under {images.uri}, "
             f"e.g. {', '.join(splits.missing_examples[:5])}")
+    for warning in splits.read_as.get("warnings") or []:
+        log(f"warning: {warning}")
+    scores = np.asarray(splits.table.column("human").to_pylist(), dtype=np.float64)
+    outside = int(np.sum((scores < 0) | (scores > 1)))
+    if outside:
+        log(f"warning: {outside} of {len(scores)} human scores lie outside [0, 1] (range {scores.min():.4g} to "
+            f"{scores.max():.4g}); every model ends in a sigmoid, so they cannot be fitted: rescale them to 0..1")
     if splits.scores_from_split_files:
         log(f"{splits.scores_from_split_files} image(s) not in {config.human} take their score from the split files")
 

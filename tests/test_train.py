@@ -358,6 +358,18 @@ def test_unreadable_images_are_skipped_named_and_fatal_when_nothing_is_readable(
     assert not (tmp_path / "run2" / "model.pt").exists()
 
 
+def test_scores_outside_zero_one_are_warned_about(tmp_path, tiny_model):
+    """Percent scores (0..100) cannot be fitted by a sigmoid: the log says so, with the reader's own warnings."""
+    human, images = make_dataset(tmp_path, n=12)
+    lines = human.read_text().splitlines()
+    human.write_text("\n".join([lines[0]] + [f"{n},{float(v) * 100:.2f}" for n, v in (l.split(",") for l in lines[1:])]
+                               + ["img999.jpg,"]) + "\n")
+    logs = []
+    train_model(config_for(tiny_model, human, images, tmp_path / "run", epochs=1), log=logs.append)
+    assert any("outside [0, 1]" in line and "rescale" in line for line in logs), logs
+    assert any("dropped 1 row(s) with a missing" in line for line in logs), logs
+
+
 def test_duplicate_rows_are_an_error_unless_averaged(tmp_path, tiny_model):
     human, images = make_dataset(tmp_path, n=12)
     human.write_text(human.read_text() + "img000.jpg,0.9000\n")
