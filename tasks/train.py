@@ -864,6 +864,12 @@ def train_model(
     device = resolve_device(config.device)
     use_amp = resolve_amp(config, device)
     out = open_location(config.out, config.storage_options)
+    try:
+        out_is_file = out.fs.isfile(out.root)
+    except OSError:
+        out_is_file = False
+    if out_is_file:
+        raise TrainingError(f"--out {config.out} is a file; OUT is a folder (or bucket prefix) for the run's files")
     images = open_location(config.images, config.storage_options)
     splits = build_splits(config, images)
     counts = splits.counts()
@@ -931,7 +937,10 @@ def train_model(
         train_seconds = float(saved["train_seconds"])
         unreadable.update(saved.get("unreadable") or {})
         log(f"resuming from {out.join('checkpoints/last.pt')} after epoch {resumed_from}")
-    _write_parquet(out, "splits.parquet", splits.table.drop_columns(["fs_path"]))
+    try:
+        _write_parquet(out, "splits.parquet", splits.table.drop_columns(["fs_path"]))
+    except OSError as error:  # read-only, a file in the way, no such bucket: before any epoch runs
+        raise TrainingError(f"cannot write to {out.uri}: {error}") from error
 
     train_data = HumanScoreDataset(images.fs, splits.items("train"), TrainTransform() if config.augment else resmem_transform)
     val_loader = make_loader(HumanScoreDataset(images.fs, splits.items("val"), resmem_transform), config.batch_size, False, config.workers)

@@ -334,6 +334,14 @@ def test_missing_images_and_bad_config_are_clear(tmp_path, tiny_model):
     for bad in ({"lr": -1.0}, {"weight_decay": -0.1}, {"rank_weight": float("nan")}, {"max_images": 0}, {"workers": -1}):
         with pytest.raises(TrainingError, match="must be"):
             train_model(config_for(tiny_model, human, images, tmp_path / "run", **bad), log=lambda text: None)
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    with pytest.raises(TrainingError, match="is a file"):
+        train_model(config_for(tiny_model, human, images, a_file), log=lambda text: None)
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "inner").write_text("a file where OUT's parent folder should be")
+    with pytest.raises(TrainingError, match="cannot write to"):
+        train_model(config_for(tiny_model, human, images, tmp_path / "blocked" / "inner" / "run"), log=lambda text: None)
     with pytest.raises(TrainingError, match="nothing to train"):
         train_model(config_for(tiny_model, human, images, tmp_path / "run", freeze=["fc"]), log=lambda text: None)
     with pytest.raises(TrainingError, match="no part 'wings'"):
