@@ -212,12 +212,15 @@ def run(args: argparse.Namespace) -> int:
             weights = local_weights_file(candidate.weights, fetched) if candidate.weights else None
             rows.append(_compare_one(candidate, weights, location, items, test_names, device, args))
     result = pa.Table.from_pylist(rows)
-    if args.out:
-        _write_table(result, args.out)
     if args.json:
         print(json.dumps([_clean(r) for r in rows], indent=2))
     else:
         print(format_table(rows))
+    if args.out:  # after printing: a bad --out does not lose the table
+        try:
+            _write_table(result, args.out)
+        except OSError as error:
+            raise UserError(f"cannot write {args.out}: {error}") from None
     return 0
 
 

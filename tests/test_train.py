@@ -533,3 +533,10 @@ def test_compare_runs_given_as_uris_and_bad_run_paths(tmp_path, tiny_model, caps
     assert "neither a training folder" in capsys.readouterr().err
     assert main(["compare", str(local), "--images", str(tmp_path / "no-such-folder")]) == 1
     assert "memscore: error:" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["compare", str(local), "--bootstrap", "10", "--out", str(blocker / "table.parquet")]) == 1
+    captured = capsys.readouterr()
+    assert "memscore: error: cannot write" in captured.err and "test Spearman" in captured.out  # the table is still shown
+    assert main(["compare", str(local), "--bootstrap", "10", "--out", str(tmp_path / "table.csv")]) == 0
+    assert (tmp_path / "table.csv").read_text().startswith('"model"')
