@@ -110,9 +110,10 @@ def segmenter_state_dict(kind: str, path: str | os.PathLike[str] | None = None) 
         # Downloads to $TORCH_HOME/hub/checkpoints (~/.cache/torch/...) once; reused afterwards.
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as error:  # noqa: BLE001 - offline machines, proxies, partial downloads
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints")  # $TORCH_HOME/hub/checkpoints, ~/.cache/torch/...
         raise WeightsNotFoundError(
             f"could not load torchvision's pretrained {kind} weights ({weights.url}): {type(error).__name__}: "
-            f"{error}. Download that file into the torch hub cache (~/.cache/torch/hub/checkpoints/) or pass "
+            f"{error}. Download that file into the torch hub cache ({cache}/) or pass "
             "a local file (--segmenter-weights PATH)"
         ) from None
 

@@ -114,6 +114,10 @@ def test_torchvision_segmenter_weights_offline_error_says_what_to_do(monkeypatch
     monkeypatch.setattr(segmentation.LRASPP_MobileNet_V3_Large_Weights, "get_state_dict", offline)
     with pytest.raises(WeightsNotFoundError, match="torch hub cache.*--segmenter-weights"):
         segmenter_state_dict("lraspp")
+    # the folder named is the one torch uses: $TORCH_HOME moves it
+    monkeypatch.setenv("TORCH_HOME", "/somewhere/torch-home")
+    with pytest.raises(WeightsNotFoundError, match="/somewhere/torch-home/hub/checkpoints"):
+        segmenter_state_dict("lraspp")
 
 
 def test_frozen_parts_stay_in_eval_mode():
