@@ -286,6 +286,7 @@ def read_human(config: TrainConfig) -> tuple[pa.Table, dict[str, Any]]:
     import duckdb
 
     from storage.human import load_human
+    from storage.uris import local_copy
 
     try:
         with tempfile.TemporaryDirectory(prefix="memscore-human-") as folder:
@@ -313,28 +314,6 @@ def read_human(config: TrainConfig) -> tuple[pa.Table, dict[str, Any]]:
         "participants": ({k: participants.get(k) for k in ("total", "kept", "excluded", "rules")} if participants else None),
     }
     return table, read_as
-
-
-def local_copy(uri: str, folder: str, storage_options: dict | None = None) -> str:
-    """A local path for ``uri``: a local path or ``file://`` URI as it is; a file or folder in a
-    bucket copied into ``folder`` under its own name (the human data readers read local files
-    and tell formats by the file name)."""
-    import fsspec
-
-    if "://" not in uri:
-        return uri
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
-        return path
-    target = os.path.join(folder, path.rstrip("/").rsplit("/", 1)[-1] or "human")
-    if not fs.exists(path):
-        raise FileNotFoundError(f"not found: {uri}")
-    if fs.isdir(path):
-        fs.get(path.rstrip("/") + "/", target + "/", recursive=True)
-    else:
-        fs.get_file(path, target)
-    return target
 
 
 def read_split_lines(path: str, storage_options: dict | None = None) -> list[tuple[str, float | None]]:
@@ -962,7 +941,8 @@ def train_model(
         "trainable_parameters": trainable_params,
     }
 
-    stopped_early = since_best >= config.patience and start_epoch > 1
+    # a resumed run that had stopped early (before its last epoch) stays stopped; one that ran all its epochs did not stop early
+    stopped_early = since_best >= config.patience and resumed_from is not None and resumed_from < config.epochs
     epoch = start_epoch - 1
     for epoch in range(start_epoch, config.epochs + 1):
         if stopped_early:

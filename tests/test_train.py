@@ -269,6 +269,19 @@ def test_early_stopping_on_validation_spearman(tmp_path, tiny_model):
     assert result.best_epoch == 1
 
 
+def test_rerun_of_a_finished_run_reports_the_same_stop(tmp_path, tiny_model):
+    """A run that used all its epochs is not reported as stopped early when run again; one that stopped early is."""
+    human, images = make_dataset(tmp_path)
+    full = config_for(tiny_model, human, images, tmp_path / "full", epochs=3, patience=2, lr=0.0)
+    first = train_model(full, log=lambda text: None)
+    again = train_model(full, log=lambda text: None)
+    assert (first.stopped_early, again.stopped_early) == (False, False)
+    early = config_for(tiny_model, human, images, tmp_path / "early", epochs=6, patience=2, lr=0.0)
+    first = train_model(early, log=lambda text: None)
+    again = train_model(early, log=lambda text: None)
+    assert (first.stopped_early, again.stopped_early) == (True, True) and len(again.metrics) == 3
+
+
 def test_split_files_lamem_style_and_rank_loss(tmp_path, tiny_model):
     human, images = make_dataset(tmp_path, n=16)
     rows = [line.split(",") for line in human.read_text().splitlines()[1:]]
