@@ -546,6 +546,11 @@ def test_compare_runs_given_as_uris_and_bad_run_paths(tmp_path, tiny_model, caps
     assert "neither a training folder" in capsys.readouterr().err
     assert main(["compare", str(local), "--images", str(tmp_path / "no-such-folder")]) == 1
     assert "memscore: error:" in capsys.readouterr().err
+    # a checkpoint trained as one model, given as another of the same shape (resmem vs resmem-retrain): refused
+    torch.save({"model": torch.load(local / "model.pt", weights_only=True)["model"],
+                "memscore": {"model": "resmem-retrain"}}, tmp_path / "other.pt")
+    assert main(["compare", f"{tiny_model}={tmp_path / 'other.pt'}", "--human", str(human), "--images", str(images)]) == 1
+    assert "holds 'resmem-retrain' weights" in capsys.readouterr().err
     assert main(["compare", f"{tiny_model}={human}", "--human", str(human), "--images", str(images), "--bootstrap", "10"]) == 1
     assert "memscore: error: cannot load" in capsys.readouterr().err  # a CSV given as weights: one line
     blocker = tmp_path / "a-file"
