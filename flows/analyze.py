@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ from typing import Any
 import duckdb
 
 from storage.human import MATCH_MODES, Exclusion, HumanDataError, find_column, key_sql, lit, load_human, num, q
+from storage.parts import duckdb_parts
 from storage.stats import correlate, split_half
+from storage.uris import local_copy, open_location
 
 SCORE_CANDIDATES = ("score", "resmem", "memorability", "prediction", "predicted", "pred", "mem_score", "memscore")
 ID_CANDIDATES = ("path", "image_id", "image_name", "image", "filename")
@@ -52,15 +55,23 @@ class AnalysisOptions:
     max_vigilance_miss: float | None = 0.5
     kendall_max_n: int = 10_000
     min_group_size: int = 3
+    storage_options: dict[str, Any] | None = None  # fsspec options for --scores and --human URIs
 
 
 # ---------------------------------------------------------------------------
 # model scores
 
 
-def scores_relation_sql(path: str) -> str:
-    """SQL reading model scores from a memscore folder, a Parquet/CSV file or a folder of Parquet files."""
-    p = Path(path)
+def scores_relation_sql(path: str, con: duckdb.DuckDBPyConnection | None = None,
+                        storage_options: dict[str, Any] | None = None) -> str:
+    """SQL reading model scores from a memscore folder, a Parquet/CSV file or a folder of Parquet files.
+
+    ``path`` may be a URI (``s3://``, ``gs://``, ...): its filesystem is registered with
+    ``con`` (DuckDB reads through fsspec, fetching only the columns it needs).
+    """
+    if "://" in path and not path.startswith("file://"):
+        return _remote_scores_relation_sql(path, con, storage_options)
+    p = Path(path.removeprefix("file://"))
     if p.is_dir():
         folder = p / "scores" if (p / "scores").is_dir() else p
         files = sorted(str(f) for f in folder.rglob("*.parquet") if not f.name.startswith((".", "_")))
@@ -75,6 +86,32 @@ def scores_relation_sql(path: str) -> str:
     return f"read_csv({lit(path)}, header = true, all_varchar = true{delim})"
 
 
+def _remote_scores_relation_sql(uri: str, con: duckdb.DuckDBPyConnection | None,
+                                 storage_options: dict[str, Any] | None) -> str:
+    if con is None:
+        raise ValueError("reading scores from a URI needs the DuckDB connection to register its filesystem")
+    location = open_location(uri, storage_options)
+    try:
+        if location.fs.isdir(location.root):
+            folder = "scores" if location.fs.isdir(location.join("scores")) else ""
+            files = duckdb_parts(con, location, folder)
+            if not files:
+                raise AnalysisError(f"no Parquet files under {location.full_uri(location.join(folder))} "
+                                    "(expected a memscore output folder)")
+            return f"read_parquet([{', '.join(lit(f) for f in files)}], union_by_name = true)"
+        if not location.fs.isfile(location.root):
+            raise AnalysisError(f"scores not found: {uri}")
+    except AnalysisError:
+        raise
+    except Exception as error:  # noqa: BLE001 - credentials, network: one line for the user
+        raise AnalysisError(f"cannot read scores {uri}: {error}") from error
+    con.register_filesystem(location.fs)
+    if uri.lower().endswith((".parquet", ".pq")):
+        return f"read_parquet({lit(uri)})"
+    delim = ", delim = '\\t'" if uri.lower().endswith(".tsv") else ""
+    return f"read_csv({lit(uri)}, header = true, all_varchar = true{delim})"
+
+
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: str) -> str:
     """:func:`storage.human.find_column`, failing with :class:`AnalysisError`."""
     try:
@@ -85,7 +122,7 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
 
 def load_scores(con: duckdb.DuckDBPyConnection, path: str, options: AnalysisOptions, warnings: list[str]) -> dict[str, Any]:
     """Temp table ``model_scores`` (image, score, other columns but feature vectors)."""
-    rel = scores_relation_sql(path)
+    rel = scores_relation_sql(path, con, options.storage_options)
     try:
         described = con.sql(f"DESCRIBE SELECT * FROM {rel}").fetchall()
     except duckdb.Error as error:
@@ -220,9 +257,19 @@ def analyze_scores(scores: str, human: str, options: AnalysisOptions | None = No
     warnings: list[str] = []
     scores_info = load_scores(con, os.fspath(scores), options, warnings)
     exclusion = Exclusion(options.max_filler_fa, options.max_vigilance_miss)
-    human_info = load_human(con, os.fspath(human), format=options.human_format,
-                            id_column=options.human_id_column or options.id_column,
-                            score_column=options.human_column, measure=options.human_measure, exclusion=exclusion)
+    with tempfile.TemporaryDirectory(prefix="memscore-human-") as folder:
+        try:  # human data in a bucket: a local copy (small), read like a local file
+            local_human = local_copy(os.fspath(human), folder, options.storage_options)
+        except Exception as error:  # noqa: BLE001 - not found, credentials, network
+            raise AnalysisError(f"cannot read human data {human}: {error}") from error
+        try:
+            human_info = load_human(con, local_human, format=options.human_format,
+                                    id_column=options.human_id_column or options.id_column,
+                                    score_column=options.human_column, measure=options.human_measure, exclusion=exclusion)
+        except HumanDataError as error:  # name the URI the user gave, not the local copy
+            raise HumanDataError(str(error).replace(local_human, os.fspath(human))) from None
+    if local_human != os.fspath(human):
+        human_info.path = os.fspath(human)
     warnings.extend(human_info.warnings)
     matched = match_images(con, options.match)
     if matched["n_unmatched_scores"] or matched["n_unmatched_human"]:
@@ -440,6 +487,7 @@ if flow is not None:
         max_filler_fa: float | None = 0.5,
         max_vigilance_miss: float | None = 0.5,
         out: str | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Model scores vs human memorability: Spearman/Pearson with bootstrap CIs,
         split-half consistency; the summary becomes a Markdown artifact."""
@@ -447,7 +495,7 @@ if flow is not None:
             id_column=id_column, human_id_column=human_id_column, score_column=score_column,
             human_column=human_column, human_measure=human_measure, human_format=human_format, match=match,
             bootstrap=bootstrap, splits=splits, seed=seed, group_column=group_column, model=model,
-            max_filler_fa=max_filler_fa, max_vigilance_miss=max_vigilance_miss,
+            max_filler_fa=max_filler_fa, max_vigilance_miss=max_vigilance_miss, storage_options=storage_options,
         )
         result = run_analysis(scores, human, options, out)
         create_markdown_artifact(markdown=summary_markdown(result), key="memscore-analysis",

@@ -51,8 +51,10 @@ def _rate_or_none(text: str) -> float | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scores", required=True, metavar="PATH",
-                        help="memscore output folder, or a Parquet/CSV file with an id and a score column")
-    parser.add_argument("--human", required=True, metavar="PATH", help="human memorability data (file or BIDS folder)")
+                        help="memscore output folder, or a Parquet/CSV file with an id and a score column "
+                             "(a local path or a URI: s3://, gs://, az://, ...)")
+    parser.add_argument("--human", required=True, metavar="PATH",
+                        help="human memorability data (file or BIDS folder; a local path or a URI)")
     parser.add_argument("--id-column", default=None, metavar="COL",
                         help="image id column, both sides unless --human-id-column (default: first of path, "
                              "image_id, image_name, image, filename)")
@@ -83,12 +85,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="write joined.parquet (per image), stats.json and report.md to DIR")
+    parser.add_argument("--storage-options", default=None, metavar="JSON",
+                        help="fsspec options for --scores and --human URIs (credentials, endpoint), as JSON")
     parser.add_argument("--prefect", action="store_true", help="run as the Prefect flow 'analyze' (adds a Markdown artifact)")
 
 
 def run(args: argparse.Namespace) -> int:
     from flows.analyze import AnalysisOptions, run_analysis, summary_lines
-    from flows.cli import UserError
+    from flows.cli import UserError, parse_storage_options
     from storage.human import HumanDataError
 
     options = AnalysisOptions(
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         human_column=args.human_column, human_measure=args.human_measure, human_format=args.human_format,
         match=args.match, bootstrap=args.bootstrap, splits=args.splits, seed=args.seed, confidence=args.confidence,
         group_column=args.group_column, model=args.model, max_filler_fa=args.max_filler_fa,
-        max_vigilance_miss=args.max_vigilance_miss,
+        max_vigilance_miss=args.max_vigilance_miss, storage_options=parse_storage_options(args.storage_options),
     )
     try:
         if args.prefect:
@@ -108,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
                              human_format=options.human_format, match=options.match, bootstrap=options.bootstrap,
                              splits=options.splits, seed=options.seed, group_column=options.group_column,
                              model=options.model, max_filler_fa=options.max_filler_fa,
-                             max_vigilance_miss=options.max_vigilance_miss, out=args.out)
+                             max_vigilance_miss=options.max_vigilance_miss, out=args.out,
+                             storage_options=options.storage_options)
         else:
             result = run_analysis(args.scores, args.human, options, args.out)
     except HumanDataError as error:

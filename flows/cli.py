@@ -28,6 +28,21 @@ class UserError(Exception):
     """A problem the user can fix; shown as one line, without a traceback."""
 
 
+def parse_storage_options(text: str | None) -> dict | None:
+    """``--storage-options`` JSON as a dict (None when not given); a UserError otherwise."""
+    import json
+
+    if not text:
+        return None
+    try:
+        options = json.loads(text)
+    except ValueError as error:
+        raise UserError(f"--storage-options is not valid JSON: {error}") from None
+    if not isinstance(options, dict):
+        raise UserError("--storage-options must be a JSON object, e.g. '{\"anon\": true}'")
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memscore",

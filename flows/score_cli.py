@@ -97,12 +97,9 @@ def check_source(source: str, storage_options: dict | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.cli import UserError
+    from flows.cli import UserError, parse_storage_options
 
-    try:
-        storage_options = json.loads(args.storage_options) if args.storage_options else None
-    except ValueError as error:
-        raise UserError(f"--storage-options is not valid JSON: {error}") from None
+    storage_options = parse_storage_options(args.storage_options)
     # Fail fast on what needs no orchestrator: unknown model or layers, missing weights, bad device.
     from models.devices import resolve_device
     from models.registry import build_with_weights, get_model_spec, resolve_weights

@@ -22,24 +22,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("query", nargs="?", default=None, metavar="SQL", help="query to run (default: a prompt)")
     parser.add_argument("--max-rows", type=int, default=40, metavar="N", help="rows to show in the table (default 40)")
     parser.add_argument("--csv", action="store_true", help="print the whole result as CSV instead of a table")
+    parser.add_argument("--storage-options", default=None, metavar="JSON",
+                        help="fsspec options when DEST is a URI (s3://, gs://, ...), as JSON")
 
 
-def connect(destination: str):
-    """A DuckDB connection with views ``scores`` and ``errors`` over DEST."""
-    from pathlib import Path
-
+def connect(destination: str, storage_options: dict | None = None):
+    """A DuckDB connection with views ``scores`` and ``errors`` over DEST (a folder or a URI)."""
     import duckdb
 
     from flows.cli import UserError
     from storage.human import lit
-    from storage.schema import ERRORS_SCHEMA
+    from storage.parts import duckdb_parts
+    from storage.schema import ERRORS_DIR, ERRORS_SCHEMA, SCORES_DIR
+    from storage.uris import open_location
 
-    dest = Path(destination)
-    if not dest.is_dir():
+    dest = open_location(destination, storage_options)
+    try:
+        is_folder = dest.fs.isdir(dest.root)
+    except Exception as error:  # noqa: BLE001 - credentials, network: one line for the user
+        raise UserError(f"cannot read {destination}: {error}") from error
+    if not is_folder:
         raise UserError(f"{destination} is not a folder (expected a memscore output folder)")
     con = duckdb.connect()
-    scores = sorted(str(f) for f in (dest / "scores").glob("*.parquet")) if (dest / "scores").is_dir() else []
-    errors = sorted(str(f) for f in (dest / "errors").glob("*.parquet")) if (dest / "errors").is_dir() else []
+    scores = duckdb_parts(con, dest, SCORES_DIR)
+    errors = duckdb_parts(con, dest, ERRORS_DIR)
     if not scores and not errors:
         raise UserError(f"{destination} has no scores/*.parquet or errors/*.parquet (is it a memscore output folder?)")
     if scores:
@@ -134,7 +140,9 @@ def interactive(con, max_rows: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    con = connect(args.destination)
+    from flows.cli import parse_storage_options
+
+    con = connect(args.destination, parse_storage_options(args.storage_options))
     if args.query is None:
         return interactive(con, args.max_rows)
     print(run_query(con, args.query, args.max_rows, args.csv))

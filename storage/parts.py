@@ -14,12 +14,16 @@ import io
 import os
 import uuid
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.schema import ERRORS_DIR, SCORES_DIR
 from storage.uris import Location
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 def write_part_atomic(dest: Location, folder: str, name: str, table: pa.Table) -> str:
@@ -58,6 +62,17 @@ def list_parts(dest: Location, folder: str) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(p for p in names if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith("."))
+
+
+def duckdb_parts(con: "duckdb.DuckDBPyConnection", dest: Location, folder: str) -> list[str]:
+    """The finished parts in ``DEST/folder`` as names DuckDB reads: local paths, or URIs
+    with DEST's filesystem registered on ``con`` (DuckDB then reads through fsspec,
+    fetching only the columns a query needs)."""
+    parts = list_parts(dest, folder)
+    if parts and not dest.is_local:
+        con.register_filesystem(dest.fs)
+        return [dest.full_uri(p) for p in parts]
+    return parts
 
 
 def read_columns(dest: Location, folder: str, columns: list[str]) -> pa.Table | None:

@@ -51,3 +51,23 @@ def open_location(uri: str, storage_options: dict[str, Any] | None = None) -> Lo
     if isinstance(fs, LocalFileSystem):
         root = root.replace(os.sep, "/")
     return Location(fs=fs, root=root.rstrip("/") or "/", uri=uri, storage_options=options)
+
+
+def local_copy(uri: str, folder: str, storage_options: dict | None = None) -> str:
+    """A local path for ``uri``: a local path or ``file://`` URI as it is; a file or folder in a
+    bucket copied into ``folder`` under its own name (the human data readers read local files
+    and tell formats by the file name)."""
+    if "://" not in uri:
+        return uri
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        return path
+    target = os.path.join(folder, path.rstrip("/").rsplit("/", 1)[-1] or "human")
+    if not fs.exists(path):
+        raise FileNotFoundError(f"not found: {uri}")
+    if fs.isdir(path):
+        fs.get(path.rstrip("/") + "/", target + "/", recursive=True)
+    else:
+        fs.get_file(path, target)
+    return target

@@ -175,6 +175,33 @@ def test_sql_views_and_queries(lab, capsys):
     assert main(["sql", str(lab["tmp"]), "SELECT 1"]) == 1
 
 
+def test_analyze_and_sql_read_from_a_bucket(lab, capsys):
+    """Scores and human data in a bucket (memory:// here, s3:// alike through fsspec) give
+    the same analysis as the local copies; memscore sql reads the same folder."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.put(lab["dest"] + "/", "/lab-bucket/run1/", recursive=True)
+    fs.put(lab["lamem"], "/lab-bucket/human/test_1.txt")
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "50", "--json"]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert main(["analyze", "--scores", "memory://lab-bucket/run1", "--human", "memory://lab-bucket/human/test_1.txt",
+                 "--bootstrap", "50", "--json", "--storage-options", "{}"]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert remote["human"] == "memory://lab-bucket/human/test_1.txt" and remote["human_format"] == "lamem"
+    assert (remote["n"], remote["spearman"], remote["pearson"]) == (local["n"], local["spearman"], local["pearson"])
+    assert main(["sql", "memory://lab-bucket/run1", "--csv", "SELECT count(*) AS n FROM scores"]) == 0
+    assert capsys.readouterr().out.splitlines() == ['"n"', "60"]
+    # what is not there, or a bad option, is one line, not a traceback
+    assert main(["analyze", "--scores", "memory://lab-bucket/nothing", "--human", lab["lamem"]]) == 1
+    assert "scores not found: memory://lab-bucket/nothing" in capsys.readouterr().err
+    assert main(["analyze", "--scores", lab["dest"], "--human", "memory://lab-bucket/human/nope.txt"]) == 1
+    assert "cannot read human data memory://lab-bucket/human/nope.txt" in capsys.readouterr().err
+    assert main(["sql", "memory://lab-bucket/run1", "--storage-options", "[1]", "SELECT 1"]) == 1
+    assert "must be a JSON object" in capsys.readouterr().err
+    fs.rm("/lab-bucket", recursive=True)
+
+
 @pytest.mark.slow
 def test_prefect_flow_attaches_a_markdown_artifact(lab):
     from prefect.artifacts import Artifact
