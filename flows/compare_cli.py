@@ -224,26 +224,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trained_as(weights: str) -> str | None:
-    """The model a memscore checkpoint says it was trained as (``{"memscore": {"model": ...}}``), else None."""
-    import torch
-
-    from models.registry import UnknownModelError, get_model_spec
-
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - not a zip checkpoint, or not loadable: load_model says why
-        return None
-    meta = state.get("memscore") if isinstance(state, dict) else None
-    name = meta.get("model") if isinstance(meta, dict) else None
-    if not isinstance(name, str):
-        return None
-    try:
-        return get_model_spec(name).name
-    except UnknownModelError:
-        return None
-
-
 def _compare_one(candidate: Candidate, weights: str | None, location, items, test_names: set[str], device,
                  args: argparse.Namespace) -> dict[str, Any]:
     """One row of the table: score the test images with one model (freed before the next loads)."""
@@ -253,10 +233,6 @@ def _compare_one(candidate: Candidate, weights: str | None, location, items, tes
     from models.weights import WeightsNotFoundError
     from tasks.train import HumanScoreDataset, bootstrap_spearman, make_loader, predict, spearman
 
-    trained_as = _trained_as(weights) if weights else None
-    if trained_as is not None and trained_as != candidate.model:
-        raise UserError(f"{weights} holds {trained_as!r} weights (memscore train --model {trained_as}), "
-                        f"not {candidate.model!r}: name it {trained_as}={weights}")
     try:
         loaded = load_model(candidate.model, weights, device)
     except (UnknownModelError, WeightsNotFoundError, WeightsMismatchError):

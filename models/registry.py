@@ -16,15 +16,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models.weights import WeightsRef, load_state_dict, local_weights
+from models.weights import WeightsMismatchError, WeightsRef, local_weights, read_weights_file
 
 
 class UnknownModelError(ValueError):
     """No model is registered under that name."""
-
-
-class WeightsMismatchError(ValueError):
-    """A weights file does not fit the model it was given to."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +95,13 @@ def build_with_weights(spec: ModelSpec, ref: WeightsRef) -> nn.Module:
 
     No random initialisation runs and no second copy of the weights is made.
     """
-    state = load_state_dict(ref)
+    state, trained_as = read_weights_file(ref)
+    if trained_as is not None and _canonical_name(trained_as) != spec.name:
+        trained_as = _canonical_name(trained_as)
+        raise WeightsMismatchError(
+            f"{ref.path} holds {trained_as!r} weights (memscore train --model {trained_as}), "
+            f"not {spec.name!r}: load it as {trained_as}"
+        )
     with torch.device("meta"):
         module = spec.build()
     try:
@@ -114,6 +116,14 @@ def build_with_weights(spec: ModelSpec, ref: WeightsRef) -> nn.Module:
             f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
         )
     return module
+
+
+def _canonical_name(name: str) -> str:
+    """The registered name for ``name`` (aliases and case resolved); ``name`` itself if unknown."""
+    try:
+        return get_model_spec(name).name
+    except UnknownModelError:
+        return name
 
 
 def load_model(name: str, weights: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:

@@ -23,6 +23,10 @@ class WeightsNotFoundError(RuntimeError):
     """The weights a model needs are not on this machine."""
 
 
+class WeightsMismatchError(ValueError):
+    """A weights file does not fit the model it was given to (or is no state dict at all)."""
+
+
 @dataclass(frozen=True)
 class WeightsRef:
     """A weights file and the digest recorded in output rows (``sha256:<hex>``)."""
@@ -91,16 +95,30 @@ def local_weights(path: str | os.PathLike[str]) -> WeightsRef:
 
 
 def load_state_dict(ref: WeightsRef) -> dict[str, torch.Tensor]:
-    """Load a plain state dict (or a memscore checkpoint's ``model`` entry) safely.
+    """Load a plain state dict (or a memscore checkpoint's ``model`` entry) safely."""
+    return read_weights_file(ref)[0]
+
+
+def read_weights_file(ref: WeightsRef) -> tuple[dict[str, torch.Tensor], str | None]:
+    """(state dict, the model a memscore checkpoint says it was trained as, else None).
 
     ``weights_only=True`` refuses pickled code; ``mmap=True`` avoids a second copy.
+    A file that is no PyTorch state dict (a CSV, a truncated download) is a one-line
+    :class:`WeightsMismatchError`.
     """
     try:
-        state = torch.load(ref.path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip-format file: mmap is unsupported there
-        state = torch.load(ref.path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(ref.path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip-format file: mmap is unsupported there
+            state = torch.load(ref.path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - unpickling, zip and format errors of a wrong file
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        raise WeightsMismatchError(f"weights {ref.path} are not a PyTorch state dict: {type(error).__name__}: {detail}") from None
+    trained_as = None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        meta = state.get("memscore")
+        trained_as = meta.get("model") if isinstance(meta, dict) and isinstance(meta.get("model"), str) else None
         state = state["model"]
-    if not isinstance(state, dict):
-        raise WeightsNotFoundError(f"{ref.path} is not a state dict")
-    return state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsMismatchError(f"weights {ref.path} are not a PyTorch state dict")
+    return state, trained_as

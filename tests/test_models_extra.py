@@ -77,6 +77,26 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
         load_model("m3m", str(path))
 
 
+def test_a_checkpoint_names_the_model_it_was_trained_as(tmp_path):
+    """Weights that fit but were trained as another model (resmem-retrain weights given to
+    resmem have the same shapes) are refused, so rows are never labelled with the wrong model;
+    a file that is no state dict is a one-line error, not an unpickling traceback."""
+    from models.memnet import MemNetBaseline
+    from models.registry import WeightsMismatchError
+
+    state = MemNetBaseline().state_dict()
+    path = tmp_path / "model.pt"
+    torch.save({"model": state, "memscore": {"model": "M3M"}}, path)  # names are matched case-blind
+    with pytest.raises(WeightsMismatchError, match="holds 'm3m' weights .*not 'memnet-baseline'"):
+        load_model("memnet-baseline", str(path))
+    torch.save({"model": state, "memscore": {"model": "memnet-baseline"}}, path)
+    assert load_model("memnet-baseline", str(path)).spec.name == "memnet-baseline"
+    text = tmp_path / "scores.csv"
+    text.write_text("image,score\na.jpg,0.5\n")
+    with pytest.raises(WeightsMismatchError, match="not a PyTorch state dict"):
+        load_model("memnet-baseline", str(text))
+
+
 @pytest.mark.skipif(not HAS_RESMEM, reason="needs the resmem package's published weights")
 def test_memnet_starts_from_resmems_alexnet_branch():
     from models.memnet import initial_memnet
