@@ -16,7 +16,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("flows.score_cli", "score every image under SOURCE and write Parquet to DEST"),
     "sample": ("flows.sample_cli", "write a small sample archive of real photos (from scikit-image)"),
-    "models": ("flows.models_cli", "list the registered models and their feature layers"),
+    "models": ("flows.models_cli", "list the registered models, their size and their feature layers"),
     "analyze": ("flows.analyze_cli", "compare scores with human memorability data (Spearman, bootstrap CIs, split-half)"),
     "sql": ("flows.sql_cli", "run DuckDB SQL over a memscore output folder (views scores and errors)"),
     "train": ("flows.train_cli", "train a model (m3m, resmem-retrain, memnet-baseline, ...) on your human data"),

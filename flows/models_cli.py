@@ -1,4 +1,4 @@
-"""memscore models: list the registered models and their feature layers."""
+"""memscore models: list the registered models, their size and their feature layers."""
 
 from __future__ import annotations
 
@@ -15,5 +15,7 @@ def run(args: argparse.Namespace) -> int:
     for name in available_models():
         spec = get_model_spec(name)
         layers = ", ".join(f"{layer} ({dim})" for layer, dim in spec.feature_layers.items())
-        print(f"{name}: {spec.description}\n  layers: {layers}\n  default features: {', '.join(spec.default_features)}")
+        parameters, size = spec.size()
+        print(f"{name}: {spec.description}\n  parameters: {parameters:,} ({size / 2**20:,.0f} MiB in float32)"
+              f"\n  layers: {layers}\n  default features: {', '.join(spec.default_features)}")
     return 0

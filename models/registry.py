@@ -47,6 +47,15 @@ class ModelSpec:
             )
         return tuple(dict.fromkeys(layers))
 
+    def size(self) -> tuple[int, int]:
+        """(parameters, bytes of its parameters and buffers in float32): built on the meta
+        device, so nothing is allocated or downloaded."""
+        with torch.device("meta"):
+            module = self.build()
+        parameters = sum(p.numel() for p in module.parameters())
+        buffers = sum(b.numel() for b in module.buffers() if b.is_floating_point())
+        return parameters, 4 * (parameters + buffers)
+
 
 @dataclass
 class LoadedModel:

@@ -228,3 +228,16 @@ def test_wrong_starting_weights_files_are_one_line_errors(tmp_path):
         deeplab = build_segmenter("deeplabv3").state_dict()
     with pytest.raises(WeightsMismatchError, match="segmenter weights .*do not fit"):
         initial_m3m("lraspp", segmenter_state={k: torch.zeros(v.shape) for k, v in list(deeplab.items())[:3]})
+
+
+def test_memscore_models_reports_each_models_size(capsys):
+    """The size M3M is asked to report (and every other model's), without building real tensors."""
+    from flows.cli import main
+    from models.memnet import MemNetBaseline
+
+    expected = sum(p.numel() for p in MemNetBaseline().parameters())
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert f"parameters: {expected:,} (" in out
+    m3m = out[out.index("m3m:"):].splitlines()[1]
+    assert m3m.startswith("  parameters: 139,176,907 (532 MiB in float32)")
