@@ -114,21 +114,16 @@ def _read_parquet(path: str):
 
 def local_weights_file(weights: str, folder: str) -> str:
     """A local path for ``weights``: itself, ``model.pt`` in a training folder, or a copy fetched from a bucket into ``folder``."""
-    import os
-
     import fsspec
 
     from flows.cli import UserError
+    from storage.uris import local_copy
 
     fs, path = fsspec.core.url_to_fs(weights, **_STORAGE_OPTIONS)
     try:
         if fs.isdir(path) and fs.isfile(path.rstrip("/") + "/model.pt"):
-            path = path.rstrip("/") + "/model.pt"
-        if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-            return path
-        target = os.path.join(folder, f"{len(os.listdir(folder))}-{path.rstrip('/').rsplit('/', 1)[-1]}")
-        fs.get_file(path, target)
-        return target
+            weights = weights.rstrip("/") + "/model.pt"
+        return local_copy(weights, tempfile.mkdtemp(dir=folder), _STORAGE_OPTIONS)  # one folder per file: no clashes
     except (OSError, ValueError) as error:
         raise UserError(f"cannot fetch weights {weights}: {error}") from None
 
