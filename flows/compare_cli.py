@@ -223,18 +223,11 @@ def _compare_one(candidate: Candidate, weights: str | None, location, items, tes
                  args: argparse.Namespace) -> dict[str, Any]:
     """One row of the table: score the test images with one model (freed before the next loads)."""
     from flows.cli import UserError
-    from models.registry import UnknownModelError, WeightsMismatchError, load_model
+    from models.registry import load_model
     from models.resmem_retrain import parameter_counts
-    from models.weights import WeightsNotFoundError
     from tasks.train import HumanScoreDataset, bootstrap_spearman, make_loader, predict, spearman
 
-    try:
-        loaded = load_model(candidate.model, weights, device)
-    except (UnknownModelError, WeightsNotFoundError, WeightsMismatchError):
-        raise  # already one line
-    except Exception as error:  # noqa: BLE001 - a file that is no PyTorch state dict (unpickling, zip errors)
-        detail = (str(error).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"cannot load {weights} as {candidate.model} weights: {type(error).__name__}: {detail}") from None
+    loaded = load_model(candidate.model, weights, device)  # its errors (wrong or unreadable weights) are one line
     total, _ = parameter_counts(loaded.module)
     loader = make_loader(HumanScoreDataset(location.fs, items, loaded.spec.preprocess), args.batch_size, False, args.workers)
     started = time.perf_counter()

@@ -92,19 +92,12 @@ def segmenter_state_dict(kind: str, path: str | os.PathLike[str] | None = None) 
     from models.weights import WeightsNotFoundError
 
     if path is not None:
-        from models.resmem_retrain import read_state_file
+        from models.weights import read_weights_file
 
         file = Path(path).expanduser()
         if not file.is_file():
             raise WeightsNotFoundError(f"segmenter weights file not found: {file}")
-
-        def load():
-            state = torch.load(file, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and isinstance(state.get("model"), dict):
-                state = state["model"]
-            return state
-
-        return read_state_file(load, file, "segmenter weights")
+        return read_weights_file(file, "segmenter weights")[0]
     weights = torchvision_segmenter_weights(kind)
     try:
         # Downloads to $TORCH_HOME/hub/checkpoints (~/.cache/torch/...) once; reused afterwards.

@@ -104,7 +104,7 @@ def build_with_weights(spec: ModelSpec, ref: WeightsRef) -> nn.Module:
 
     No random initialisation runs and no second copy of the weights is made.
     """
-    state, trained_as = read_weights_file(ref)
+    state, trained_as = read_weights_file(ref.path)
     if trained_as is not None and _canonical_name(trained_as) != spec.name:
         trained_as = _canonical_name(trained_as)
         raise WeightsMismatchError(

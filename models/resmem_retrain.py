@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from models.resmem import ResMem
-from models.weights import WeightsNotFoundError, load_state_dict, resmem_package_weights
+from models.weights import WeightsMismatchError, WeightsNotFoundError, load_state_dict, resmem_package_weights
 
 
 def no_published_weights(name: str) -> Callable[[], Any]:
@@ -38,28 +38,8 @@ def no_published_weights(name: str) -> Callable[[], Any]:
     return default_weights
 
 
-def read_state_file(load: Callable[[], Any], path: Any, what: str) -> dict[str, torch.Tensor]:
-    """``load()`` a state dict from ``path``; a file that is not one is a one-line :class:`WeightsMismatchError`."""
-    from models.registry import WeightsMismatchError
-
-    try:
-        state = load()
-    except (WeightsNotFoundError, WeightsMismatchError):
-        raise
-    except Exception as error:  # noqa: BLE001 - unpickling, zip and format errors of a wrong file
-        detail = (str(error).strip().splitlines() or [""])[0][:200]
-        raise WeightsMismatchError(
-            f"{what} {path} is not a PyTorch state dict: {type(error).__name__}: {detail}"
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsMismatchError(f"{what} {path} is not a PyTorch state dict")
-    return state
-
-
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str, strict: bool = True):
     """``module.load_state_dict(state)``; tensors that do not fit are a one-line :class:`WeightsMismatchError`."""
-    from models.registry import WeightsMismatchError
-
     try:
         return module.load_state_dict(state, strict=strict)
     except RuntimeError as error:
@@ -73,7 +53,7 @@ def published_resmem_state(path: str | None = None) -> dict[str, torch.Tensor]:
     from models.weights import local_weights
 
     ref = local_weights(path) if path else resmem_package_weights()
-    return read_state_file(lambda: load_state_dict(ref), ref.path, "ResMem weights")
+    return load_state_dict(ref, "ResMem weights")
 
 
 @dataclass(frozen=True)

@@ -94,12 +94,12 @@ def local_weights(path: str | os.PathLike[str]) -> WeightsRef:
     return WeightsRef(candidate, file_digest(candidate))
 
 
-def load_state_dict(ref: WeightsRef) -> dict[str, torch.Tensor]:
+def load_state_dict(ref: WeightsRef, what: str = "weights") -> dict[str, torch.Tensor]:
     """Load a plain state dict (or a memscore checkpoint's ``model`` entry) safely."""
-    return read_weights_file(ref)[0]
+    return read_weights_file(ref.path, what)[0]
 
 
-def read_weights_file(ref: WeightsRef) -> tuple[dict[str, torch.Tensor], str | None]:
+def read_weights_file(path: str | os.PathLike[str], what: str = "weights") -> tuple[dict[str, torch.Tensor], str | None]:
     """(state dict, the model a memscore checkpoint says it was trained as, else None).
 
     ``weights_only=True`` refuses pickled code; ``mmap=True`` avoids a second copy.
@@ -108,17 +108,17 @@ def read_weights_file(ref: WeightsRef) -> tuple[dict[str, torch.Tensor], str | N
     """
     try:
         try:
-            state = torch.load(ref.path, map_location="cpu", weights_only=True, mmap=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # not a zip-format file: mmap is unsupported there
-            state = torch.load(ref.path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - unpickling, zip and format errors of a wrong file
         detail = (str(error).strip().splitlines() or [""])[0][:200]
-        raise WeightsMismatchError(f"weights {ref.path} are not a PyTorch state dict: {type(error).__name__}: {detail}") from None
+        raise WeightsMismatchError(f"{what} {path} are not a PyTorch state dict: {type(error).__name__}: {detail}") from None
     trained_as = None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         meta = state.get("memscore")
         trained_as = meta.get("model") if isinstance(meta, dict) and isinstance(meta.get("model"), str) else None
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsMismatchError(f"weights {ref.path} are not a PyTorch state dict")
+        raise WeightsMismatchError(f"{what} {path} are not a PyTorch state dict")
     return state, trained_as
