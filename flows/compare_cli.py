@@ -172,15 +172,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import pyarrow as pa
 
-    from flows.cli import UserError
+    from flows.cli import UserError, parse_storage_options
     from models.devices import resolve_device
     from storage.uris import open_location
     from tasks.train import ImageIndex, TrainingError
 
-    try:
-        storage_options = json.loads(args.storage_options) if args.storage_options else {}
-    except ValueError as error:
-        raise UserError(f"--storage-options is not valid JSON: {error}") from None
+    storage_options = parse_storage_options(args.storage_options) or {}
     _STORAGE_OPTIONS.clear()
     _STORAGE_OPTIONS.update(storage_options)
     candidates = parse_candidates(args.models)
