@@ -557,14 +557,28 @@ def read_human_scores(
     Several rows for one image raise an error, or with ``duplicates="mean"`` are
     averaged (other columns: their smallest value).
     Raises :class:`HumanDataError` with a one-line message on unusable input."""
+    return read_human_scores_and_info(path, format=format, id_column=id_column, score_column=score_column,
+                                      measure=measure, duplicates=duplicates)[0]
+
+
+def read_human_scores_and_info(
+    path: str,
+    *,
+    format: str = "auto",
+    id_column: str | None = None,
+    score_column: str | None = None,
+    measure: str | None = None,
+    duplicates: str = "error",
+) -> tuple[pa.Table, HumanLoad]:
+    """:func:`read_human_scores` and what the reader made of the file (:class:`HumanLoad`)."""
     con = duckdb.connect()
     try:
-        load_human(con, path, format=format, id_column=id_column, score_column=score_column, measure=measure,
-                   duplicates=duplicates)
+        info = load_human(con, path, format=format, id_column=id_column, score_column=score_column, measure=measure,
+                          duplicates=duplicates)
         table = con.sql("SELECT * FROM human ORDER BY image").to_arrow_table()
     finally:
         con.close()
-    return table.set_column(table.schema.get_field_index("human"), "human", table["human"].cast(pa.float64()))
+    return table.set_column(table.schema.get_field_index("human"), "human", table["human"].cast(pa.float64())), info
 
 
 # ---------------------------------------------------------------------------
@@ -589,6 +603,6 @@ def key_sql(column: str, mode: str) -> str:
 
 __all__ = [
     "Exclusion", "FORMATS", "HumanDataError", "HumanLoad", "MATCH_MODES", "MEASURES", "key_sql", "load_human",
-    "read_human_scores", "detect_format",
+    "read_human_scores", "read_human_scores_and_info", "detect_format",
 ]
 

@@ -283,30 +283,22 @@ def read_human_table(config: TrainConfig) -> pa.Table:
 def read_human(config: TrainConfig) -> tuple[pa.Table, dict[str, Any]]:
     """:func:`read_human_table` and what the reader made of the file (format, id and score
     columns, measure, rows, warnings, participants kept and excluded) for the model card."""
-    import duckdb
-
-    from storage.human import load_human
+    from storage.human import read_human_scores_and_info
     from storage.uris import local_copy
 
     try:
         with tempfile.TemporaryDirectory(prefix="memscore-human-") as folder:
-            con = duckdb.connect()
-            try:
-                info = load_human(
-                    con, local_copy(config.human, folder, config.storage_options), format=config.human_format,
-                    id_column=config.id_column, score_column=config.score_column, measure=config.measure,
-                    duplicates=config.duplicates,
-                )
-                table = con.sql("SELECT * FROM human ORDER BY image").to_arrow_table()
-            finally:
-                con.close()
+            table, info = read_human_scores_and_info(
+                local_copy(config.human, folder, config.storage_options), format=config.human_format,
+                id_column=config.id_column, score_column=config.score_column, measure=config.measure,
+                duplicates=config.duplicates,
+            )
     except (OSError, ValueError, KeyError) as error:  # HumanDataError is a ValueError
         raise TrainingError(f"cannot read human data {config.human}: {error}") from error
     except Exception as error:  # noqa: BLE001 - duckdb errors on a malformed file
         raise TrainingError(f"cannot read human data {config.human}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
     if table.num_rows == 0:
         raise TrainingError(f"human data {config.human} has no rows")
-    table = table.set_column(table.schema.get_field_index("human"), "human", table["human"].cast(pa.float64()))
     participants = info.participants or None
     read_as = {
         "format": info.format, "id_column": info.id_column, "score_column": info.score_column,
@@ -416,8 +408,9 @@ def assign_splits(table: pa.Table, config: TrainConfig, lookup: dict[str, str] |
         for name, split in lookup.items():
             by_name.setdefault(name.rsplit("/", 1)[-1], split)
         return [lookup.get(img, by_name.get(img.rsplit("/", 1)[-1])) for img in images]
-    if _split_column(table) is not None:
-        return _split_column(table)
+    given = _split_column(table)
+    if given is not None:
+        return given
     order = sorted(set(images))
     rng = random.Random(config.seed)
     rng.shuffle(order)
