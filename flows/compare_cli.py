@@ -56,26 +56,25 @@ class Candidate:
     card: dict[str, Any] | None = None
 
 
-_STORAGE_OPTIONS: dict[str, Any] = {}  # --storage-options, for every fsspec open below
-
-
-def _open_run(path: str) -> dict[str, Any] | None:
+def _open_run(path: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
     import fsspec
 
     try:
-        with fsspec.open(path.rstrip("/") + "/model_card.json", "rt", **_STORAGE_OPTIONS) as handle:
+        with fsspec.open(path.rstrip("/") + "/model_card.json", "rt", **(storage_options or {})) as handle:
             return json.load(handle)
     except (OSError, ValueError):
         return None
 
 
-def parse_candidates(values: list[str]) -> list[Candidate]:
+def parse_candidates(values: list[str], storage_options: dict[str, Any] | None = None) -> list[Candidate]:
+    """One candidate per MODEL argument: a training folder (``storage_options`` for one in a
+    bucket), a registered model name, or NAME=WEIGHTS."""
     from flows.cli import UserError
     from models.registry import UnknownModelError, get_model_spec
 
     result = []
     for value in values:
-        card = _open_run(value)
+        card = _open_run(value, storage_options)
         if card is not None:
             weights = value.rstrip("/") + "/model.pt"
             result.append(Candidate(label=f"{card['model']} ({value.rstrip('/').rsplit('/', 1)[-1]})", model=card["model"],
@@ -99,37 +98,40 @@ def parse_candidates(values: list[str]) -> list[Candidate]:
     return result
 
 
-def _read_parquet(path: str):
+def _read_parquet(path: str, storage_options: dict[str, Any] | None):
     import fsspec
     import pyarrow.parquet as pq
 
     from flows.cli import UserError
 
     try:
-        with fsspec.open(path, "rb", **_STORAGE_OPTIONS) as handle:
+        with fsspec.open(path, "rb", **(storage_options or {})) as handle:
             return pq.read_table(handle)
     except (OSError, ValueError) as error:  # missing file, not Parquet
         raise UserError(f"cannot read {path}: {error}") from None
 
 
-def local_weights_file(weights: str, folder: str) -> str:
-    """A local path for ``weights``: itself, ``model.pt`` in a training folder, or a copy fetched from a bucket into ``folder``."""
+def local_weights_file(weights: str, folder: str, storage_options: dict[str, Any] | None = None) -> str:
+    """A local path for ``weights``: itself, ``model.pt`` in a training folder, or a copy fetched from a
+    bucket (opened with ``storage_options``) into ``folder``."""
     import fsspec
 
     from flows.cli import UserError
     from storage.uris import local_copy
 
-    fs, path = fsspec.core.url_to_fs(weights, **_STORAGE_OPTIONS)
+    options = storage_options or {}
     try:
+        fs, path = fsspec.core.url_to_fs(weights, **options)
         if fs.isdir(path) and fs.isfile(path.rstrip("/") + "/model.pt"):
             weights = weights.rstrip("/") + "/model.pt"
-        return local_copy(weights, tempfile.mkdtemp(dir=folder), _STORAGE_OPTIONS)  # one folder per file: no clashes
+        return local_copy(weights, tempfile.mkdtemp(dir=folder), options)  # one folder per file: no clashes
     except (OSError, ValueError) as error:
         raise UserError(f"cannot fetch weights {weights}: {error}") from None
 
 
-def test_set(args: argparse.Namespace, candidates: list[Candidate]):
-    """(table image/human, description, images location) of the test images."""
+def test_set(args: argparse.Namespace, candidates: list[Candidate], storage_options: dict[str, Any] | None = None):
+    """(table image/human, description, images location) of the test images; ``storage_options``
+    open runs and split files in buckets."""
     import pyarrow as pa
 
     from flows.cli import UserError
@@ -147,19 +149,19 @@ def test_set(args: argparse.Namespace, candidates: list[Candidate]):
         except TrainingError as error:
             raise UserError(str(error)) from None
     elif runs:
-        human = _read_parquet(runs[0].run + "/splits.parquet").select(["image", "human"])
+        human = _read_parquet(runs[0].run + "/splits.parquet", storage_options).select(["image", "human"])
     else:
         raise UserError("--human is needed when no training folder is given")
     if args.split_file:
         try:
-            names = set(read_image_list(args.split_file, _STORAGE_OPTIONS))
+            names = set(read_image_list(args.split_file, storage_options))
         except TrainingError as error:
             raise UserError(str(error)) from None
         mask = [n in names or n.rsplit("/", 1)[-1] in names for n in human.column("image").to_pylist()]
         return human.filter(pa.array(mask)), f"images listed in {args.split_file}", images
     source = args.split_from or (runs[0].run if runs else None)
     if source:
-        splits = _read_parquet(source.rstrip("/") + "/splits.parquet")
+        splits = _read_parquet(source.rstrip("/") + "/splits.parquet", storage_options)
         test = set(n for n, s in zip(splits.column("image").to_pylist(), splits.column("split").to_pylist()) if s == "test")
         if not test:
             raise UserError(f"{source} has no test split; give --split-file")
@@ -178,10 +180,8 @@ def run(args: argparse.Namespace) -> int:
     from tasks.train import ImageIndex, TrainingError
 
     storage_options = parse_storage_options(args.storage_options) or {}
-    _STORAGE_OPTIONS.clear()
-    _STORAGE_OPTIONS.update(storage_options)
-    candidates = parse_candidates(args.models)
-    table, description, images_uri = test_set(args, candidates)
+    candidates = parse_candidates(args.models, storage_options)
+    table, description, images_uri = test_set(args, candidates, storage_options)
     device = resolve_device(args.device)
     location = open_location(images_uri, storage_options)
     try:
@@ -201,8 +201,8 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="memscore-compare-") as fetched:
         for candidate in candidates:
-            weights = local_weights_file(candidate.weights, fetched) if candidate.weights else None
-            rows.append(_compare_one(candidate, weights, location, items, test_names, device, args))
+            weights = local_weights_file(candidate.weights, fetched, storage_options) if candidate.weights else None
+            rows.append(_compare_one(candidate, weights, location, items, test_names, device, args, storage_options))
     result = pa.Table.from_pylist(rows)
     if args.json:
         print(json.dumps([_clean(r) for r in rows], indent=2))
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compare_one(candidate: Candidate, weights: str | None, location, items, test_names: set[str], device,
-                 args: argparse.Namespace) -> dict[str, Any]:
+                 args: argparse.Namespace, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """One row of the table: score the test images with one model (freed before the next loads)."""
     from flows.cli import UserError
     from models.registry import load_model
@@ -237,7 +237,7 @@ def _compare_one(candidate: Candidate, weights: str | None, location, items, tes
     if candidate.run:
         train_seconds = candidate.card.get("train_seconds")
         try:
-            splits = _read_parquet(candidate.run + "/splits.parquet")
+            splits = _read_parquet(candidate.run + "/splits.parquet", storage_options)
             overlap = sum(1 for n, s in zip(splits.column("image").to_pylist(), splits.column("split").to_pylist())
                           if s == "train" and n in test_names)
         except UserError:

@@ -560,3 +560,56 @@ def test_compare_runs_given_as_uris_and_bad_run_paths(tmp_path, tiny_model, caps
     assert "memscore: error: cannot write" in captured.err and "test Spearman" in captured.out  # the table is still shown
     assert main(["compare", str(local), "--bootstrap", "10", "--out", str(tmp_path / "table.csv")]) == 0
     assert (tmp_path / "table.csv").read_text().startswith('"model"')
+
+
+def test_compare_storage_options_are_passed_not_remembered(tmp_path, capsys, monkeypatch):
+    """--storage-options reach every read of a run in a bucket, and compare's functions take them
+    as an argument: options given to one compare do not linger for the next caller in the process."""
+    import sys
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from flows import compare_cli
+    from flows.cli import UserError, main
+
+    class TokenMemory(MemoryFileSystem):
+        """A bucket that refuses to open without its token (as s3 without credentials)."""
+
+        protocol = "tokenmem"
+        store: dict = {}
+        pseudo_dirs = [""]
+
+        def __init__(self, token=None, **kwargs):
+            if token != "secret":
+                raise PermissionError("tokenmem: no or wrong token")
+            super().__init__(**kwargs)
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return super()._strip_protocol(str(path).removeprefix("tokenmem://"))
+
+    monkeypatch.setitem(sys.modules["fsspec.registry"]._registry, "tokenmem", TokenMemory)
+    fs = TokenMemory(token="secret")
+    fs.pipe_file("/lab/run/model_card.json", json.dumps({"model": "resmem", "data": {"images": "x"}}).encode())
+    fs.pipe_file("/lab/run/model.pt", b"weights bytes")
+    options = {"token": "secret"}
+    try:
+        # the CLI: the run in the bucket is read with the options (it fails later, on the images)
+        code = main(["compare", "tokenmem://lab/run", "--human", str(tmp_path / "h.csv"),
+                     "--images", str(tmp_path / "no-such-images"), "--storage-options", json.dumps(options)])
+        assert code == 1
+        err = capsys.readouterr().err
+        assert "memscore: error:" in err and "tokenmem" not in err, err
+        # a program calling compare's functions afterwards passes its own options ...
+        [candidate] = compare_cli.parse_candidates(["tokenmem://lab/run"], options)
+        assert (candidate.model, candidate.run, candidate.weights) == ("resmem", "tokenmem://lab/run", "tokenmem://lab/run/model.pt")
+        copied = compare_cli.local_weights_file("tokenmem://lab/run", str(tmp_path), options)
+        assert Path(copied).read_bytes() == b"weights bytes"
+        # ... and without them the bucket refuses: nothing left over from the CLI call above
+        with pytest.raises(UserError, match="neither a training folder"):
+            compare_cli.parse_candidates(["tokenmem://lab/run"])
+        with pytest.raises(UserError, match="cannot fetch weights"):
+            compare_cli.local_weights_file("tokenmem://lab/run/model.pt", str(tmp_path))
+    finally:
+        TokenMemory.store.clear()
+        TokenMemory.clear_instance_cache()
