@@ -24,9 +24,10 @@ from typing import Any
 import duckdb
 
 from storage.human import MATCH_MODES, Exclusion, HumanDataError, find_column, key_sql, lit, load_human, num, q
-from storage.parts import duckdb_parts
+from storage.parts import duckdb_parts, list_parts
+from storage.schema import SCORES_DIR
 from storage.stats import correlate, split_half
-from storage.uris import local_copy, open_location
+from storage.uris import Location, local_copy, open_location
 
 SCORE_CANDIDATES = ("score", "resmem", "memorability", "prediction", "predicted", "pred", "mem_score", "memscore")
 ID_CANDIDATES = ("path", "image_id", "image_name", "image", "filename")
@@ -66,17 +67,21 @@ def scores_relation_sql(path: str, con: duckdb.DuckDBPyConnection | None = None,
                         storage_options: dict[str, Any] | None = None) -> str:
     """SQL reading model scores from a memscore folder, a Parquet/CSV file or a folder of Parquet files.
 
-    ``path`` may be a URI (``s3://``, ``gs://``, ...): its filesystem is registered with
+    A folder is read as ``memscore score`` writes it: the parts directly in its ``scores``
+    subfolder (or in the folder itself when it has none), by :func:`storage.parts.list_parts`'s
+    rule (``*.parquet``, no hidden or ``_`` names, no subfolders), alike for a local folder and
+    a bucket. ``path`` may be a URI (``s3://``, ``gs://``, ...): its filesystem is registered with
     ``con`` (DuckDB reads through fsspec, fetching only the columns it needs).
     """
     if "://" in path and not path.startswith("file://"):
         return _remote_scores_relation_sql(path, con, storage_options)
     p = Path(path.removeprefix("file://"))
     if p.is_dir():
-        folder = p / "scores" if (p / "scores").is_dir() else p
-        files = sorted(str(f) for f in folder.rglob("*.parquet") if not f.name.startswith((".", "_")))
+        location = open_location(str(p))
+        folder = _scores_folder(location)
+        files = list_parts(location, folder)
         if not files:
-            raise AnalysisError(f"no Parquet files under {folder} (expected a memscore output folder)")
+            raise AnalysisError(f"no Parquet files under {p / folder if folder else p} (expected a memscore output folder)")
         return f"read_parquet([{', '.join(lit(f) for f in files)}], union_by_name = true)"
     if not p.exists():
         raise AnalysisError(f"scores not found: {path}")
@@ -86,6 +91,11 @@ def scores_relation_sql(path: str, con: duckdb.DuckDBPyConnection | None = None,
     return f"read_csv({lit(path)}, header = true, all_varchar = true{delim})"
 
 
+def _scores_folder(location: Location) -> str:
+    """The folder of ``location`` holding the parts: ``scores`` in a memscore folder, else itself ("")."""
+    return SCORES_DIR if location.fs.isdir(location.join(SCORES_DIR)) else ""
+
+
 def _remote_scores_relation_sql(uri: str, con: duckdb.DuckDBPyConnection | None,
                                  storage_options: dict[str, Any] | None) -> str:
     if con is None:
@@ -93,7 +103,7 @@ def _remote_scores_relation_sql(uri: str, con: duckdb.DuckDBPyConnection | None,
     location = open_location(uri, storage_options)
     try:
         if location.fs.isdir(location.root):
-            folder = "scores" if location.fs.isdir(location.join("scores")) else ""
+            folder = _scores_folder(location)
             files = duckdb_parts(con, location, folder)
             if not files:
                 raise AnalysisError(f"no Parquet files under {location.full_uri(location.join(folder))} "

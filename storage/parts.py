@@ -51,17 +51,26 @@ def write_part_atomic(dest: Location, folder: str, name: str, table: pa.Table) -
     return target
 
 
+def is_part_name(name: str) -> bool:
+    """Whether a file name is a finished part: ``*.parquet``, not hidden (``.``: temporaries)
+    and not ``_``-prefixed (``_metadata``-style side files, as pyarrow and Spark skip them)."""
+    return name.endswith(".parquet") and not name.startswith((".", "_"))
+
+
 def list_parts(dest: Location, folder: str) -> list[str]:
-    """Finished parts (``*.parquet``) in ``DEST/folder``, sorted."""
+    """Finished parts in ``DEST/folder``, sorted: the files directly in it (as ``write_part_atomic``
+    writes them; subfolders are not searched) whose names pass :func:`is_part_name`. The same
+    rule on every filesystem, local or bucket."""
     base = dest.join(folder)
     if not dest.is_local:
         # Other processes (Dask workers, other runs) write here too: never trust a cached listing.
         dest.fs.invalidate_cache(base)
     try:
-        names = dest.fs.ls(base, detail=False)
+        entries = dest.fs.ls(base, detail=True)
     except FileNotFoundError:
         return []
-    return sorted(p for p in names if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith("."))
+    return sorted(e["name"] for e in entries
+                  if e.get("type") == "file" and is_part_name(e["name"].rstrip("/").rsplit("/", 1)[-1]))
 
 
 def duckdb_parts(con: "duckdb.DuckDBPyConnection", dest: Location, folder: str) -> list[str]:

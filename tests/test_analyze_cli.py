@@ -202,6 +202,43 @@ def test_analyze_and_sql_read_from_a_bucket(lab, capsys):
     fs.rm("/lab-bucket", recursive=True)
 
 
+def add_non_parts(dest) -> None:
+    """Files a scores folder may hold beside memscore's parts that are not parts: a copy in a
+    subfolder (memscore writes DEST/scores/part-*.parquet, flat), an _underscore file, a hidden one
+    and a half-written temporary. Each repeats the part's rows, so reading one is a duplicate-id error."""
+    from pathlib import Path
+
+    scores = Path(dest) / "scores"
+    part = (scores / "part-x.parquet").read_bytes()
+    (scores / "backup").mkdir()
+    (scores / "backup" / "part-x.parquet").write_bytes(part)
+    (scores / "_old.parquet").write_bytes(part)
+    (scores / ".part-y.parquet").write_bytes(part)
+    (scores / ".part-z.parquet.0123.inprogress").write_bytes(part[:100])
+
+
+def test_scores_folder_is_listed_alike_locally_and_in_a_bucket(lab, capsys):
+    """--scores DEST reads DEST/scores/*.parquet as memscore score writes them (one level, no
+    hidden or _underscore names), whether DEST is a local folder or in a bucket."""
+    import fsspec
+
+    add_non_parts(lab["dest"])
+    fs = fsspec.filesystem("memory")
+    fs.put(lab["dest"] + "/", "/lab-listing/run1/", recursive=True)
+    assert fs.isfile("/lab-listing/run1/scores/backup/part-x.parquet")
+    try:
+        results = []
+        for scores in (lab["dest"], "file://" + lab["dest"], "memory://lab-listing/run1",
+                       lab["dest"] + "/scores", "memory://lab-listing/run1/scores"):
+            assert main(["analyze", "--scores", scores, "--human", lab["lamem"], "--bootstrap", "20", "--json"]) == 0, \
+                capsys.readouterr().err
+            results.append(json.loads(capsys.readouterr().out))
+        assert [(r["n_scores"], r["n"]) for r in results] == [(60, 59)] * len(results)
+        assert all(r["spearman"] == results[0]["spearman"] for r in results)
+    finally:
+        fs.rm("/lab-listing", recursive=True)
+
+
 @pytest.mark.slow
 def test_prefect_flow_attaches_a_markdown_artifact(lab):
     from prefect.artifacts import Artifact

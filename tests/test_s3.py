@@ -252,3 +252,47 @@ def test_listing_100k_keys_streams_in_pages():
     assert fake.pages == 100
     # 100,000 info dicts alone would take far more than this; one page plus one batch fits.
     assert peak < 24 * 2**20, f"listing peaked at {peak / 2**20:.1f} MiB"
+
+
+def _analysis_lab(root, non_parts: bool = False):
+    """A memscore DEST (60 scored images; with non_parts, files beside the part that are not parts)
+    and LaMem-style human data."""
+    import numpy as np
+
+    from test_analyze_cli import add_non_parts, make_dest
+
+    rng = np.random.default_rng(42)
+    names = [f"im{i:03d}.jpg" for i in range(60)]
+    human = np.round(rng.uniform(0.3, 0.9, 60), 2)
+    dest = make_dest(root / "dest", [f"set/{name}" for name in names], (human + rng.normal(0, 0.1, 60)).clip(0, 1))
+    if non_parts:
+        add_non_parts(dest)
+    lamem = root / "test_1.txt"
+    lamem.write_text("".join(f"{name} {h}\n" for name, h in zip(names, human)))
+    return dest, str(lamem)
+
+
+@pytest.mark.slow
+def test_analyze_lists_a_scores_folder_in_s3_as_a_local_one(s3, tmp_path, capsys):
+    """The same DEST locally and in an S3 bucket: the same parts are read (DEST/scores/*.parquet,
+    one level, no hidden or _underscore names), so the same analysis comes out."""
+    import json
+
+    from flows.cli import main
+
+    fs, _ = s3
+    dest, lamem = _analysis_lab(tmp_path, non_parts=True)
+    fs.mkdir("memscore-analyze")
+    fs.put(dest + "/", "memscore-analyze/run1/", recursive=True)
+    fs.invalidate_cache()
+    assert fs.isfile("memscore-analyze/run1/scores/backup/part-x.parquet")
+    assert fs.isfile("memscore-analyze/run1/scores/_old.parquet")
+    results = []
+    for scores in (dest, "s3://memscore-analyze/run1"):
+        assert main(["analyze", "--scores", scores, "--human", lamem, "--bootstrap", "20", "--json"]) == 0, \
+            capsys.readouterr().err
+        results.append(json.loads(capsys.readouterr().out))
+    local, remote = results
+    assert (local["n_scores"], local["n"]) == (remote["n_scores"], remote["n"]) == (60, 60)
+    assert local["spearman"] == remote["spearman"] and local["pearson"] == remote["pearson"]
+
