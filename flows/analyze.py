@@ -56,7 +56,7 @@ class AnalysisOptions:
     max_vigilance_miss: float | None = 0.5
     kendall_max_n: int = 10_000
     min_group_size: int = 3
-    storage_options: dict[str, Any] | None = None  # fsspec options for --scores and --human URIs
+    storage_options: dict[str, Any] | None = None  # fsspec options for --scores, --human and --out URIs
 
 
 # ---------------------------------------------------------------------------
@@ -441,26 +441,50 @@ def summary_markdown(result: dict[str, Any]) -> str:
     return "\n".join(md) + "\n"
 
 
-def write_outputs(con: duckdb.DuckDBPyConnection, result: dict[str, Any], out_dir: str) -> dict[str, str]:
-    """joined.parquet (per image), stats.json and report.md under out_dir."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"joined": str(out / "joined.parquet"), "stats": str(out / "stats.json"), "report": str(out / "report.md")}
-    con.sql(f"COPY (SELECT * FROM joined ORDER BY image) TO {lit(paths['joined'])} (FORMAT parquet)")
-    Path(paths["stats"]).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    Path(paths["report"]).write_text(summary_markdown(result))
+def write_outputs(con: duckdb.DuckDBPyConnection, result: dict[str, Any], out_dir: str,
+                  storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """joined.parquet (per image), stats.json (``result`` with these paths as ``outputs``) and
+    report.md under ``out_dir``: a local folder or an fsspec URI (``s3://``, ``gs://``, ...,
+    opened with ``storage_options``). Returns the paths (URIs for a bucket)."""
+    names = {"joined": "joined.parquet", "stats": "stats.json", "report": "report.md"}
+    try:
+        location = open_location(out_dir, storage_options)
+        if location.is_local:
+            base = out_dir if "://" not in out_dir else location.root
+            paths = {key: os.path.join(base, name) for key, name in names.items()}
+        else:
+            paths = {key: location.full_uri(location.join(name)) for key, name in names.items()}
+        stats = (json.dumps({**result, "outputs": paths}, indent=2, default=str) + "\n").encode()
+        report = summary_markdown(result).encode()
+        if location.is_local:
+            os.makedirs(os.path.dirname(paths["joined"]) or ".", exist_ok=True)
+            con.sql(f"COPY (SELECT * FROM joined ORDER BY image) TO {lit(paths['joined'])} (FORMAT parquet)")
+            Path(paths["stats"]).write_bytes(stats)
+            Path(paths["report"]).write_bytes(report)
+        else:  # DuckDB writes a local file, which goes up whole (as the text files do)
+            with tempfile.TemporaryDirectory(prefix="memscore-analyze-") as folder:
+                joined = os.path.join(folder, names["joined"])
+                con.sql(f"COPY (SELECT * FROM joined ORDER BY image) TO {lit(joined)} (FORMAT parquet)")
+                location.fs.put_file(joined, location.join(names["joined"]))
+            location.fs.pipe_file(location.join(names["stats"]), stats)
+            location.fs.pipe_file(location.join(names["report"]), report)
+    except (OSError, ValueError, ImportError) as error:  # no such bucket, credentials, a file in the way
+        raise AnalysisError(f"cannot write {out_dir}: {error}") from error
+    except duckdb.Error as error:
+        raise AnalysisError(f"cannot write {out_dir}: {str(error).splitlines()[0]}") from error
     return paths
 
 
 def run_analysis(scores: str, human: str, options: AnalysisOptions | None = None,
                  out_dir: str | None = None) -> dict[str, Any]:
-    """:func:`analyze_scores`, plus the files of ``--out`` when out_dir is given."""
+    """:func:`analyze_scores`, plus the files of ``--out`` when out_dir is given (a local
+    folder or a URI, written with ``options.storage_options``)."""
+    options = options or AnalysisOptions()
     con = duckdb.connect()
     try:
         result = analyze_scores(scores, human, options, con=con)
         if out_dir:
-            result["outputs"] = write_outputs(con, result, out_dir)
-            Path(result["outputs"]["stats"]).write_text(json.dumps(result, indent=2, default=str) + "\n")
+            result["outputs"] = write_outputs(con, result, out_dir, options.storage_options)
         return result
     finally:
         con.close()

@@ -84,9 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exclude participants whose vigilance miss rate is above RATE (default 0.5; none: off)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="write joined.parquet (per image), stats.json and report.md to DIR")
+                        help="write joined.parquet (per image), stats.json and report.md to DIR "
+                             "(a local folder or a URI: s3://, gs://, az://, ...)")
     parser.add_argument("--storage-options", default=None, metavar="JSON",
-                        help="fsspec options for --scores and --human URIs (credentials, endpoint), as JSON")
+                        help="fsspec options for --scores, --human and --out URIs (credentials, endpoint), as JSON")
     parser.add_argument("--prefect", action="store_true", help="run as the Prefect flow 'analyze' (adds a Markdown artifact)")
 
 

@@ -239,6 +239,33 @@ def test_scores_folder_is_listed_alike_locally_and_in_a_bucket(lab, capsys):
         fs.rm("/lab-listing", recursive=True)
 
 
+def test_analyze_out_to_a_bucket(lab, capsys):
+    """--out takes a URI (memory:// here; tests/test_s3.py writes to S3 with --storage-options):
+    the same three files as in a local folder; a --out that cannot be written is one line."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    try:
+        assert main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "20",
+                     "--out", "memory://lab-report/r1"]) == 0
+        assert "wrote memory:///lab-report/r1/joined.parquet" in capsys.readouterr().out
+        assert sorted(fs.ls("/lab-report/r1", detail=False)) == [
+            "/lab-report/r1/joined.parquet", "/lab-report/r1/report.md", "/lab-report/r1/stats.json"]
+        with fs.open("/lab-report/r1/joined.parquet", "rb") as handle:
+            assert pq.read_table(handle).num_rows == 59
+        stats = json.loads(fs.cat_file("/lab-report/r1/stats.json"))
+        assert stats["n"] == 59 and stats["outputs"]["report"] == "memory:///lab-report/r1/report.md"
+        assert "Spearman rho" in fs.cat_file("/lab-report/r1/report.md").decode()
+    finally:
+        if fs.exists("/lab-report"):
+            fs.rm("/lab-report", recursive=True)
+    blocker = lab["tmp"] / "a-file"
+    blocker.write_text("x")
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "0",
+                 "--out", str(blocker / "report")]) == 1
+    assert capsys.readouterr().err.startswith(f"memscore: error: cannot write {blocker / 'report'}")
+
+
 @pytest.mark.slow
 def test_prefect_flow_attaches_a_markdown_artifact(lab):
     from prefect.artifacts import Artifact

@@ -296,3 +296,41 @@ def test_analyze_lists_a_scores_folder_in_s3_as_a_local_one(s3, tmp_path, capsys
     assert (local["n_scores"], local["n"]) == (remote["n_scores"], remote["n"]) == (60, 60)
     assert local["spearman"] == remote["spearman"] and local["pearson"] == remote["pearson"]
 
+
+@pytest.mark.slow
+def test_analyze_out_to_an_s3_bucket_with_storage_options(s3, s3_server, tmp_path, capsys, monkeypatch):
+    """--out s3://... writes joined.parquet, stats.json and report.md into the bucket, through the
+    --storage-options (here the endpoint: no AWS_ENDPOINT_URL in the environment), as it does locally."""
+    import json
+
+    from flows.cli import main
+
+    fs, _ = s3
+    endpoint, _ = s3_server
+    dest, lamem = _analysis_lab(tmp_path)
+    fs.mkdir("memscore-reports")
+    local_out = tmp_path / "report"
+    assert main(["analyze", "--scores", dest, "--human", lamem, "--bootstrap", "20", "--out", str(local_out)]) == 0
+    capsys.readouterr()
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    options = json.dumps({"endpoint_url": endpoint})
+    assert main(["analyze", "--scores", dest, "--human", lamem, "--bootstrap", "20",
+                 "--out", "s3://memscore-reports/lab/r1", "--storage-options", options]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "wrote s3://memscore-reports/lab/r1/joined.parquet" in printed, printed
+    fs.invalidate_cache()
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("memscore-reports/lab/r1")) == ["joined.parquet", "report.md", "stats.json"]
+    with fs.open("memscore-reports/lab/r1/joined.parquet", "rb") as handle:
+        assert pq.read_table(handle).equals(pq.read_table(local_out / "joined.parquet"))
+    stats = json.loads(fs.cat_file("memscore-reports/lab/r1/stats.json"))
+    expected = json.loads((local_out / "stats.json").read_text())
+    assert stats["outputs"] == {"joined": "s3://memscore-reports/lab/r1/joined.parquet",
+                                "stats": "s3://memscore-reports/lab/r1/stats.json",
+                                "report": "s3://memscore-reports/lab/r1/report.md"}
+    assert {k: v for k, v in stats.items() if k not in ("outputs", "seconds")} == \
+        {k: v for k, v in expected.items() if k not in ("outputs", "seconds")}
+    assert fs.cat_file("memscore-reports/lab/r1/report.md").decode() == (local_out / "report.md").read_text()
+    # a bucket that is not there is one line, not a traceback
+    assert main(["analyze", "--scores", dest, "--human", lamem, "--bootstrap", "0",
+                 "--out", "s3://memscore-no-such-bucket/r1", "--storage-options", options]) == 1
+    assert "memscore: error: cannot write s3://memscore-no-such-bucket/r1" in capsys.readouterr().err
