@@ -18,6 +18,18 @@ Under OUT (a folder or any fsspec URI) the run writes:
 - ``metrics.parquet`` (one row per epoch), ``splits.parquet`` (image, human,
   split) and, at the end, ``test_predictions.parquet`` when there is a test split.
 
+Each file lands whole (a temporary renamed into place locally, one PUT on object
+stores), and an epoch with a new best writes in an order a kill cannot break: the
+weights go to ``checkpoints/best.pt`` first, then the checkpoint, which commits them
+(it records their digest), then they are renamed to ``model.pt``, then the card. A
+kill before the checkpoint lands leaves the previous epoch's model.pt, card and
+checkpoint (the next run deletes the uncommitted best.pt); a kill after it leaves a
+checkpoint that names the new weights, and the next run (:func:`settle_weights`)
+first renames best.pt to model.pt and rewrites a card that names other weights, then
+goes on. So model.pt never holds weights the checkpoint does not know; the card lags
+behind model.pt only between that rename and the card's own write, until the run is
+started again.
+
 Training stops early when validation Spearman has not improved for ``patience``
 epochs. Every default is in :class:`TrainConfig`.
 """
@@ -51,6 +63,8 @@ from models.preprocess import resmem_transform, to_model_input, to_rgb
 from storage.uris import Location, open_location
 
 CHECKPOINT_FORMAT = "memscore-checkpoint/1"
+# A new best's weights land here, are committed by the checkpoint, then renamed to model.pt.
+STAGED_WEIGHTS = "checkpoints/best.pt"
 SPLITS = ("train", "val", "test")
 LOSSES = ("mse", "rank")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -792,6 +806,51 @@ def load_checkpoint(out: Location) -> dict[str, Any] | None:
     return state
 
 
+def _digest(out: Location, name: str) -> str:
+    """sha256 of ``OUT/name``'s bytes, as :func:`_save_torch` returns it."""
+    sha = hashlib.sha256()
+    with out.fs.open(out.join(name), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            sha.update(block)
+    return "sha256:" + sha.hexdigest()
+
+
+def _publish_weights(out: Location) -> None:
+    """Rename the staged best weights to ``OUT/model.pt`` (atomic locally; a server-side copy,
+    then the staged object's removal, on object stores: a kill between the two leaves both,
+    and publishing again is harmless)."""
+    if out.is_local:
+        os.replace(out.join(STAGED_WEIGHTS), out.join("model.pt"))
+    else:
+        out.fs.mv(out.join(STAGED_WEIGHTS), out.join("model.pt"))
+
+
+def settle_weights(out: Location, committed: str | None) -> str | None:
+    """Finish or undo the export of weights that a killed run left staged in ``checkpoints/best.pt``.
+
+    ``committed`` is the best-weights digest of the checkpoint resumed from (None: no checkpoint,
+    or not resuming). Staged weights with that digest were committed: they become ``model.pt``
+    ("published"). Other staged weights were never committed (the run died before its
+    checkpoint landed): they are deleted ("discarded"), and model.pt stays the checkpoint's.
+    None when nothing was staged."""
+    if not _exists(out, STAGED_WEIGHTS):
+        return None
+    if committed and _digest(out, STAGED_WEIGHTS) == committed:
+        _publish_weights(out)
+        return "published"
+    out.fs.rm_file(out.join(STAGED_WEIGHTS))
+    return "discarded"
+
+
+def _card_digest(out: Location) -> str | None:
+    """The weights digest ``OUT/model_card.json`` names (None: no card, or not readable)."""
+    try:
+        with out.fs.open(out.join("model_card.json"), "rb") as handle:
+            return (json.load(handle).get("weights") or {}).get("digest")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def metrics_table(rows: list[EpochMetrics]) -> pa.Table:
     schema = pa.schema([
         ("epoch", pa.int32()), ("train_loss", pa.float64()), ("val_loss", pa.float64()),
@@ -909,6 +968,11 @@ def train_model(
         train_seconds = float(saved["train_seconds"])
         unreadable.update(saved.get("unreadable") or {})
         log(f"resuming from {out.join('checkpoints/last.pt')} after epoch {resumed_from}")
+    settled = settle_weights(out, best_digest if checkpoint is not None else None)
+    if settled == "published":
+        log(f"a killed run had committed but not exported the weights of epoch {best_epoch}: now {out.join('model.pt')}")
+    elif settled == "discarded":
+        log(f"removed the weights of an epoch a killed run did not finish ({out.join(STAGED_WEIGHTS)})")
     try:
         _write_parquet(out, "splits.parquet", splits.table.drop_columns(["fs_path"]))
     except OSError as error:  # read-only, a file in the way, no such bucket: before any epoch runs
@@ -933,6 +997,11 @@ def train_model(
         "parameters": total_params,
         "trainable_parameters": trainable_params,
     }
+
+    if resumed_from is not None and best_digest is not None and _card_digest(out) != best_digest:
+        # killed after its checkpoint, before its card: the card must name model.pt's weights
+        _write_card(out, card_base, history, best_epoch, best_digest, train_seconds, None, finished=False)
+        log(f"rewrote {out.join('model_card.json')} for the weights of epoch {best_epoch}")
 
     # a resumed run that had stopped early (before its last epoch) stays stopped; one that ran all its epochs did not stop early
     stopped_early = since_best >= config.patience and resumed_from is not None and resumed_from < config.epochs
@@ -994,7 +1063,7 @@ def train_model(
                 f"{_examples(train_data, train_failures) if failed else _examples(val_loader.dataset, val_failures)}")
         if improved:
             best_spearman, best_epoch, since_best = (rho if not math.isnan(rho) else -math.inf), epoch, 0
-            best_digest = _save_torch(out, "model.pt", {
+            best_digest = _save_torch(out, STAGED_WEIGHTS, {  # model.pt once the checkpoint commits it
                 "model": trainable_state(model),
                 "memscore": {"model": config.model, "epoch": epoch, "val_spearman": rho, "format": "memscore-model/1"},
             })
@@ -1014,6 +1083,8 @@ def train_model(
                 "unreadable": dict(unreadable),
             },
         })
+        if improved:  # committed: the checkpoint names these weights (a kill from here on is settled on resume)
+            _publish_weights(out)
         # training time includes writing model.pt, the metrics and the checkpoint (large: weights
         # plus optimiser state), not only the passes over the data
         train_seconds += time.perf_counter() - started - seconds

@@ -613,3 +613,114 @@ def test_compare_storage_options_are_passed_not_remembered(tmp_path, capsys, mon
     finally:
         TokenMemory.store.clear()
         TokenMemory.clear_instance_cache()
+
+
+def _out_files(out) -> dict[str, bytes]:
+    """Every file under a local or memory:// OUT, by relative path."""
+    import fsspec
+
+    if str(out).startswith("memory://"):
+        fs, root = fsspec.filesystem("memory"), str(out).removeprefix("memory:/")
+        return {path[len(root) + 1:]: fs.cat_file(path) for path in fs.find(root)}
+    return {str(p.relative_to(out)): p.read_bytes() for p in Path(out).rglob("*") if p.is_file()}
+
+
+def _weights_state(out) -> tuple[str | None, str, str, int, int | None]:
+    """(the card's weights digest, sha256 of model.pt, the checkpoint's best digest, the checkpoint's
+    epoch, the card's best epoch), read as a user or a resumed run would."""
+    import hashlib
+    import io
+
+    files = _out_files(out)
+    card = json.loads(files["model_card.json"])
+    checkpoint = torch.load(io.BytesIO(files["checkpoints/last.pt"]), weights_only=True)["memscore"]
+    return (card["weights"]["digest"], "sha256:" + hashlib.sha256(files["model.pt"]).hexdigest(),
+            checkpoint["best_digest"], checkpoint["epoch"], card["weights"]["best_epoch"])
+
+
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_kill_at_any_write_keeps_weights_and_card_consistent(tmp_path, tiny_model, monkeypatch, where):
+    """A run killed just before any file of its second epoch (a new best) or of its end lands, then
+    run again with the same command: model.pt, the card's weights digest and the checkpoint agree.
+    Right after the kill, model.pt and the card still agree, or the checkpoint already records
+    model.pt's digest (the next run then rewrites the card before anything else). The rerun's
+    epoch 2 is made worse than the killed one's (as on a GPU, where reruns need not be bitwise the
+    same), so the old weights must still be there when the killed epoch does not count."""
+    import itertools
+    import os
+    import sys
+    import types
+
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    import tasks.train as train_module
+
+    human, images = make_dataset(tmp_path)
+    real_spearman = train_module.spearman
+    rhos = iter(())
+
+    def validation_spearman(a, b):  # epoch-by-epoch validation values of our choosing
+        if sys._getframe(1).f_code.co_name == "train_model":
+            return next(rhos)
+        return real_spearman(a, b)
+
+    monkeypatch.setattr(train_module, "spearman", validation_spearman)
+    armed, writes, kill_at = False, 0, 0
+
+    def maybe_kill(target: str) -> None:
+        nonlocal writes
+        if armed:
+            writes += 1
+            if writes == kill_at:
+                raise Killed(f"killed before {target} landed")
+
+    real_replace = os.replace
+    fake_os = types.ModuleType("os")
+    fake_os.__dict__.update(os.__dict__)
+    fake_os.replace = lambda src, dst: (maybe_kill(str(dst)), real_replace(src, dst))[1]
+    monkeypatch.setattr(train_module, "os", fake_os)  # every local file lands by a rename
+    real_pipe, real_mv = MemoryFileSystem.pipe_file, MemoryFileSystem.mv
+    monkeypatch.setattr(MemoryFileSystem, "pipe_file",  # in a bucket, by a PUT or a server-side move
+                        lambda self, path, *a, **k: (maybe_kill(path), real_pipe(self, path, *a, **k))[1])
+    monkeypatch.setattr(MemoryFileSystem, "mv",
+                        lambda self, src, dst, *a, **k: (maybe_kill(dst), real_mv(self, src, dst, *a, **k))[1])
+
+    def arm_after_epoch_one(row, history):
+        nonlocal armed
+        armed = armed or row.epoch == 1
+
+    clean, repairs = None, set()
+    try:
+        for kill_at in itertools.count(1):
+            out = tmp_path / f"run{kill_at}" if where == "local" else f"memory://memscore-kill-test/run{kill_at}"
+            config = config_for(tiny_model, human, images, out, epochs=2)
+            armed, writes, rhos = False, 0, iter([0.5, 0.6])
+            try:
+                clean = train_model(config, on_epoch=arm_after_epoch_one, log=lambda text: None)
+            except Killed:
+                pass
+            else:
+                assert clean.best_epoch == 2
+                break
+            armed = False
+            card_digest, on_disk, committed, _, _ = _weights_state(out)
+            assert card_digest == on_disk or on_disk == committed, f"killed at write {kill_at}"
+            rhos = itertools.repeat(0.4)  # the rerun's epoch 2, if it runs, is no new best
+            logs = []
+            result = train_model(config, log=logs.append)
+            card_digest, on_disk, committed, epoch, card_epoch = _weights_state(out)
+            assert card_digest == on_disk == committed == result.weights_digest, (kill_at, logs)
+            assert epoch == 2 and card_epoch == result.best_epoch and result.best_epoch in (1, 2), kill_at
+            assert json.loads(_out_files(out)["model_card.json"])["finished"] is True
+            assert set(_out_files(out)) == {"model.pt", "model_card.json", "metrics.parquet", "splits.parquet",
+                                            "checkpoints/last.pt", "test_predictions.parquet"}, kill_at
+            repairs.update(word for line in logs for word in ("committed but not exported", "rewrote", "removed the weights")
+                           if word in line)
+        assert kill_at > 6  # every write of epoch 2 and of the end was a kill point
+        # the reruns met each half-done state: weights staged but not committed, committed but not
+        # renamed to model.pt, renamed but the card not yet rewritten
+        assert repairs == {"committed but not exported", "rewrote", "removed the weights"}
+    finally:
+        if fsspec.filesystem("memory").exists("/memscore-kill-test"):
+            fsspec.filesystem("memory").rm("/memscore-kill-test", recursive=True)
