@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from models.devices import defaults_for, resolve_device
 from models.registry import get_model_spec, resolve_weights
+from models.speed import check_backend
 from storage.compact import drop_superseded_rows
 from storage.parts import write_part_atomic
 from storage.schema import ERRORS_DIR, SCORES_DIR
@@ -48,6 +49,7 @@ class ScoreSummary:
     model: str
     weights: str
     device: str
+    backend: str = "torch"
     files_seen: int = 0
     images_found: int = 0
     ignored_files: int = 0
@@ -283,6 +285,7 @@ def score_archive(
     fold_batchnorm: bool | None = None,
     compile_model: bool = False,
     decode: str = "auto",
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Score every image under ``source`` with ``model``; write Parquet under ``destination``.
 
@@ -310,6 +313,8 @@ def score_archive(
         decode: where JPEGs are decoded: ``workers`` (PIL in the DataLoader workers, the
             reference), ``device`` (a batch at a time on the model's device, nvJPEG on
             CUDA) or ``auto`` (device on CUDA, workers elsewhere).
+        backend: ``torch`` (the reference) or ``onnxruntime`` (CPU and float32 only;
+            needs ``memscore[onnx]``; the model is exported to ONNX once and cached).
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -329,6 +334,7 @@ def score_archive(
         settings_batch, settings_workers = batch_size, workers
     else:
         torch_device = resolve_device(device)
+        check_backend(backend, torch_device, precision, compile_model)  # before any shard starts
         shard_device = device_label = str(torch_device)
         defaults = defaults_for(torch_device, resolve_decode(decode, torch_device, spec.preprocess))
         settings_batch = batch_size or defaults.batch_size
@@ -344,6 +350,7 @@ def score_archive(
         fold_batchnorm=fold_batchnorm,
         compile=compile_model,
         decode=decode,
+        backend=backend,
     )
     src = open_location(source, storage_options)
     dest = open_location(destination, storage_options)
@@ -351,7 +358,7 @@ def score_archive(
     plan, counts = plan_run(src, dest, spec.name, ref.digest, shard_size or defaults.shard_size, retry_errors)
     summary = ScoreSummary(
         run_id=settings.run_id, source=src.uri, destination=dest.uri, model=spec.name, weights=ref.digest,
-        device=device_label, files_seen=counts.files, images_found=counts.images,
+        device=device_label, backend=settings.backend, files_seen=counts.files, images_found=counts.images,
         ignored_files=counts.ignored, skipped=plan.already_done, shards=len(plan.shards),
     )
     logger.info(

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode", choices=("auto", "workers", "device"), default="auto",
                         help="where JPEGs are decoded: workers (PIL, the reference), device (a batch at a time with "
                              "torchvision; nvJPEG on CUDA), auto: device on CUDA, workers elsewhere")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                        help="what runs the model: torch (the reference) or onnxruntime (CPU, fp32; needs "
+                             "memscore[onnx]; exported once to ONNX and cached; scores within ~4e-7 of torch)")
 
 
 def _positive(text: str) -> int:
@@ -96,6 +99,19 @@ def check_source(source: str, storage_options: dict | None) -> None:
         raise SourceUnreadableError(f"source {'is not a folder' if exists else 'not found'}: {source}")
 
 
+def check_backend_options(args: argparse.Namespace, device) -> None:
+    """Refuse a backend that cannot run here (wrong device or precision, packages missing)."""
+    from flows.cli import UserError
+    from models.onnx_runtime import BackendUnavailableError, require_onnxruntime
+    from models.speed import check_backend
+
+    try:
+        check_backend(args.backend, device, args.precision, args.compile)
+        require_onnxruntime()
+    except (ValueError, BackendUnavailableError) as error:
+        raise UserError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from flows.cli import UserError, parse_storage_options
 
@@ -120,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             raise UserError("--dask-address needs prefect-dask: pip install 'memscore[dask]'") from None
     else:  # on a Dask cluster the device is resolved on the workers
-        resolve_device(args.device)
+        device = resolve_device(args.device)
+        if args.backend != "torch":
+            check_backend_options(args, device)
 
     from flows.score import score_archive
 
@@ -144,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         fold_batchnorm=args.fold_batchnorm,
         compile_model=args.compile,
         decode=args.decode,
+        backend=args.backend,
     )
     if args.json:
         print(json.dumps(summary, indent=2))

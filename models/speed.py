@@ -1,6 +1,7 @@
 """Inference settings that make scoring faster without changing what it computes.
 
-A :class:`SpeedSettings` says how a loaded model runs: numeric precision
+A :class:`SpeedSettings` says how a loaded model runs: the backend (PyTorch, or
+ONNX Runtime on the CPU: :mod:`models.onnx_runtime`), numeric precision
 (``fp32``, or ``bf16``/``fp16`` autocast), memory format (channels_last), folding
 BatchNorm into the preceding convolutions, intra-op threads and, optionally,
 ``torch.compile``. :func:`prepare` applies them to a :class:`~models.registry.LoadedModel`
@@ -19,6 +20,9 @@ figures in the README's performance section):
   Spearman 0.99911), so fp16 is the CUDA default. On CPU float32 stays the
   default: it is the reference, and CPUs without native fp16/bf16 run them slower.
 - ``compile``: off by default; compiling ResNet-152 takes minutes on a small CPU.
+- ``backend="onnxruntime"``: the folded model exported to ONNX and run by ONNX
+  Runtime (CPU, float32 only; optional dependency). Scores within about 4e-7 of
+  PyTorch's.
 
 Float32 on the CPU with the defaults stays the reference: parity with the official
 ``resmem`` package within 1e-5 (tests/test_score_parity.py).
@@ -38,6 +42,7 @@ from models.preprocess import to_model_input
 from models.registry import LoadedModel
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("torch", "onnxruntime")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -50,6 +55,7 @@ class SpeedSettings:
     fold_batchnorm: bool | None = None
     threads: int | None = None
     compile: bool = False
+    backend: str = "torch"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -64,13 +70,36 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+def check_backend(backend: str, device: torch.device, precision: str = "auto", compile: bool = False) -> str:
+    """Validate a backend for ``device`` and ``precision``; return its canonical name.
+
+    ``onnxruntime`` runs on the CPU in float32 and cannot be combined with
+    ``torch.compile``; each mismatch raises ValueError saying what to change.
+    """
+    backend = (backend or "torch").lower()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError(f"--backend onnxruntime runs on the CPU (the device is {device}); use --device cpu")
+        if resolve_precision(precision, device) != "fp32":
+            raise ValueError("--backend onnxruntime runs in float32; use --precision fp32 or auto")
+        if compile:
+            raise ValueError("--compile is for the torch backend; leave it out with --backend onnxruntime")
+    return backend
+
+
 def default_speed(device: torch.device, requested: SpeedSettings | None = None) -> SpeedSettings:
     """Fill the unset fields of ``requested`` with the defaults for ``device``."""
     requested = requested or SpeedSettings()
+    backend = check_backend(requested.backend, device, requested.precision, requested.compile)
+    exported = backend != "torch"  # ONNX Runtime chooses its own memory layout
     return replace(
         requested,
+        backend=backend,
         precision=resolve_precision(requested.precision, device),
-        channels_last=(device.type in ("cpu", "cuda")) if requested.channels_last is None else requested.channels_last,
+        channels_last=False if exported else (
+            (device.type in ("cpu", "cuda")) if requested.channels_last is None else requested.channels_last),
         fold_batchnorm=True if requested.fold_batchnorm is None else requested.fold_batchnorm,
     )
 
@@ -179,6 +208,10 @@ def prepare(loaded: LoadedModel, speed: SpeedSettings | None = None) -> Inferenc
     module = loaded.module
     if speed.fold_batchnorm:
         fold_batchnorm(module)
+    if speed.backend == "onnxruntime":
+        from models.onnx_runtime import onnxruntime_forward
+
+        return InferenceRunner(loaded, speed, onnxruntime_forward(loaded, bool(speed.fold_batchnorm), speed.threads))
     module.to(memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
     forward = module.forward_features
     if speed.compile:

@@ -70,10 +70,11 @@ class ScoreSettings:
     fold_batchnorm: bool | None = None  # None: on (float32 results move by ~1e-7)
     compile: bool = False  # torch.compile the model (slow to start; off by default)
     decode: str = "auto"  # auto | workers | device (auto: JPEGs on the device on CUDA, else PIL in workers)
+    backend: str = "torch"  # torch | onnxruntime (CPU, float32; optional, models/onnx_runtime.py)
 
     def speed(self) -> SpeedSettings:
         return SpeedSettings(precision=self.precision, channels_last=self.channels_last,
-                             fold_batchnorm=self.fold_batchnorm, compile=self.compile)
+                             fold_batchnorm=self.fold_batchnorm, compile=self.compile, backend=self.backend)
 
 
 @dataclass

@@ -80,3 +80,12 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture()
+def onnx_cache(tmp_path_factory, monkeypatch) -> Path:
+    """memscore's cache folder for ``--backend onnxruntime`` tests: one for the session
+    (ResMem is exported once, not into the user's ~/.cache), set for this test."""
+    folder = tmp_path_factory.getbasetemp() / "memscore-onnx-cache"
+    monkeypatch.setenv("MEMSCORE_CACHE_DIR", str(folder))
+    return folder

@@ -50,8 +50,10 @@ def official_score(model, path: Path) -> float:
         return float(model(resmem.transformer(image).view(-1, 3, 227, 227)).item())
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_pipeline_scores_match_official_package(tmp_path, official_model, workers):
+@pytest.mark.parametrize("workers, backend", [(0, "torch"), (1, "torch"), (1, "onnxruntime")])
+def test_pipeline_scores_match_official_package(tmp_path, official_model, workers, backend, request):
+    if backend != "torch":
+        request.getfixturevalue("onnx_cache")  # the exported model is cached in the session's folder
     from conftest import photo
 
     for name, filename, fmt, options in FORMATS:
@@ -61,7 +63,8 @@ def test_pipeline_scores_match_official_package(tmp_path, official_model, worker
     model = get_model("resmem", None, torch.device("cpu"))
     result = score_images(
         plan.shards[0], source, model,
-        ScoreSettings(batch_size=4, workers=workers, features=("resnet152", "fc11"), max_pixels=None, run_id="t"),
+        ScoreSettings(batch_size=4, workers=workers, features=("resnet152", "fc11"), max_pixels=None, run_id="t",
+                      backend=backend),
     )
     assert result.errors.num_rows == 0
     ours = dict(zip(result.scores["path"].to_pylist(), result.scores["score"].to_pylist()))
