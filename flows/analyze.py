@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -475,11 +476,37 @@ def write_outputs(con: duckdb.DuckDBPyConnection, result: dict[str, Any], out_di
     return paths
 
 
+def check_writable(out_dir: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Raise :class:`AnalysisError` now, before any statistics, if ``out_dir`` cannot be written.
+
+    Writes and deletes an empty probe file there (a folder is created, as the
+    outputs would create it), so a typo or a missing bucket costs seconds, not a
+    finished bootstrap.
+    """
+    probe_name = f".memscore-write-probe-{uuid.uuid4().hex}"
+    try:
+        location = open_location(out_dir, storage_options)
+        if location.is_local:
+            base = out_dir if "://" not in out_dir else location.root
+            os.makedirs(base, exist_ok=True)
+            probe = Path(base) / probe_name
+            probe.write_bytes(b"")
+            probe.unlink()
+        else:
+            probe = location.join(probe_name)
+            location.fs.pipe_file(probe, b"")
+            location.fs.rm_file(probe)
+    except (OSError, ValueError, ImportError) as error:  # no such bucket, credentials, a file in the way
+        raise AnalysisError(f"cannot write {out_dir}: {error}") from error
+
+
 def run_analysis(scores: str, human: str, options: AnalysisOptions | None = None,
                  out_dir: str | None = None) -> dict[str, Any]:
     """:func:`analyze_scores`, plus the files of ``--out`` when out_dir is given (a local
-    folder or a URI, written with ``options.storage_options``)."""
+    folder or a URI, written with ``options.storage_options``; checked writable first)."""
     options = options or AnalysisOptions()
+    if out_dir:
+        check_writable(out_dir, options.storage_options)
     con = duckdb.connect()
     try:
         result = analyze_scores(scores, human, options, con=con)

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (spawned; default 0)")
-    parser.add_argument("--out", default=None, metavar="FILE", help="also write the table (.parquet, .csv or .json)")
+    parser.add_argument("--out", default=None, metavar="FILE", help="also write the table (.parquet, .csv or .json; a local file or a URI, with --storage-options)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON on stdout")
     parser.add_argument("--storage-options", default=None, metavar="JSON",
                         help="fsspec options for training folders, images and split files in buckets, as JSON")
@@ -210,8 +210,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(rows))
     if args.out:  # after printing: a bad --out does not lose the table
         try:
-            _write_table(result, args.out)
-        except OSError as error:
+            write_table(result, args.out, storage_options)
+        except (OSError, ValueError, ImportError) as error:  # no such bucket, credentials, a file in the way
             raise UserError(f"cannot write {args.out}: {error}") from None
     return 0
 
@@ -257,12 +257,14 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
-def _write_table(table, path: str) -> None:
+def write_table(table: pa.Table, path: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Write the comparison to ``path`` (.csv, .json, else Parquet): a local file or an fsspec URI
+    opened with ``storage_options`` (as every other read and write of compare)."""
     import fsspec
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    with fsspec.open(path, "wb") as handle:
+    with fsspec.open(path, "wb", **(storage_options or {})) as handle:
         if path.endswith(".csv"):
             pcsv.write_csv(table, handle)
         elif path.endswith(".json"):

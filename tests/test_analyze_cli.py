@@ -266,6 +266,25 @@ def test_analyze_out_to_a_bucket(lab, capsys):
     assert capsys.readouterr().err.startswith(f"memscore: error: cannot write {blocker / 'report'}")
 
 
+def test_unwritable_out_fails_before_the_statistics(lab, capsys, monkeypatch):
+    """A --out that cannot be written costs seconds, not a finished bootstrap; nothing is left behind."""
+    import flows.analyze
+
+    def no_analysis(*args, **kwargs):
+        raise AssertionError("analysed although --out cannot be written")
+
+    monkeypatch.setattr(flows.analyze, "analyze_scores", no_analysis)
+    blocker = lab["tmp"] / "in-the-way"
+    blocker.write_text("x")
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "10000",
+                 "--out", str(blocker / "report")]) == 1
+    assert capsys.readouterr().err.startswith(f"memscore: error: cannot write {blocker / 'report'}")
+    monkeypatch.undo()
+    out = lab["tmp"] / "new" / "report"
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "0", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["joined.parquet", "report.md", "stats.json"]  # no probe left
+
+
 @pytest.mark.slow
 def test_prefect_flow_attaches_a_markdown_artifact(lab):
     from prefect.artifacts import Artifact

@@ -610,6 +610,14 @@ def test_compare_storage_options_are_passed_not_remembered(tmp_path, capsys, mon
             compare_cli.parse_candidates(["tokenmem://lab/run"])
         with pytest.raises(UserError, match="cannot fetch weights"):
             compare_cli.local_weights_file("tokenmem://lab/run/model.pt", str(tmp_path))
+        # the table written by --out goes through the same options
+        import pyarrow as pa
+
+        table = pa.table({"model": ["resmem"], "test_spearman": [0.5]})
+        compare_cli.write_table(table, "tokenmem://lab/out/comparison.csv", options)
+        assert fs.cat_file("/lab/out/comparison.csv").decode().splitlines()[1] == '"resmem",0.5'
+        with pytest.raises(PermissionError):
+            compare_cli.write_table(table, "tokenmem://lab/out/again.csv")
     finally:
         TokenMemory.store.clear()
         TokenMemory.clear_instance_cache()
