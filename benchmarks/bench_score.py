@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -177,6 +178,8 @@ def model_variants(device: torch.device, compile_too: bool, only: list[str] | No
     if device.type == "cuda":
         variants = {k.replace(" (default cpu)", ""): v for k, v in variants.items()}
         variants["fp16 cl+fold (default cuda)"] = variants.pop("fp16 cl+fold")
+    if device.type == "cpu" and importlib.util.find_spec("onnxruntime") is not None:
+        variants["fp32 onnxruntime (--backend onnxruntime)"] = dict(precision="fp32", backend="onnxruntime")
     if compile_too:
         precision = "fp16" if device.type == "cuda" else "fp32"  # the device's default
         variants[f"{precision} cl+fold compiled"] = dict(precision=precision, channels_last=True, fold_batchnorm=True, compile=True)
@@ -197,12 +200,15 @@ def bench_models(device, pixels: torch.Tensor, batch_sizes, rounds: int, low_pre
     runs = []  # (name, runner, batch, images)
     runners = {}
     load_seconds = []
+    prepare_seconds: dict[str, float] = {}
     for name, kwargs in model_variants(device, compile_too, only).items():
         started = time.perf_counter()
         loaded = load_model("resmem", None, device)
         sync(device)
         load_seconds.append(time.perf_counter() - started)
+        started = time.perf_counter()
         runner = prepare(loaded, SpeedSettings(**kwargs))
+        prepare_seconds[name] = time.perf_counter() - started  # folding; ONNX export or cache load
         runners[name] = runner
         low = kwargs["precision"] in ("bf16", "fp16") and device.type == "cpu"
         images = min(n, low_precision_images) if low else n
@@ -243,7 +249,7 @@ def bench_models(device, pixels: torch.Tensor, batch_sizes, rounds: int, low_pre
             **drift(reference[:images], scores[name]),
         })
     peak_gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return rows, {"ours_load_seconds": load_seconds, "reference_scores": reference.tolist(), "peak_gpu_bytes_model": peak_gpu}
+    return rows, {"ours_load_seconds": load_seconds, "prepare_seconds": prepare_seconds, "reference_scores": reference.tolist(), "peak_gpu_bytes_model": peak_gpu}
 
 
 def bench_interleaved(official_model, archive: Path, paths: list[Path], pixels: torch.Tensor,
@@ -563,6 +569,7 @@ def main(argv=None) -> int:
                                only=args.settings.split(",") if args.settings else None)
     results["model_only"] = rows
     results["ours_load_seconds"] = extra["ours_load_seconds"]
+    results["prepare_seconds"] = extra["prepare_seconds"]
     if official:
         results["parity_vs_official"] = drift(np.array(official["scores"]), np.array(extra["reference_scores"]))
 
@@ -620,6 +627,9 @@ def report(results: dict, official: dict | None) -> None:
     print(f"\nmemscore benchmark, {results['date_utc']}, {m['cpu']} ({m['cpu_cores']} cores), device {results['device']}, "
           f"torch {m['torch']}, {results['archive']['images']} JPEGs, mean {results['archive']['mean_megapixels']:.2f} MP")
     print(f"load: official {fmt(official and official['load_seconds'])} s; ours {', '.join(f'{s:.2f}' for s in results['ours_load_seconds'])} s")
+    slow = {name: sec for name, sec in results.get("prepare_seconds", {}).items() if sec >= 0.5}
+    if slow:
+        print("prepare (after load): " + "; ".join(f"{name} {sec:.1f} s" for name, sec in slow.items()))
     if "parity_vs_official" in results:
         p = results["parity_vs_official"]
         print(f"parity (ours fp32 plain vs official): max |diff| {p['max_abs_diff']:.2e}, Spearman {p['spearman']:.6f}")
