@@ -685,9 +685,14 @@ def report(results: dict, official: dict | None) -> None:
 
 
 def flat_memory(args, device, workdir: Path, results: dict, log) -> int:
-    """Score N and 10N images end to end (same shard size); compare peak RSS."""
+    """Score N and 10N images end to end (same shard size); compare peak RSS.
+
+    With ``--e2e LABEL=OPTIONS`` the first entry's options are added to both runs
+    (e.g. ``--e2e "ort=--backend onnxruntime"``)."""
     results["flat_memory"] = []
     shard = max(4, args.n)
+    extra = parse_e2e_runs(args.e2e)[0][1] if args.e2e else []
+    results["flat_memory_options"] = extra
     for count in (args.n, 10 * args.n):
         archive = workdir / f"archive-{count}-{args.seed}"
         if not archive.exists():
@@ -695,10 +700,11 @@ def flat_memory(args, device, workdir: Path, results: dict, log) -> int:
         dest = workdir / f"flat-out-{count}"
         shutil.rmtree(dest, ignore_errors=True)
         log(f"flat memory: {count} images ...")
-        run = run_memscore(archive, dest, str(device), ["--shard-size", str(shard)])
+        run = run_memscore(archive, dest, str(device), ["--shard-size", str(shard), *extra])
         run["images"] = count
         results["flat_memory"].append(run)
-    print(f"\nflat-memory check, {results['date_utc']}, device {device}, shard size {shard}")
+    print(f"\nflat-memory check, {results['date_utc']}, device {device}, shard size {shard}"
+          + (f", options {' '.join(extra)}" if extra else ""))
     print(f"| {'images':>6} | {'parts':>5} | {'peak RSS main (MB)':>18} | {'peak RSS with children (MB)':>27} | {'wall s':>7} |")
     print(f"|{'-' * 8}|{'-' * 7}|{'-' * 20}|{'-' * 29}|{'-' * 9}|")
     for run in results["flat_memory"]:
