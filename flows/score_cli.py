@@ -102,12 +102,11 @@ def check_source(source: str, storage_options: dict | None) -> None:
 def check_backend_options(args: argparse.Namespace, device) -> None:
     """Refuse a backend that cannot run here (wrong device or precision, packages missing)."""
     from flows.cli import UserError
-    from models.onnx_runtime import BackendUnavailableError, require_onnxruntime
+    from models.onnx_runtime import BackendUnavailableError
     from models.speed import check_backend
 
     try:
         check_backend(args.backend, device, args.precision, args.compile)
-        require_onnxruntime()
     except (ValueError, BackendUnavailableError) as error:
         raise UserError(str(error)) from None
 

@@ -74,7 +74,8 @@ def check_backend(backend: str, device: torch.device, precision: str = "auto", c
     """Validate a backend for ``device`` and ``precision``; return its canonical name.
 
     ``onnxruntime`` runs on the CPU in float32 and cannot be combined with
-    ``torch.compile``; each mismatch raises ValueError saying what to change.
+    ``torch.compile``; each mismatch raises ValueError saying what to change, and
+    missing packages raise :class:`models.onnx_runtime.BackendUnavailableError`.
     """
     backend = (backend or "torch").lower()
     if backend not in BACKENDS:
@@ -86,6 +87,9 @@ def check_backend(backend: str, device: torch.device, precision: str = "auto", c
             raise ValueError("--backend onnxruntime runs in float32; use --precision fp32 or auto")
         if compile:
             raise ValueError("--compile is for the torch backend; leave it out with --backend onnxruntime")
+        from models.onnx_runtime import require_onnxruntime
+
+        require_onnxruntime()  # BackendUnavailableError: what to pip install
     return backend
 
 

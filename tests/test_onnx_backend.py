@@ -43,13 +43,21 @@ def test_backend_settings_are_checked():
         check_backend("onnxruntime", CPU, compile=True)
 
 
-def test_missing_packages_say_what_to_install(monkeypatch):
+def test_missing_packages_say_what_to_install(monkeypatch, tmp_path, capsys):
     import importlib.util
+
+    from conftest import photo
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     with pytest.raises(onnx_runtime.BackendUnavailableError, match=r"pip install 'memscore\[onnx\]'"):
-        onnx_runtime.require_onnxruntime()
+        check_backend("onnxruntime", CPU)  # the flow checks this before any shard (deployments too)
+    photo("coffee").save(tmp_path / "coffee.jpg")
+    code, _, err = run_cli(capsys, "score", str(tmp_path), "--out", str(tmp_path / "out"), "--device", "cpu",
+                           "--backend", "onnxruntime")
+    assert code == 1 and err.strip() == (
+        "memscore: error: --backend onnxruntime needs onnxruntime: pip install 'memscore[onnx]'")
+    assert check_backend("torch", CPU) == "torch"  # the default needs none of it
 
 
 def test_resmem_on_onnxruntime_matches_torch_and_is_exported_once(onnx_cache, monkeypatch):
