@@ -13,7 +13,9 @@ score, so computing them costs nothing extra; a batch fetches only the layers it
 was asked for). The file is cached under ``MEMSCORE_CACHE_DIR`` (default
 ``~/.cache/memscore``) in ``onnx/``, keyed by the model, its weights digest, the
 folding and the torch version, so only the first run on a machine pays for the
-export (about 10-15 s for ResMem on 2 cores; the file is the size of the weights).
+export (about 12 s for ResMem on 2 cores; the file is the size of the weights). If the
+cache cannot be written, the export goes to a temporary folder for that run (with a
+warning) and is deleted once the session has loaded it.
 
 Why: on the 2-core development machine ONNX Runtime's CPU kernels ran ResMem's
 float32 forward faster than PyTorch's (README, performance section), with scores
@@ -123,13 +125,27 @@ def onnxruntime_forward(loaded: LoadedModel, folded: bool, threads: int | None =
     if loaded.device.type != "cpu":
         raise ValueError(f"--backend onnxruntime runs on the CPU; the model is on {loaded.device}")
     path = exported_path(loaded, folded)
+    scratch: Path | None = None
     if not path.exists():
-        export_onnx(loaded, path)
+        try:
+            export_onnx(loaded, path)
+        except OSError as error:  # a read-only or full cache folder: export for this process only
+            import tempfile
+            import warnings
+
+            scratch = Path(tempfile.mkdtemp(prefix="memscore-onnx-"))
+            warnings.warn(f"cannot write the ONNX cache ({error}); exporting to {scratch} for this run only",
+                          RuntimeWarning, stacklevel=2)
+            path = export_onnx(loaded, scratch / path.name)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(1, threads or torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if scratch is not None:  # the session holds the model now; the file would only fill the disk
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
     known = set(loaded.spec.feature_layers)
 
     def forward(x: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

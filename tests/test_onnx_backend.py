@@ -10,6 +10,7 @@ in tests/test_score_parity.py.
 from __future__ import annotations
 
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -111,6 +112,27 @@ def test_other_weights_get_their_own_export(onnx_cache, tmp_path):
         results.append(scores)
     assert len(exported) == 2 and all(p.is_file() for p in exported)
     assert not np.allclose(results[0], results[1])
+
+
+def test_an_unwritable_cache_still_scores(tmp_path, monkeypatch):
+    """A cache folder that cannot be written (read-only home, a file in the way) costs a warning, not the run."""
+    from models.memnet import MemNetBaseline
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("MEMSCORE_CACHE_DIR", str(blocker / "cache"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    torch.manual_seed(0)
+    weights = tmp_path / "memnet.pt"
+    torch.save({"model": MemNetBaseline().state_dict(), "memscore": {"model": "memnet-baseline"}}, weights)
+    pixels = photo_batch()
+    reference = prepare(load_model("memnet-baseline", str(weights), CPU), SpeedSettings())(pixels, [])[0]
+    with pytest.warns(RuntimeWarning, match="cannot write the ONNX cache"):
+        runner = prepare(load_model("memnet-baseline", str(weights), CPU), SpeedSettings(backend="onnxruntime"))
+    assert np.abs(runner(pixels, [])[0] - reference).max() <= 1e-6
+    assert list(scratch.iterdir()) == []  # the one-off export is gone
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
