@@ -83,9 +83,19 @@ def scores_relation_sql(path: str, con: duckdb.DuckDBPyConnection | None = None,
         files = list_parts(location, folder)
         if not files:
             raise AnalysisError(f"no Parquet files under {p / folder if folder else p} (expected a memscore output folder)")
-        return f"read_parquet([{', '.join(lit(f) for f in files)}], union_by_name = true)"
+        return _parts_sql(files)
     if not p.exists():
         raise AnalysisError(f"scores not found: {path}")
+    return _file_sql(path)
+
+
+def _parts_sql(files: list[str]) -> str:
+    """SQL reading the Parquet parts of a scores folder as one relation."""
+    return f"read_parquet([{', '.join(lit(f) for f in files)}], union_by_name = true)"
+
+
+def _file_sql(path: str) -> str:
+    """SQL reading one scores file: Parquet by its extension, else CSV (TSV by its extension)."""
     if path.lower().endswith((".parquet", ".pq")):
         return f"read_parquet({lit(path)})"
     delim = ", delim = '\\t'" if path.lower().endswith(".tsv") else ""
@@ -109,7 +119,7 @@ def _remote_scores_relation_sql(uri: str, con: duckdb.DuckDBPyConnection | None,
             if not files:
                 raise AnalysisError(f"no Parquet files under {location.full_uri(location.join(folder))} "
                                     "(expected a memscore output folder)")
-            return f"read_parquet([{', '.join(lit(f) for f in files)}], union_by_name = true)"
+            return _parts_sql(files)
         if not location.fs.isfile(location.root):
             raise AnalysisError(f"scores not found: {uri}")
     except AnalysisError:
@@ -117,10 +127,7 @@ def _remote_scores_relation_sql(uri: str, con: duckdb.DuckDBPyConnection | None,
     except Exception as error:  # noqa: BLE001 - credentials, network: one line for the user
         raise AnalysisError(f"cannot read scores {uri}: {error}") from error
     con.register_filesystem(location.fs)
-    if uri.lower().endswith((".parquet", ".pq")):
-        return f"read_parquet({lit(uri)})"
-    delim = ", delim = '\\t'" if uri.lower().endswith(".tsv") else ""
-    return f"read_csv({lit(uri)}, header = true, all_varchar = true{delim})"
+    return _file_sql(uri)
 
 
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: str) -> str:
@@ -449,15 +456,14 @@ def write_outputs(con: duckdb.DuckDBPyConnection, result: dict[str, Any], out_di
     opened with ``storage_options``). Returns the paths (URIs for a bucket)."""
     names = {"joined": "joined.parquet", "stats": "stats.json", "report": "report.md"}
     try:
-        location = open_location(out_dir, storage_options)
-        if location.is_local:
-            base = out_dir if "://" not in out_dir else location.root
+        location, base = _open_out(out_dir, storage_options)
+        if base is not None:
             paths = {key: os.path.join(base, name) for key, name in names.items()}
         else:
             paths = {key: location.full_uri(location.join(name)) for key, name in names.items()}
         stats = (json.dumps({**result, "outputs": paths}, indent=2, default=str) + "\n").encode()
         report = summary_markdown(result).encode()
-        if location.is_local:
+        if base is not None:
             os.makedirs(os.path.dirname(paths["joined"]) or ".", exist_ok=True)
             con.sql(f"COPY (SELECT * FROM joined ORDER BY image) TO {lit(paths['joined'])} (FORMAT parquet)")
             Path(paths["stats"]).write_bytes(stats)
@@ -476,6 +482,14 @@ def write_outputs(con: duckdb.DuckDBPyConnection, result: dict[str, Any], out_di
     return paths
 
 
+def _open_out(out_dir: str, storage_options: dict[str, Any] | None) -> tuple[Location, str | None]:
+    """The location of ``--out`` and, when it is local, its folder as a plain path (else None)."""
+    location = open_location(out_dir, storage_options)
+    if not location.is_local:
+        return location, None
+    return location, out_dir if "://" not in out_dir else location.root
+
+
 def check_writable(out_dir: str, storage_options: dict[str, Any] | None = None) -> None:
     """Raise :class:`AnalysisError` now, before any statistics, if ``out_dir`` cannot be written.
 
@@ -485,9 +499,8 @@ def check_writable(out_dir: str, storage_options: dict[str, Any] | None = None) 
     """
     probe_name = f".memscore-write-probe-{uuid.uuid4().hex}"
     try:
-        location = open_location(out_dir, storage_options)
-        if location.is_local:
-            base = out_dir if "://" not in out_dir else location.root
+        location, base = _open_out(out_dir, storage_options)
+        if base is not None:
             os.makedirs(base, exist_ok=True)
             probe = Path(base) / probe_name
             probe.write_bytes(b"")
