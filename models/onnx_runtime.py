@@ -118,12 +118,11 @@ def onnxruntime_forward(loaded: LoadedModel, folded: bool, threads: int | None =
 
     Exports the model on first use (cached on disk), then opens one ONNX Runtime
     session with ``threads`` intra-op threads (default: torch's thread count).
+    :func:`models.speed.prepare` calls it after :func:`models.speed.check_backend` has
+    checked the device, precision and packages.
     """
-    require_onnxruntime()
     import onnxruntime
 
-    if loaded.device.type != "cpu":
-        raise ValueError(f"--backend onnxruntime runs on the CPU; the model is on {loaded.device}")
     path = exported_path(loaded, folded)
     scratch: Path | None = None
     if not path.exists():
@@ -146,12 +145,9 @@ def onnxruntime_forward(loaded: LoadedModel, folded: bool, threads: int | None =
         import shutil
 
         shutil.rmtree(scratch, ignore_errors=True)
-    known = set(loaded.spec.feature_layers)
 
     def forward(x: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        unknown = set(layers) - known
-        if unknown:
-            raise ValueError(f"model {loaded.spec.name!r} has no layer(s) {', '.join(sorted(unknown))}")
+        layers = loaded.spec.check_features(layers)
         pixels = np.ascontiguousarray(x.detach().to(torch.float32).numpy())
         outputs = session.run(["score", *layers], {"pixels": pixels})
         score = torch.from_numpy(outputs[0])
