@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import duckdb  # noqa: E402
 
-from storage.human import Exclusion, load_human  # noqa: E402
-from storage.stats import correlate, split_half  # noqa: E402
+from memscore.storage.human import Exclusion, load_human  # noqa: E402
+from memscore.storage.stats import correlate, split_half  # noqa: E402
 
 
 def peak_mib() -> float:

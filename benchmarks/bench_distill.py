@@ -77,8 +77,8 @@ def label_with_resmem(folder: Path, names: list[str], batch: int = 16) -> dict[s
     import torch
     from PIL import Image
 
-    from models.preprocess import to_model_input
-    from models.registry import load_model
+    from memscore.models.preprocess import to_model_input
+    from memscore.models.registry import load_model
 
     model = load_model("resmem", None, "cpu")
     scores: dict[str, float] = {}
@@ -110,7 +110,7 @@ def main() -> int:
 
     import torch
 
-    from tasks.train import TrainConfig, train_model
+    from memscore.tasks.train import TrainConfig, train_model
 
     torch.manual_seed(args.seed)
     work = Path(args.work)
@@ -165,7 +165,7 @@ def main() -> int:
               f"crops of unseen photos; MSE {result.test['mse']:.5f}")
         import pyarrow.parquet as pq
 
-        from tasks.train import spearman
+        from memscore.tasks.train import spearman
 
         preds = pq.read_table(Path(config.out) / "test_predictions.parquet").to_pydict()
         by_photo: dict[str, tuple[list[float], list[float]]] = {}

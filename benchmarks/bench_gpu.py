@@ -92,9 +92,9 @@ def run_settings(runner, pixels: torch.Tensor, batch: int) -> np.ndarray:
 
 def device_decoded(paths: list[Path], device: torch.device, batch: int) -> torch.Tensor:
     """The pixels ``--decode device`` gives (nvJPEG + resize on the GPU), back on the host."""
-    from models.preprocess import resmem_transform
-    from tasks.decode import collate, load_one
-    from tasks.device_decode import decode_on_device
+    from memscore.models.preprocess import resmem_transform
+    from memscore.tasks.decode import collate, load_one
+    from memscore.tasks.device_decode import decode_on_device
     import fsspec
 
     fs = fsspec.filesystem("file")
@@ -110,8 +110,8 @@ def device_decoded(paths: list[Path], device: torch.device, batch: int) -> torch
 
 def model_setting(name, kwargs, args, device, all_pixels, pil_pixels, reference) -> list[dict]:
     """Images/s (best of ``--repeats``) and drift against the CPU reference for one setting."""
-    from models.registry import load_model
-    from models.speed import SpeedSettings, prepare
+    from memscore.models.registry import load_model
+    from memscore.models.speed import SpeedSettings, prepare
 
     started = time.perf_counter()
     runner = prepare(load_model("resmem", None, device), SpeedSettings(**kwargs))
@@ -131,8 +131,8 @@ def model_setting(name, kwargs, args, device, all_pixels, pil_pixels, reference)
 
 
 def phase_model(args, device: torch.device) -> dict:
-    from models.registry import load_model
-    from models.speed import SpeedSettings, prepare
+    from memscore.models.registry import load_model
+    from memscore.models.speed import SpeedSettings, prepare
 
     folder, paths = archive(args)
     results: dict = {"archive": {"images": len(paths), "mean_megapixels": float(np.mean(
@@ -192,8 +192,8 @@ def phase_model(args, device: torch.device) -> dict:
 
 def cpu_reference(paths: list[Path]) -> np.ndarray:
     """Float32 CPU scores (PIL decoding, CPU defaults: the parity-tested path)."""
-    from models.registry import load_model
-    from models.speed import SpeedSettings, prepare
+    from memscore.models.registry import load_model
+    from memscore.models.speed import SpeedSettings, prepare
 
     torch.set_num_threads(os.cpu_count() or 1)
     runner = prepare(load_model("resmem", None, torch.device("cpu")), SpeedSettings(precision="fp32"))
@@ -237,7 +237,7 @@ def phase_train(args, device: torch.device) -> dict:
     """
     import csv
 
-    from tasks.train import TrainConfig, train_model
+    from memscore.tasks.train import TrainConfig, train_model
 
     folder = args.dir / "train-images"
     labels = args.dir / "train-labels.csv"

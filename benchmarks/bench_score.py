@@ -161,7 +161,7 @@ def official_loop(model, paths: list[Path], device: torch.device) -> tuple[np.nd
 
 
 def decoded_batch(paths: list[Path]) -> torch.Tensor:
-    from models.preprocess import resmem_transform
+    from memscore.models.preprocess import resmem_transform
 
     return torch.stack([resmem_transform(Image.open(p)) for p in paths])
 
@@ -192,8 +192,8 @@ def model_variants(device: torch.device, compile_too: bool, only: list[str] | No
 def bench_models(device, pixels: torch.Tensor, batch_sizes, rounds: int, low_precision_images: int,
                  compile_too: bool, layers=("resnet152", "fc11"), only: list[str] | None = None) -> tuple[list[dict], dict]:
     """Model-only throughput and drift per setting, interleaved over ``rounds``."""
-    from models.registry import load_model
-    from models.speed import SpeedSettings, prepare
+    from memscore.models.registry import load_model
+    from memscore.models.speed import SpeedSettings, prepare
 
     n = pixels.shape[0]
     default_batch = batch_sizes[len(batch_sizes) // 2] if device.type == "cpu" else max(batch_sizes)
@@ -263,12 +263,12 @@ def bench_interleaved(official_model, archive: Path, paths: list[Path], pixels: 
     """
     import pyarrow as pa
 
-    from models.devices import defaults_for
-    from models.speed import SpeedSettings
-    from storage.uris import open_location
-    from tasks.discover import iter_listing
-    from tasks.plan import plan_shards
-    from tasks.score import ScoreSettings, get_model, get_runner, score_images
+    from memscore.models.devices import defaults_for
+    from memscore.models.speed import SpeedSettings
+    from memscore.storage.uris import open_location
+    from memscore.tasks.discover import iter_listing
+    from memscore.tasks.plan import plan_shards
+    from memscore.tasks.score import ScoreSettings, get_model, get_runner, score_images
 
     defaults = defaults_for(device)
     source = open_location(str(archive))
@@ -300,7 +300,7 @@ def bench_interleaved(official_model, archive: Path, paths: list[Path], pixels: 
 def draft_batch(paths: list[Path]) -> tuple[torch.Tensor, float]:
     """Preprocessing after PIL's JPEG draft mode (DCT-domain downscale to >= 256 px): a speed
     option for decode-bound GPU runs, NOT the reference. Returns (uint8 batch, CPU ms per image)."""
-    from models.preprocess import resmem_transform
+    from memscore.models.preprocess import resmem_transform
 
     started = time.process_time()
     out = []
@@ -324,10 +324,10 @@ def bench_decode(paths: list[Path], worker_counts, batch: int, device: torch.dev
     """
     import fsspec
 
-    import tasks.device_decode as device_decode
-    from models.preprocess import resmem_transform
-    from tasks.decode import ShardDataset
-    from tasks.score import ScoreSettings, _loader
+    import memscore.tasks.device_decode as device_decode
+    from memscore.models.preprocess import resmem_transform
+    from memscore.tasks.decode import ShardDataset
+    from memscore.tasks.score import ScoreSettings, _loader
 
     fs = fsspec.filesystem("file")
     files = [str(p) for p in paths]
@@ -403,7 +403,7 @@ def run_memscore(source: Path, dest: Path, device: str, extra: list[str], env_ex
     """``memscore score`` in a subprocess; poll RSS of it (and its children) and the parts it writes."""
     import psutil
 
-    cmd = [sys.executable, "-m", "flows.cli", "score", str(source), "--out", str(dest), "--device", device,
+    cmd = [sys.executable, "-m", "memscore.flows.cli", "score", str(source), "--out", str(dest), "--device", device,
            "--no-progress", "--json", *extra]
     env = dict(os.environ, **(env_extra or {}))
     env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -528,7 +528,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
 
-    from models.devices import defaults_for, resolve_device
+    from memscore.models.devices import defaults_for, resolve_device
 
     device = resolve_device(args.device)
     cpu = device.type == "cpu"
@@ -583,8 +583,8 @@ def main(argv=None) -> int:
     # 3b: JPEG draft-mode decode (measured, not wired in): speed and score drift
     if not args.no_draft:
         draft_pixels, draft_ms = draft_batch(paths)
-        from models.registry import load_model
-        from models.speed import prepare
+        from memscore.models.registry import load_model
+        from memscore.models.speed import prepare
 
         draft_scores = prepare(load_model("resmem", None, device))(draft_pixels, ())[0].astype(np.float64)
         results["draft_decode"] = {"ms_per_image": draft_ms, **drift(np.array(extra["reference_scores"]), draft_scores)}

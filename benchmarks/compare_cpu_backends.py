@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from models.onnx_runtime import exported_path
-    from models.preprocess import resmem_transform, to_model_input
-    from models.registry import load_model
-    from models.speed import SpeedSettings, prepare
+    from memscore.models.onnx_runtime import exported_path
+    from memscore.models.preprocess import resmem_transform, to_model_input
+    from memscore.models.registry import load_model
+    from memscore.models.speed import SpeedSettings, prepare
 
     files = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[: args.n]
     pixels = torch.stack([resmem_transform(Image.open(p)) for p in files])

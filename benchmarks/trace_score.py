@@ -36,8 +36,8 @@ def main() -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    import flows.score as flow_module
-    import tasks.score as score_module
+    import memscore.flows.score as flow_module
+    import memscore.tasks.score as score_module
 
     forwards: list[tuple[float, float, int]] = []  # start, end, images
     shards: list[tuple[float, float]] = []

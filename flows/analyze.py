@@ -24,11 +24,11 @@ from typing import Any
 
 import duckdb
 
-from storage.human import MATCH_MODES, Exclusion, HumanDataError, find_column, key_sql, lit, load_human, num, q
-from storage.parts import duckdb_parts, list_parts
-from storage.schema import SCORES_DIR
-from storage.stats import correlate, split_half
-from storage.uris import Location, local_copy, open_location
+from memscore.storage.human import MATCH_MODES, Exclusion, HumanDataError, find_column, key_sql, lit, load_human, num, q
+from memscore.storage.parts import duckdb_parts, list_parts
+from memscore.storage.schema import SCORES_DIR
+from memscore.storage.stats import correlate, split_half
+from memscore.storage.uris import Location, local_copy, open_location
 
 SCORE_CANDIDATES = ("score", "resmem", "memorability", "prediction", "predicted", "pred", "mem_score", "memscore")
 ID_CANDIDATES = ("path", "image_id", "image_name", "image", "filename")

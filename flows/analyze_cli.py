@@ -92,9 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.analyze import AnalysisOptions, run_analysis, summary_lines
-    from flows.cli import UserError, parse_storage_options
-    from storage.human import HumanDataError
+    from memscore.flows.analyze import AnalysisOptions, run_analysis, summary_lines
+    from memscore.flows.cli import UserError, parse_storage_options
+    from memscore.storage.human import HumanDataError
 
     options = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, score_column=args.score_column,
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         if args.prefect:
-            from flows.analyze import analyze
+            from memscore.flows.analyze import analyze
 
             result = analyze(args.scores, args.human, id_column=options.id_column,
                              human_id_column=options.human_id_column, score_column=options.score_column,

@@ -14,13 +14,13 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("flows.score_cli", "score every image under SOURCE and write Parquet to DEST"),
-    "sample": ("flows.sample_cli", "write a small sample archive of real photos (from scikit-image)"),
-    "models": ("flows.models_cli", "list the registered models, their size and their feature layers"),
-    "analyze": ("flows.analyze_cli", "compare scores with human memorability data (Spearman, bootstrap CIs, split-half)"),
-    "sql": ("flows.sql_cli", "run DuckDB SQL over a memscore output folder (views scores and errors)"),
-    "train": ("flows.train_cli", "train a model (m3m, resmem-retrain, memnet-baseline, ...) on your human data"),
-    "compare": ("flows.compare_cli", "compare models on the same test images: Spearman with CI, size, speed"),
+    "score": ("memscore.flows.score_cli", "score every image under SOURCE and write Parquet to DEST"),
+    "sample": ("memscore.flows.sample_cli", "write a small sample archive of real photos (from scikit-image)"),
+    "models": ("memscore.flows.models_cli", "list the registered models, their size and their feature layers"),
+    "analyze": ("memscore.flows.analyze_cli", "compare scores with human memorability data (Spearman, bootstrap CIs, split-half)"),
+    "sql": ("memscore.flows.sql_cli", "run DuckDB SQL over a memscore output folder (views scores and errors)"),
+    "train": ("memscore.flows.train_cli", "train a model (m3m, resmem-retrain, memnet-baseline, ...) on your human data"),
+    "compare": ("memscore.flows.compare_cli", "compare models on the same test images: Spearman with CI, size, speed"),
 }
 
 
@@ -98,10 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def find_user_error(error: BaseException) -> BaseException | None:
     """The user-fixable error behind ``error`` (Prefect may wrap it), or None."""
-    from models.devices import DeviceUnavailableError
-    from models.registry import UnknownModelError, WeightsMismatchError
-    from models.weights import WeightsNotFoundError
-    from tasks.discover import SourceUnreadableError
+    from memscore.models.devices import DeviceUnavailableError
+    from memscore.models.registry import UnknownModelError, WeightsMismatchError
+    from memscore.models.weights import WeightsNotFoundError
+    from memscore.tasks.discover import SourceUnreadableError
 
     known = (UserError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError, SourceUnreadableError, DeviceUnavailableError)
     seen: BaseException | None = error

@@ -69,8 +69,8 @@ def _open_run(path: str, storage_options: dict[str, Any] | None) -> dict[str, An
 def parse_candidates(values: list[str], storage_options: dict[str, Any] | None = None) -> list[Candidate]:
     """One candidate per MODEL argument: a training folder (``storage_options`` for one in a
     bucket), a registered model name, or NAME=WEIGHTS."""
-    from flows.cli import UserError
-    from models.registry import UnknownModelError, get_model_spec
+    from memscore.flows.cli import UserError
+    from memscore.models.registry import UnknownModelError, get_model_spec
 
     result = []
     for value in values:
@@ -102,7 +102,7 @@ def _read_parquet(path: str, storage_options: dict[str, Any] | None):
     import fsspec
     import pyarrow.parquet as pq
 
-    from flows.cli import UserError
+    from memscore.flows.cli import UserError
 
     try:
         with fsspec.open(path, "rb", **(storage_options or {})) as handle:
@@ -116,8 +116,8 @@ def local_weights_file(weights: str, folder: str, storage_options: dict[str, Any
     bucket (opened with ``storage_options``) into ``folder``."""
     import fsspec
 
-    from flows.cli import UserError
-    from storage.uris import local_copy
+    from memscore.flows.cli import UserError
+    from memscore.storage.uris import local_copy
 
     options = storage_options or {}
     try:
@@ -134,8 +134,8 @@ def test_set(args: argparse.Namespace, candidates: list[Candidate], storage_opti
     open runs and split files in buckets."""
     import pyarrow as pa
 
-    from flows.cli import UserError
-    from tasks.train import TrainConfig, TrainingError, read_human_table, read_image_list
+    from memscore.flows.cli import UserError
+    from memscore.tasks.train import TrainConfig, TrainingError, read_human_table, read_image_list
 
     runs = [c for c in candidates if c.run]
     images = args.images or (runs[0].card["data"]["images"] if runs else None)
@@ -174,10 +174,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import pyarrow as pa
 
-    from flows.cli import UserError, parse_storage_options
-    from models.devices import resolve_device
-    from storage.uris import open_location
-    from tasks.train import ImageIndex, TrainingError
+    from memscore.flows.cli import UserError, parse_storage_options
+    from memscore.models.devices import resolve_device
+    from memscore.storage.uris import open_location
+    from memscore.tasks.train import ImageIndex, TrainingError
 
     storage_options = parse_storage_options(args.storage_options) or {}
     candidates = parse_candidates(args.models, storage_options)
@@ -219,10 +219,10 @@ def run(args: argparse.Namespace) -> int:
 def _compare_one(candidate: Candidate, weights: str | None, location, items, test_names: set[str], device,
                  args: argparse.Namespace, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """One row of the table: score the test images with one model (freed before the next loads)."""
-    from flows.cli import UserError
-    from models.registry import load_model
-    from models.resmem_retrain import parameter_counts
-    from tasks.train import HumanScoreDataset, bootstrap_spearman, make_loader, predict, spearman
+    from memscore.flows.cli import UserError
+    from memscore.models.registry import load_model
+    from memscore.models.resmem_retrain import parameter_counts
+    from memscore.tasks.train import HumanScoreDataset, bootstrap_spearman, make_loader, predict, spearman
 
     loaded = load_model(candidate.model, weights, device)  # its errors (wrong or unreadable weights) are one line
     total, _ = parameter_counts(loaded.module)

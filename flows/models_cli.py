@@ -10,7 +10,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.registry import available_models, get_model_spec
+    from memscore.models.registry import available_models, get_model_spec
 
     for name in available_models():
         spec = get_model_spec(name)

@@ -22,7 +22,7 @@ def write_sample(folder: Path) -> list[Path]:
     try:
         import skimage.data
     except ImportError as error:
-        from flows.cli import UserError
+        from memscore.flows.cli import UserError
 
         raise UserError("the sample needs scikit-image: pip install 'memscore[sample]'") from error
     from PIL import Image

@@ -24,19 +24,19 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from models.devices import defaults_for, resolve_device
-from models.registry import get_model_spec, resolve_weights
-from models.speed import check_backend
-from storage.compact import drop_superseded_rows
-from storage.parts import write_part_atomic
-from storage.schema import ERRORS_DIR, SCORES_DIR
-from storage.uris import Location, open_location
-from tasks.decode import start_worker_server
-from tasks.device_decode import resolve_decode
-from tasks.discover import DiscoveryCounts, SourceNotFoundError, iter_listing
-from tasks.plan import Plan, done_keys, plan_shards
-from tasks.progress import ProgressReporter
-from tasks.score import ScoreSettings, ShardResult, get_model, score_images
+from memscore.models.devices import defaults_for, resolve_device
+from memscore.models.registry import get_model_spec, resolve_weights
+from memscore.models.speed import check_backend
+from memscore.storage.compact import drop_superseded_rows
+from memscore.storage.parts import write_part_atomic
+from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
+from memscore.storage.uris import Location, open_location
+from memscore.tasks.decode import start_worker_server
+from memscore.tasks.device_decode import resolve_decode
+from memscore.tasks.discover import DiscoveryCounts, SourceNotFoundError, iter_listing
+from memscore.tasks.plan import Plan, done_keys, plan_shards
+from memscore.tasks.progress import ProgressReporter
+from memscore.tasks.score import ScoreSettings, ShardResult, get_model, score_images
 
 
 @dataclass

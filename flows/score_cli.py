@@ -80,8 +80,8 @@ def parse_features(text: str | None) -> list[str] | None:
 
 def check_source(source: str, storage_options: dict | None) -> None:
     """Raise SourceUnreadableError unless SOURCE is a folder we can list."""
-    from storage.uris import open_location
-    from tasks.discover import SourceUnreadableError, is_s3, iter_s3_objects
+    from memscore.storage.uris import open_location
+    from memscore.tasks.discover import SourceUnreadableError, is_s3, iter_s3_objects
 
     try:
         location = open_location(source, storage_options)
@@ -101,9 +101,9 @@ def check_source(source: str, storage_options: dict | None) -> None:
 
 def check_backend_options(args: argparse.Namespace, device) -> None:
     """Refuse a backend that cannot run here (wrong device or precision, packages missing)."""
-    from flows.cli import UserError
-    from models.onnx_runtime import BackendUnavailableError
-    from models.speed import check_backend
+    from memscore.flows.cli import UserError
+    from memscore.models.onnx_runtime import BackendUnavailableError
+    from memscore.models.speed import check_backend
 
     try:
         check_backend(args.backend, device, args.precision, args.compile)
@@ -112,12 +112,12 @@ def check_backend_options(args: argparse.Namespace, device) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.cli import UserError, parse_storage_options
+    from memscore.flows.cli import UserError, parse_storage_options
 
     storage_options = parse_storage_options(args.storage_options)
     # Fail fast on what needs no orchestrator: unknown model or layers, missing weights, bad device.
-    from models.devices import resolve_device
-    from models.registry import build_with_weights, get_model_spec, resolve_weights
+    from memscore.models.devices import resolve_device
+    from memscore.models.registry import build_with_weights, get_model_spec, resolve_weights
 
     spec = get_model_spec(args.model)
     features = parse_features(args.features)
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         if args.backend != "torch":
             check_backend_options(args, device)
 
-    from flows.score import score_archive
+    from memscore.flows.score import score_archive
 
     summary = score_archive(
         source=args.source,

@@ -30,11 +30,11 @@ def connect(destination: str, storage_options: dict | None = None):
     """A DuckDB connection with views ``scores`` and ``errors`` over DEST (a folder or a URI)."""
     import duckdb
 
-    from flows.cli import UserError
-    from storage.human import lit
-    from storage.parts import duckdb_parts
-    from storage.schema import ERRORS_DIR, ERRORS_SCHEMA, SCORES_DIR
-    from storage.uris import open_location
+    from memscore.flows.cli import UserError
+    from memscore.storage.human import lit
+    from memscore.storage.parts import duckdb_parts
+    from memscore.storage.schema import ERRORS_DIR, ERRORS_SCHEMA, SCORES_DIR
+    from memscore.storage.uris import open_location
 
     dest = open_location(destination, storage_options)
     try:
@@ -89,7 +89,7 @@ def format_table(columns: list[str], rows: list[tuple], total: int | None = None
 def run_query(con, query: str, max_rows: int = 40, csv: bool = False) -> str:
     import duckdb
 
-    from flows.cli import UserError
+    from memscore.flows.cli import UserError
 
     try:
         rel = con.sql(query)
@@ -117,7 +117,7 @@ def run_query(con, query: str, max_rows: int = 40, csv: bool = False) -> str:
 
 
 def interactive(con, max_rows: int) -> int:
-    from flows.cli import UserError
+    from memscore.flows.cli import UserError
 
     print("memscore sql: views scores, errors; end statements with ';', .quit to leave", file=sys.stderr)
     buffer: list[str] = []
@@ -140,7 +140,7 @@ def interactive(con, max_rows: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.cli import parse_storage_options
+    from memscore.flows.cli import parse_storage_options
 
     con = connect(args.destination, parse_storage_options(args.storage_options))
     if args.query is None:

@@ -16,14 +16,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 
-from tasks.train import EpochMetrics, TrainConfig, TrainingError, train_model
+from memscore.tasks.train import EpochMetrics, TrainConfig, TrainingError, train_model
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors the user can fix (bad data, weights, device): the run fails with their one-line message."""
-    from models.devices import DeviceUnavailableError
-    from models.registry import UnknownModelError, WeightsMismatchError
-    from models.weights import WeightsNotFoundError
+    from memscore.models.devices import DeviceUnavailableError
+    from memscore.models.registry import UnknownModelError, WeightsMismatchError
+    from memscore.models.weights import WeightsNotFoundError
 
     return (TrainingError, WeightsNotFoundError, WeightsMismatchError, UnknownModelError, DeviceUnavailableError)
 

@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_split_files(values: list[str]) -> dict[str, str] | None:
-    from flows.cli import UserError
+    from memscore.flows.cli import UserError
 
     result: dict[str, str] = {}
     for value in values:
@@ -94,10 +94,10 @@ def parse_freeze(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.cli import UserError
-    from models.registry import get_model_spec
-    from models.resmem_retrain import trainable_model
-    from tasks.train import TrainConfig, TrainingError
+    from memscore.flows.cli import UserError
+    from memscore.models.registry import get_model_spec
+    from memscore.models.resmem_retrain import trainable_model
+    from memscore.tasks.train import TrainConfig, TrainingError
 
     try:
         storage_options = json.loads(args.storage_options) if args.storage_options else None
@@ -123,10 +123,10 @@ def run(args: argparse.Namespace) -> int:
         config.check()
     except TrainingError as error:
         raise UserError(str(error)) from None
-    from models.devices import resolve_device
+    from memscore.models.devices import resolve_device
 
     resolve_device(args.device)
-    from flows.train import train
+    from memscore.flows.train import train
 
     try:
         summary = train(**{name: getattr(config, name) for name in config.__dataclass_fields__})

@@ -5,10 +5,10 @@ Each entry ties a module class to its weights, preprocessing and layers.
 
 from __future__ import annotations
 
-from models import resmem
-from models.preprocess import resmem_transform
-from models.registry import ModelSpec, register
-from models.weights import resmem_package_weights
+from memscore.models import resmem
+from memscore.models.preprocess import resmem_transform
+from memscore.models.registry import ModelSpec, register
+from memscore.models.weights import resmem_package_weights
 
 RESMEM = register(
     ModelSpec(
@@ -24,8 +24,8 @@ RESMEM = register(
 )
 
 # --- models trained with `memscore train` (no published weights: pass --weights CHECKPOINT) ---
-from models import m3m, memnet  # noqa: E402
-from models.resmem_retrain import no_published_weights  # noqa: E402
+from memscore.models import m3m, memnet  # noqa: E402
+from memscore.models.resmem_retrain import no_published_weights  # noqa: E402
 
 RESMEM_RETRAIN = register(
     ModelSpec(

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.resmem import ResMem
+from memscore.models.resmem import ResMem
 
 SEG_CLASSES = 21  # PASCAL VOC classes of torchvision's segmentation weights
 SEG_DIM = 1024  # 64 channels x 4 x 4 after the reduction
@@ -89,10 +89,10 @@ def segmenter_state_dict(kind: str, path: str | os.PathLike[str] | None = None) 
 
     Raises :class:`models.weights.WeightsNotFoundError` with what to do when neither works.
     """
-    from models.weights import WeightsNotFoundError
+    from memscore.models.weights import WeightsNotFoundError
 
     if path is not None:
-        from models.weights import read_weights_file
+        from memscore.models.weights import read_weights_file
 
         file = Path(path).expanduser()
         if not file.is_file():
@@ -188,8 +188,8 @@ def initial_m3m(
     Either may be None (random initialisation, for tests). fc6's segmentation
     columns start at zero so the untrained model reproduces ResMem.
     """
-    from models.registry import WeightsMismatchError
-    from models.resmem_retrain import load_into
+    from memscore.models.registry import WeightsMismatchError
+    from memscore.models.resmem_retrain import load_into
 
     model = M3M(segmenter)
     if resmem_state is not None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.resmem import AlexNetBranchMixin
+from memscore.models.resmem import AlexNetBranchMixin
 
 FEATURE_LAYERS: dict[str, int] = {"alexnet": 9216, "fc6": 4096, "fc7": 4096}
 DEFAULT_FEATURES: tuple[str, ...] = ("fc7",)
@@ -61,8 +61,8 @@ class MemNetBaseline(AlexNetBranchMixin, nn.Module):
 
 def initial_memnet(resmem_state: dict[str, torch.Tensor] | None = None) -> MemNetBaseline:
     """A baseline ready to train: conv1..conv5 from ResMem's published weights (if given), head random."""
-    from models.registry import WeightsMismatchError
-    from models.resmem_retrain import load_into
+    from memscore.models.registry import WeightsMismatchError
+    from memscore.models.resmem_retrain import load_into
 
     model = MemNetBaseline()
     if resmem_state is not None:

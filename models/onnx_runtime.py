@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.registry import LoadedModel
-from models.weights import cache_dir
+from memscore.models.registry import LoadedModel
+from memscore.models.weights import cache_dir
 
 EXPORT_FORMAT = 1  # bump when the exported graph changes for the same inputs
 OPSET = 18

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models.weights import WeightsMismatchError, WeightsRef, local_weights, read_weights_file
+from memscore.models.weights import WeightsMismatchError, WeightsRef, local_weights, read_weights_file
 
 
 class UnknownModelError(ValueError):
@@ -153,4 +153,4 @@ def _load_builtin_models() -> None:
     if _builtins_loaded:
         return
     _builtins_loaded = True
-    from models import builtin  # noqa: F401  (registers the built-in models)
+    from memscore.models import builtin  # noqa: F401  (registers the built-in models)

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.resmem import ResMem
-from models.weights import WeightsMismatchError, WeightsNotFoundError, load_state_dict, resmem_package_weights
+from memscore.models.resmem import ResMem
+from memscore.models.weights import WeightsMismatchError, WeightsNotFoundError, load_state_dict, resmem_package_weights
 
 
 def no_published_weights(name: str) -> Callable[[], Any]:
@@ -50,7 +50,7 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str, stri
 
 def published_resmem_state(path: str | None = None) -> dict[str, torch.Tensor]:
     """The published ResMem state dict (or one from ``path``)."""
-    from models.weights import local_weights
+    from memscore.models.weights import local_weights
 
     ref = local_weights(path) if path else resmem_package_weights()
     return load_state_dict(ref, "ResMem weights")
@@ -75,14 +75,14 @@ def _initial_resmem(options: dict[str, Any]) -> ResMem:
 
 
 def _initial_memnet(options: dict[str, Any]) -> nn.Module:
-    from models.memnet import initial_memnet
+    from memscore.models.memnet import initial_memnet
 
     published = options.get("init", "published") == "published"
     return initial_memnet(published_resmem_state(options.get("resmem_weights")) if published else None)
 
 
 def _initial_m3m(options: dict[str, Any]) -> nn.Module:
-    from models.m3m import initial_m3m, segmenter_state_dict
+    from memscore.models.m3m import initial_m3m, segmenter_state_dict
 
     published = options.get("init", "published") == "published"
     kind = options.get("segmenter", "lraspp")
@@ -115,7 +115,7 @@ TRAINABLE: dict[str, TrainableModel] = {
 
 def trainable_model(name: str) -> TrainableModel:
     """The training recipe for a registered model name."""
-    from models.registry import get_model_spec
+    from memscore.models.registry import get_model_spec
 
     spec = get_model_spec(name)
     try:

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.preprocess import to_model_input
-from models.registry import LoadedModel
+from memscore.models.preprocess import to_model_input
+from memscore.models.registry import LoadedModel
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("torch", "onnxruntime")
@@ -87,7 +87,7 @@ def check_backend(backend: str, device: torch.device, precision: str = "auto", c
             raise ValueError("--backend onnxruntime runs in float32; use --precision fp32 or auto")
         if compile:
             raise ValueError("--compile is for the torch backend; leave it out with --backend onnxruntime")
-        from models.onnx_runtime import require_onnxruntime
+        from memscore.models.onnx_runtime import require_onnxruntime
 
         require_onnxruntime()  # BackendUnavailableError: what to pip install
     return backend
@@ -213,7 +213,7 @@ def prepare(loaded: LoadedModel, speed: SpeedSettings | None = None) -> Inferenc
     if speed.fold_batchnorm:
         fold_batchnorm(module)
     if speed.backend == "onnxruntime":
-        from models.onnx_runtime import onnxruntime_forward
+        from memscore.models.onnx_runtime import onnxruntime_forward
 
         return InferenceRunner(loaded, speed, onnxruntime_forward(loaded, bool(speed.fold_batchnorm), speed.threads))
     module.to(memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.parts import list_parts, rewrite_without
-from storage.schema import ERRORS_DIR, SCORES_DIR
-from storage.uris import Location
+from memscore.storage.parts import list_parts, rewrite_without
+from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
+from memscore.storage.uris import Location
 
 _TIME_COLUMN = {SCORES_DIR: "scored_at", ERRORS_DIR: "failed_at"}
 

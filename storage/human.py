@@ -38,7 +38,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.stats import MEASURES, canonical_measure, measure_sql
+from memscore.storage.stats import MEASURES, canonical_measure, measure_sql
 
 FORMATS = ("auto", "lamem", "table", "counts", "trials", "bids")
 ID_CANDIDATES = ("path", "image_id", "image_name", "image", "filename", "image_file", "file_name", "file", "stim_file",

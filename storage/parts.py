@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.schema import ERRORS_DIR, SCORES_DIR
-from storage.uris import Location
+from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
+from memscore.storage.uris import Location
 
 if TYPE_CHECKING:
     import duckdb

@@ -242,7 +242,7 @@ def worker_context() -> multiprocessing.context.BaseContext:
     if method not in ("", "forkserver"):
         raise ValueError(f"MEMSCORE_WORKER_START={method!r}: use forkserver or spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "PIL.Image", "fsspec", "tasks.decode", "models.preprocess"])
+    context.set_forkserver_preload(["torch", "PIL.Image", "fsspec", "memscore.tasks.decode", "memscore.models.preprocess"])
     return context
 
 

@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from models.preprocess import ResizeCrop
-from tasks.decode import Batch, DecodedImage, EncodedImage, ImageFailure, preprocess_bytes
+from memscore.models.preprocess import ResizeCrop
+from memscore.tasks.decode import Batch, DecodedImage, EncodedImage, ImageFailure, preprocess_bytes
 
 DECODE_MODES = ("auto", "workers", "device")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from storage.uris import Location
+from memscore.storage.uris import Location
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 

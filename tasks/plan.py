@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from storage.parts import read_columns
-from storage.schema import ERRORS_DIR, SCORES_DIR
-from storage.uris import Location
-from tasks.discover import LISTING_SCHEMA
+from memscore.storage.parts import read_columns
+from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
+from memscore.storage.uris import Location
+from memscore.tasks.discover import LISTING_SCHEMA
 
 _KEY_COLUMNS = ["path", "source_version", "model", "weights"]
 

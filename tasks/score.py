@@ -24,12 +24,12 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from models.registry import LoadedModel, load_model
-from models.speed import InferenceRunner, Pending, SpeedSettings, prepare
-from storage.schema import ERRORS_SCHEMA, feature_column, scores_schema
-from storage.uris import Location
-from tasks.decode import Batch, ImageFailure, ShardDataset, collate, worker_options
-from tasks.device_decode import decode_on_device, resolve_decode
+from memscore.models.registry import LoadedModel, load_model
+from memscore.models.speed import InferenceRunner, Pending, SpeedSettings, prepare
+from memscore.storage.schema import ERRORS_SCHEMA, feature_column, scores_schema
+from memscore.storage.uris import Location
+from memscore.tasks.decode import Batch, ImageFailure, ShardDataset, collate, worker_options
+from memscore.tasks.device_decode import decode_on_device, resolve_decode
 
 _models: dict[tuple[str, str | None, str], LoadedModel] = {}
 _models_lock = threading.Lock()

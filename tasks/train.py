@@ -59,8 +59,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from models.preprocess import resmem_transform, to_model_input, to_rgb
-from storage.uris import Location, open_location
+from memscore.models.preprocess import resmem_transform, to_model_input, to_rgb
+from memscore.storage.uris import Location, open_location
 
 CHECKPOINT_FORMAT = "memscore-checkpoint/1"
 # A new best's weights land here, are committed by the checkpoint, then renamed to model.pt.
@@ -297,8 +297,8 @@ def read_human_table(config: TrainConfig) -> pa.Table:
 def read_human(config: TrainConfig) -> tuple[pa.Table, dict[str, Any]]:
     """:func:`read_human_table` and what the reader made of the file (format, id and score
     columns, measure, rows, warnings, participants kept and excluded) for the model card."""
-    from storage.human import read_human_scores_and_info
-    from storage.uris import local_copy
+    from memscore.storage.human import read_human_scores_and_info
+    from memscore.storage.uris import local_copy
 
     try:
         with tempfile.TemporaryDirectory(prefix="memscore-human-") as folder:
@@ -378,7 +378,7 @@ class ImageIndex:
     """Finds the file for an image name: exact relative path, else a unique file name, else a unique stem."""
 
     def __init__(self, images: Location) -> None:
-        from tasks.discover import iter_listing
+        from memscore.tasks.discover import iter_listing
 
         self.location = images
         self.by_path: dict[str, str] = {}
@@ -595,7 +595,7 @@ class HumanScoreDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int):
-        from tasks.decode import decode_image
+        from memscore.tasks.decode import decode_image
 
         path, score = self.items[index]
         try:
@@ -618,7 +618,7 @@ def collate_scored(items):
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, generator: torch.Generator | None = None) -> DataLoader:
-    from tasks.decode import worker_options
+    from memscore.tasks.decode import worker_options
 
     return DataLoader(
         dataset,
@@ -638,7 +638,7 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, 
 
 def build_trainable(config: TrainConfig) -> tuple[nn.Module, tuple[str, ...]]:
     """The starting module and the names of its frozen children."""
-    from models.resmem_retrain import freeze, trainable_model
+    from memscore.models.resmem_retrain import freeze, trainable_model
 
     try:
         recipe = trainable_model(config.model)
@@ -888,8 +888,8 @@ def train_model(
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train ``config.model`` on the human data; see the module docstring for what is written."""
-    from models.devices import resolve_device
-    from models.resmem_retrain import parameter_counts, set_train_mode
+    from memscore.models.devices import resolve_device
+    from memscore.models.resmem_retrain import parameter_counts, set_train_mode
 
     config.check()
     device = resolve_device(config.device)

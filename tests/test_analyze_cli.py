@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats as st
 
-from flows.analyze import AnalysisOptions, run_analysis
-from flows.cli import main
-from storage.schema import scores_schema
+from memscore.flows.analyze import AnalysisOptions, run_analysis
+from memscore.flows.cli import main
+from memscore.storage.schema import scores_schema
 
 
 def make_dest(root, paths, scores, model="resmem", feats=None):
@@ -268,12 +268,12 @@ def test_analyze_out_to_a_bucket(lab, capsys):
 
 def test_unwritable_out_fails_before_the_statistics(lab, capsys, monkeypatch):
     """A --out that cannot be written costs seconds, not a finished bootstrap; nothing is left behind."""
-    import flows.analyze
+    import memscore.flows.analyze
 
     def no_analysis(*args, **kwargs):
         raise AssertionError("analysed although --out cannot be written")
 
-    monkeypatch.setattr(flows.analyze, "analyze_scores", no_analysis)
+    monkeypatch.setattr(memscore.flows.analyze, "analyze_scores", no_analysis)
     blocker = lab["tmp"] / "in-the-way"
     blocker.write_text("x")
     assert main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "10000",
@@ -289,7 +289,7 @@ def test_unwritable_out_fails_before_the_statistics(lab, capsys, monkeypatch):
 def test_prefect_flow_attaches_a_markdown_artifact(lab):
     from prefect.artifacts import Artifact
 
-    from flows.analyze import analyze
+    from memscore.flows.analyze import analyze
 
     result = analyze(lab["dest"], lab["lamem"], bootstrap=50)
     assert result["n"] == 59

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from storage.uris import open_location
-from tasks.decode import decode_image, DecompressionBombError, EmptyFileError
-from tasks.discover import iter_listing
-from tasks.plan import plan_shards
-from tasks.score import ScoreSettings, get_model, score_images
+from memscore.storage.uris import open_location
+from memscore.tasks.decode import decode_image, DecompressionBombError, EmptyFileError
+from memscore.tasks.discover import iter_listing
+from memscore.tasks.plan import plan_shards
+from memscore.tasks.score import ScoreSettings, get_model, score_images
 
 NO_DONE = pa.table({"path": pa.array([], pa.string()), "source_version": pa.array([], pa.string())})
 
@@ -100,7 +100,7 @@ def test_bad_files_become_error_rows_and_odd_images_are_scored(tmp_path, photos,
 
 
 def test_sixteen_bit_images_are_scaled_not_clipped(photos):
-    from models.preprocess import to_rgb
+    from memscore.models.preprocess import to_rgb
 
     gray = photos["coffee"].convert("L")
     sixteen = Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257)

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from flows.cli import main
+from memscore.flows.cli import main
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

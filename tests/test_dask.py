@@ -66,7 +66,7 @@ def _rows(destination: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_dask_cluster_gives_the_same_rows_as_one_process(dask_cluster, tmp_path, photos, prefect_api):
-    from flows.score import score_archive
+    from memscore.flows.score import score_archive
 
     source = tmp_path / "archive"
     (source / "b").mkdir(parents=True)
@@ -94,7 +94,7 @@ def test_dask_cluster_gives_the_same_rows_as_one_process(dask_cluster, tmp_path,
 
     # Both workers took shards, and each loaded the model once (one per process).
     with distributed.Client(dask_cluster, timeout=30) as client:
-        loaded = client.run(eval, "len(__import__('tasks.score').score._models)")
+        loaded = client.run(eval, "len(__import__('memscore.tasks.score').tasks.score._models)")
     assert len(loaded) == 2
     assert all(n == 1 for n in loaded.values()), loaded
 
@@ -103,7 +103,7 @@ def test_each_dask_worker_takes_its_own_gpu(monkeypatch):
     """With 2 GPUs visible and no CUDA_VISIBLE_DEVICES, worker ranks on a host map to cuda:0 / cuda:1."""
     import torch
 
-    import flows.score as score
+    import memscore.flows.score as score
 
     chosen_devices = []
     monkeypatch.setattr(score, "resolve_device", lambda name: torch.device(name if name.startswith("cuda:") else "cuda"))

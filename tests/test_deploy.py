@@ -187,7 +187,7 @@ def test_prefect_yaml_entrypoints_pool_and_schedule():
         assert deployment["work_pool"]["name"] == "memscore"
         path, function = entrypoint.split(":")
         if (REPO / path).is_file():
-            module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+            module = importlib.import_module("memscore." + path.removesuffix(".py").replace("/", "."))
             assert hasattr(getattr(module, function), "fn"), f"{entrypoint} is not a Prefect flow"
     nightly = deployments[("flows/score.py:score_archive", "nightly")]
     assert [s["active"] for s in nightly["schedules"]] == [False]
@@ -196,8 +196,8 @@ def test_prefect_yaml_entrypoints_pool_and_schedule():
 def test_storage_retries_skip_hopeless_failures_and_summary_markdown():
     from prefect.states import Failed
 
-    from flows.score import ScoreSummary, _retry_storage_errors, summary_markdown
-    from tasks.discover import SourceNotFoundError, SourceUnreadableError
+    from memscore.flows.score import ScoreSummary, _retry_storage_errors, summary_markdown
+    from memscore.tasks.discover import SourceNotFoundError, SourceUnreadableError
 
     assert _retry_storage_errors(None, None, Failed(data=OSError(5, "503 Slow Down"))) is True
     assert _retry_storage_errors(None, None, Failed(data=SourceUnreadableError("cannot list"))) is True

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.preprocess import resmem_transform
-from tasks.decode import device_jpeg_header
+from memscore.models.preprocess import resmem_transform
+from memscore.tasks.decode import device_jpeg_header
 
 CPU = torch.device("cpu")
 
@@ -72,10 +72,10 @@ def mixed_archive(tmp_path_factory, photos):
 
 
 def score_folder(folder, decode: str, workers: int):
-    from storage.uris import open_location
-    from tasks.discover import iter_listing
-    from tasks.plan import plan_shards
-    from tasks.score import ScoreSettings, get_model, score_images
+    from memscore.storage.uris import open_location
+    from memscore.tasks.discover import iter_listing
+    from memscore.tasks.plan import plan_shards
+    from memscore.tasks.score import ScoreSettings, get_model, score_images
 
     source = open_location(str(folder))
     empty = pa.table({"path": pa.array([], pa.string()), "source_version": pa.array([], pa.string())})
@@ -106,9 +106,9 @@ def test_device_decoding_scores_like_pil_and_keeps_error_rows(mixed_archive, wor
 
 def test_device_decoder_refusal_falls_back_to_pil(photos, monkeypatch):
     """A JPEG the device decoder rejects (here: all of them) is decoded by PIL instead."""
-    import tasks.device_decode as device_decode
-    from tasks.decode import EncodedImage, collate, load_one
-    from storage.uris import open_location
+    import memscore.tasks.device_decode as device_decode
+    from memscore.tasks.decode import EncodedImage, collate, load_one
+    from memscore.storage.uris import open_location
 
     def refuse(data, mode, device):
         raise RuntimeError("decoder says no")
@@ -132,7 +132,7 @@ def test_device_decoder_refusal_falls_back_to_pil(photos, monkeypatch):
 
 
 def test_decode_mode_resolution():
-    from tasks.device_decode import resolve_decode
+    from memscore.tasks.device_decode import resolve_decode
 
     assert resolve_decode("auto", CPU, resmem_transform) == "workers"
     assert resolve_decode("auto", torch.device("cuda"), resmem_transform) == "device"
@@ -145,7 +145,7 @@ def test_decode_mode_resolution():
 
 def test_cuda_default_workers_depend_on_where_jpegs_are_decoded(monkeypatch):
     """With GPU decoding the workers only read (a quarter of the cores); with PIL they decode (all but one)."""
-    import models.devices as devices
+    import memscore.models.devices as devices
 
     cuda = torch.device("cuda")
     monkeypatch.setattr(devices, "cpu_cores", lambda: 16)

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.human import Exclusion, HumanDataError, key_sql, lit, load_human, read_human_scores
+from memscore.storage.human import Exclusion, HumanDataError, key_sql, lit, load_human, read_human_scores
 
 
 def _write(path, text: str) -> str:

@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from models.registry import get_model_spec, load_model
-from models.weights import WeightsNotFoundError
+from memscore.models.registry import get_model_spec, load_model
+from memscore.models.weights import WeightsNotFoundError
 
 HAS_RESMEM = importlib.util.find_spec("resmem") is not None
 
@@ -43,7 +43,7 @@ def test_trained_models_need_a_checkpoint():
 
 
 def test_memnet_forward_shapes_and_features():
-    from models.memnet import MemNetBaseline
+    from memscore.models.memnet import MemNetBaseline
 
     torch.manual_seed(0)
     model = MemNetBaseline().eval()
@@ -56,7 +56,7 @@ def test_memnet_forward_shapes_and_features():
 
 
 def test_memnet_checkpoint_loads_through_the_registry(tmp_path):
-    from models.memnet import MemNetBaseline
+    from memscore.models.memnet import MemNetBaseline
 
     torch.manual_seed(0)
     state = MemNetBaseline().state_dict()
@@ -69,7 +69,7 @@ def test_memnet_checkpoint_loads_through_the_registry(tmp_path):
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
-    from models.memnet import MemNetBaseline
+    from memscore.models.memnet import MemNetBaseline
 
     path = tmp_path / "memnet.pt"
     torch.save({"model": MemNetBaseline().state_dict()}, path)
@@ -81,8 +81,8 @@ def test_a_checkpoint_names_the_model_it_was_trained_as(tmp_path):
     """Weights that fit but were trained as another model (resmem-retrain weights given to
     resmem have the same shapes) are refused, so rows are never labelled with the wrong model;
     a file that is no state dict is a one-line error, not an unpickling traceback."""
-    from models.memnet import MemNetBaseline
-    from models.registry import WeightsMismatchError
+    from memscore.models.memnet import MemNetBaseline
+    from memscore.models.registry import WeightsMismatchError
 
     state = MemNetBaseline().state_dict()
     path = tmp_path / "model.pt"
@@ -99,8 +99,8 @@ def test_a_checkpoint_names_the_model_it_was_trained_as(tmp_path):
 
 @pytest.mark.skipif(not HAS_RESMEM, reason="needs the resmem package's published weights")
 def test_memnet_starts_from_resmems_alexnet_branch():
-    from models.memnet import initial_memnet
-    from models.resmem_retrain import published_resmem_state
+    from memscore.models.memnet import initial_memnet
+    from memscore.models.resmem_retrain import published_resmem_state
 
     state = published_resmem_state()
     model = initial_memnet(state)
@@ -109,7 +109,7 @@ def test_memnet_starts_from_resmems_alexnet_branch():
 
 
 def test_segmenter_weights_from_a_local_file(tmp_path):
-    from models.m3m import build_segmenter, segmenter_state_dict
+    from memscore.models.m3m import build_segmenter, segmenter_state_dict
 
     torch.manual_seed(1)
     segmenter = build_segmenter("lraspp")
@@ -126,7 +126,7 @@ def test_segmenter_weights_from_a_local_file(tmp_path):
 def test_torchvision_segmenter_weights_offline_error_says_what_to_do(monkeypatch):
     from torchvision.models import segmentation
 
-    from models.m3m import segmenter_state_dict
+    from memscore.models.m3m import segmenter_state_dict
 
     def offline(self, *args, **kwargs):
         raise OSError("no network")
@@ -141,7 +141,7 @@ def test_torchvision_segmenter_weights_offline_error_says_what_to_do(monkeypatch
 
 
 def test_frozen_parts_stay_in_eval_mode():
-    from models.m3m import M3M
+    from memscore.models.m3m import M3M
 
     with torch.device("meta"):
         model = M3M("lraspp")
@@ -155,11 +155,11 @@ def test_frozen_parts_stay_in_eval_mode():
 @pytest.mark.skipif(not HAS_RESMEM, reason="needs the resmem package's published weights")
 def test_untrained_m3m_reproduces_resmem_and_has_the_right_shapes():
     """fc6's segmentation columns start at zero: before training M3M predicts what ResMem predicts."""
-    from models.m3m import initial_m3m
-    from models.resmem import ResMem
-    from models.resmem_retrain import published_resmem_state
+    from memscore.models.m3m import initial_m3m
+    from memscore.models.resmem import ResMem
+    from memscore.models.resmem_retrain import published_resmem_state
 
-    from models.m3m import build_segmenter
+    from memscore.models.m3m import build_segmenter
 
     state = published_resmem_state()
     torch.manual_seed(0)
@@ -183,7 +183,7 @@ def test_untrained_m3m_reproduces_resmem_and_has_the_right_shapes():
 
 def test_training_recipes_freeze_what_they_say():
     """Trainable parameters per recipe (built on the meta device: no weights needed)."""
-    from tasks.train import TrainConfig, build_trainable
+    from memscore.tasks.train import TrainConfig, build_trainable
 
     expected = {
         "resmem": 131_688_809 - 60_192_808,  # ResNet-152 frozen
@@ -205,10 +205,10 @@ def test_training_recipes_freeze_what_they_say():
 
 def test_wrong_starting_weights_files_are_one_line_errors(tmp_path):
     """--resmem-weights / --segmenter-weights naming a wrong file: WeightsMismatchError (the CLI's one line)."""
-    from models.m3m import build_segmenter, initial_m3m, segmenter_state_dict
-    from models.memnet import MemNetBaseline
-    from models.registry import WeightsMismatchError
-    from models.resmem_retrain import TRAINABLE, published_resmem_state
+    from memscore.models.m3m import build_segmenter, initial_m3m, segmenter_state_dict
+    from memscore.models.memnet import MemNetBaseline
+    from memscore.models.registry import WeightsMismatchError
+    from memscore.models.resmem_retrain import TRAINABLE, published_resmem_state
 
     text = tmp_path / "scores.csv"
     text.write_text("image,score\na.jpg,0.5\n")
@@ -232,8 +232,8 @@ def test_wrong_starting_weights_files_are_one_line_errors(tmp_path):
 
 def test_memscore_models_reports_each_models_size(capsys):
     """The size M3M is asked to report (and every other model's), without building real tensors."""
-    from flows.cli import main
-    from models.memnet import MemNetBaseline
+    from memscore.flows.cli import main
+    from memscore.models.memnet import MemNetBaseline
 
     expected = sum(p.numel() for p in MemNetBaseline().parameters())
     assert main(["models"]) == 0

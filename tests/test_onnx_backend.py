@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from models import onnx_runtime
-from models.registry import load_model
-from models.speed import SpeedSettings, check_backend, default_speed, prepare
+from memscore.models import onnx_runtime
+from memscore.models.registry import load_model
+from memscore.models.speed import SpeedSettings, check_backend, default_speed, prepare
 
 CPU = torch.device("cpu")
 
 
 def photo_batch(size: int = 227) -> torch.Tensor:
     from conftest import photo
-    from models.preprocess import resmem_transform
+    from memscore.models.preprocess import resmem_transform
 
     names = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
     return torch.stack([resmem_transform(photo(name, size=None)) for name in names])
@@ -92,7 +92,7 @@ def test_resmem_on_onnxruntime_matches_torch_and_is_exported_once(onnx_cache, mo
 
 def test_other_weights_get_their_own_export(onnx_cache, tmp_path):
     """The cache is keyed by the weights' digest: a retrained model is never run with stale weights."""
-    from models.memnet import MemNetBaseline
+    from memscore.models.memnet import MemNetBaseline
 
     paths = []
     for seed in (0, 1):
@@ -116,7 +116,7 @@ def test_other_weights_get_their_own_export(onnx_cache, tmp_path):
 
 def test_an_unwritable_cache_still_scores(tmp_path, monkeypatch):
     """A cache folder that cannot be written (read-only home, a file in the way) costs a warning, not the run."""
-    from models.memnet import MemNetBaseline
+    from memscore.models.memnet import MemNetBaseline
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
@@ -136,7 +136,7 @@ def test_an_unwritable_cache_still_scores(tmp_path, monkeypatch):
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    from flows.cli import main
+    from memscore.flows.cli import main
 
     code = main(list(argv))
     captured = capsys.readouterr()

@@ -18,8 +18,8 @@ import pytest
 
 from conftest import free_port
 
-from storage.uris import Location, open_location
-from tasks.discover import LISTING_SCHEMA, SourceNotFoundError, iter_listing, iter_s3_objects
+from memscore.storage.uris import Location, open_location
+from memscore.tasks.discover import LISTING_SCHEMA, SourceNotFoundError, iter_listing, iter_s3_objects
 
 
 class FlakyS3:
@@ -110,7 +110,7 @@ def _read_parts(fs, prefix: str):
 
 @pytest.mark.slow
 def test_score_bucket_prefix_into_other_bucket_incremental_and_flaky(s3, photos, prefect_api):
-    from flows.score import score_archive
+    from memscore.flows.score import score_archive
 
     fs, flaky = s3
     fs.mkdir("memscore-src")
@@ -204,7 +204,7 @@ def test_s3_listing_pages_and_missing_source(s3):
         list(iter_listing(open_location("s3://memscore-pages/p/00.png")))
 
     # The CLI's early check costs one ListObjectsV2 call of one key, whatever the prefix holds.
-    from flows.score_cli import check_source
+    from memscore.flows.score_cli import check_source
 
     fs.call_s3 = real
     check_source("s3://memscore-pages/p", None)
@@ -278,7 +278,7 @@ def test_analyze_lists_a_scores_folder_in_s3_as_a_local_one(s3, tmp_path, capsys
     one level, no hidden or _underscore names), so the same analysis comes out."""
     import json
 
-    from flows.cli import main
+    from memscore.flows.cli import main
 
     fs, _ = s3
     dest, lamem = _analysis_lab(tmp_path, non_parts=True)
@@ -303,7 +303,7 @@ def test_analyze_out_to_an_s3_bucket_with_storage_options(s3, s3_server, tmp_pat
     --storage-options (here the endpoint: no AWS_ENDPOINT_URL in the environment), as it does locally."""
     import json
 
-    from flows.cli import main
+    from memscore.flows.cli import main
 
     fs, _ = s3
     endpoint, _ = s3_server

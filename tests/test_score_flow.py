@@ -23,7 +23,7 @@ def scores_glob(dest: Path) -> str:
 
 
 def test_score_archive_writes_the_contract_and_reruns_incrementally(tmp_path, photos, prefect_api):
-    from flows.score import score_archive
+    from memscore.flows.score import score_archive
 
     source, dest = tmp_path / "archive", tmp_path / "out"
     files = write_archive(source, photos, count=4)
@@ -82,7 +82,7 @@ def test_score_archive_writes_the_contract_and_reruns_incrementally(tmp_path, ph
 
 
 def test_errors_are_written_and_not_retried_unless_asked(tmp_path, photos, prefect_api):
-    from flows.score import score_archive
+    from memscore.flows.score import score_archive
 
     source, dest = tmp_path / "archive", tmp_path / "out"
     write_archive(source, photos, count=1)
@@ -103,7 +103,7 @@ def test_a_run_killed_with_sigkill_is_finished_by_the_next_run(tmp_path, photos)
     source, dest = tmp_path / "archive", tmp_path / "out"
     for i in range(10):
         photos["coffee"].rotate(i * 7).save(source / f"img{i:02d}.jpg" if source.exists() else _mkdir(source) / f"img{i:02d}.jpg", "JPEG")
-    command = [sys.executable, "-m", "flows.cli", "score", str(source), "--out", str(dest), "--device", "cpu",
+    command = [sys.executable, "-m", "memscore.flows.cli", "score", str(source), "--out", str(dest), "--device", "cpu",
                "--shard-size", "2", "--batch-size", "2", "--workers", "0", "--features", "fc11", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

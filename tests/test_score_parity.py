@@ -9,10 +9,10 @@ import torch
 import torchvision
 from PIL import Image
 
-from storage.uris import open_location
-from tasks.discover import iter_listing
-from tasks.plan import plan_shards
-from tasks.score import ScoreSettings, get_model, score_images
+from memscore.storage.uris import open_location
+from memscore.tasks.discover import iter_listing
+from memscore.tasks.plan import plan_shards
+from memscore.tasks.score import ScoreSettings, get_model, score_images
 import pyarrow as pa
 
 resmem = pytest.importorskip("resmem", reason="the official resmem package is needed for the parity check")
@@ -76,7 +76,7 @@ def test_pipeline_scores_match_official_package(tmp_path, official_model, worker
 def test_features_match_official_forward(official_model):
     """feat_resnet152 is the official ResNet-152 output; feat_fc11 its last hidden layer."""
     from conftest import photo
-    from models.preprocess import to_model_input
+    from memscore.models.preprocess import to_model_input
 
     model = get_model("resmem", None, torch.device("cpu"))
     image = photo("coffee", size=None)

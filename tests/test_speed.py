@@ -12,9 +12,9 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from models.preprocess import resmem_transform
-from models.registry import load_model
-from models.speed import SpeedSettings, default_speed, fold_batchnorm, prepare, resolve_precision
+from memscore.models.preprocess import resmem_transform
+from memscore.models.registry import load_model
+from memscore.models.speed import SpeedSettings, default_speed, fold_batchnorm, prepare, resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -80,10 +80,10 @@ def test_bf16_autocast_within_tolerance(batch, plain):
 @pytest.mark.parametrize("workers", [0, 1])
 def test_score_images_speed_fields(tmp_path, photos, workers):
     """ScoreSettings' speed fields reach the model; forkserver-started workers deliver the same scores."""
-    from storage.uris import open_location
-    from tasks.discover import iter_listing
-    from tasks.plan import plan_shards
-    from tasks.score import ScoreSettings, get_model, score_images
+    from memscore.storage.uris import open_location
+    from memscore.tasks.discover import iter_listing
+    from memscore.tasks.plan import plan_shards
+    from memscore.tasks.score import ScoreSettings, get_model, score_images
 
     for name in ("astronaut", "coffee"):
         photos[name].save(tmp_path / f"{name}.jpg", "JPEG")
@@ -100,7 +100,7 @@ def test_score_images_speed_fields(tmp_path, photos, workers):
 
 
 def test_worker_start_method_override(monkeypatch):
-    from tasks.decode import worker_context
+    from memscore.tasks.decode import worker_context
 
     monkeypatch.setenv("MEMSCORE_WORKER_START", "spawn")
     assert worker_context().get_start_method() == "spawn"

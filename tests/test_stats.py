@@ -9,7 +9,7 @@ import pytest
 from scipy import special
 from scipy import stats as st
 
-from storage import stats
+from memscore.storage import stats
 
 
 def _con(**columns) -> duckdb.DuckDBPyConnection:

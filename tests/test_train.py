@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models import registry
-from models.preprocess import resmem_transform
-from models.registry import ModelSpec
-from models.resmem_retrain import TRAINABLE, TrainableModel
-from tasks.train import (
+from memscore.models import registry
+from memscore.models.preprocess import resmem_transform
+from memscore.models.registry import ModelSpec
+from memscore.models.resmem_retrain import TRAINABLE, TrainableModel
+from memscore.tasks.train import (
     TrainConfig,
     TrainingError,
     bootstrap_spearman,
@@ -124,7 +124,7 @@ def test_short_training_loss_falls_and_writes_everything(tmp_path, tiny_model):
     card = json.loads((out / "model_card.json").read_text())
     assert card["model"] == "tiny-test" and card["finished"] is True
     assert card["weights"]["digest"] == result.weights_digest
-    from models.weights import file_digest
+    from memscore.models.weights import file_digest
 
     assert file_digest(out / "model.pt") == result.weights_digest  # the digest scoring rows will carry
     assert card["splits"]["counts"] == {"train": 15, "val": 6, "test": 3}
@@ -244,7 +244,7 @@ def test_training_time_includes_writing_checkpoints(tmp_path, tiny_model, monkey
     """The card's train_seconds (compare's 'training time') counts checkpoint writes, slow for big models or buckets."""
     import time
 
-    import tasks.train as train_module
+    import memscore.tasks.train as train_module
 
     human, images = make_dataset(tmp_path, n=12)
     real_save = train_module._save_torch
@@ -406,7 +406,7 @@ def test_train_flow_takes_every_config_field():
     import dataclasses
     import inspect
 
-    from flows.train import train
+    from memscore.flows.train import train
 
     parameters = inspect.signature(train.fn).parameters
     for f in dataclasses.fields(TrainConfig):
@@ -416,7 +416,7 @@ def test_train_flow_takes_every_config_field():
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    from flows.cli import main
+    from memscore.flows.cli import main
 
     assert main(["train", "--model", "nope", "--human", "x.csv", "--images", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert "unknown model" in capsys.readouterr().err
@@ -430,7 +430,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_train_memnet_cli_then_score_and_compare_with_the_checkpoint(tmp_path, capsys):
     """memscore train (Prefect flow) -> memscore score --weights model.pt -> the usual Parquet -> memscore compare."""
-    from flows.cli import main
+    from memscore.flows.cli import main
 
     human, images = make_dataset(tmp_path, n=12)
     out = tmp_path / "run"
@@ -464,7 +464,7 @@ def test_train_memnet_cli_then_score_and_compare_with_the_checkpoint(tmp_path, c
 @pytest.mark.slow
 def test_train_m3m_briefly_and_score_with_its_checkpoint(tmp_path):
     """M3M (random init, no downloads): one short epoch, then the registry loads model.pt for scoring."""
-    from models.registry import load_model
+    from memscore.models.registry import load_model
 
     human, images = make_dataset(tmp_path, n=6)
     out = tmp_path / "run"
@@ -500,7 +500,7 @@ def test_training_with_decode_workers(tmp_path, tiny_model):
 @pytest.mark.slow
 def test_cli_data_and_weights_errors_inside_the_flow_are_one_line(tmp_path, capfd):
     """Errors found once the flow runs (images, split files, weights files) print one line, no traceback."""
-    from flows.cli import main
+    from memscore.flows.cli import main
 
     human, images = make_dataset(tmp_path, n=8)
     empty = tmp_path / "empty"
@@ -524,7 +524,7 @@ def test_compare_runs_given_as_uris_and_bad_run_paths(tmp_path, tiny_model, caps
     """compare takes training folders in buckets (model.pt fetched) and file:// URIs; bad paths are one line."""
     import fsspec
 
-    from flows.cli import main
+    from memscore.flows.cli import main
 
     human, images = make_dataset(tmp_path)
     local = tmp_path / "run"
@@ -569,8 +569,8 @@ def test_compare_storage_options_are_passed_not_remembered(tmp_path, capsys, mon
 
     from fsspec.implementations.memory import MemoryFileSystem
 
-    from flows import compare_cli
-    from flows.cli import UserError, main
+    from memscore.flows import compare_cli
+    from memscore.flows.cli import UserError, main
 
     class TokenMemory(MemoryFileSystem):
         """A bucket that refuses to open without its token (as s3 without credentials)."""
@@ -662,7 +662,7 @@ def test_kill_at_any_write_keeps_weights_and_card_consistent(tmp_path, tiny_mode
     import fsspec
     from fsspec.implementations.memory import MemoryFileSystem
 
-    import tasks.train as train_module
+    import memscore.tasks.train as train_module
 
     human, images = make_dataset(tmp_path)
     real_spearman = train_module.spearman

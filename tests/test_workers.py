@@ -7,7 +7,7 @@ import os
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.decode import worker_context, worker_setup
+from memscore.tasks.decode import worker_context, worker_setup
 
 
 class EnvironmentProbe(Dataset):
@@ -35,7 +35,7 @@ def test_the_forkserver_starts_before_the_first_loader_and_serves_it(monkeypatch
     """start_worker_server runs the forkserver's torch import beside the model load."""
     import multiprocessing.forkserver as forkserver
 
-    from tasks.decode import start_worker_server
+    from memscore.tasks.decode import start_worker_server
 
     monkeypatch.delenv("MEMSCORE_WORKER_START", raising=False)
     server = forkserver._forkserver
