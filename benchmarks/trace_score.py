@@ -75,7 +75,7 @@ def main() -> int:
                 yield batch
         return batches()
 
-    flow_module.score_images = timed_score_images
+    score_module.score_images = timed_score_images  # tasks.pipeline.score_shard looks it up at call time
     score_module._loader = timed_loader
     started = time.perf_counter()
     summary = flow_module.score_archive(args.source, args.dest, device=args.device, shard_size=args.shard_size,

@@ -14,64 +14,24 @@ loads the model once, and on a machine with several GPUs each worker takes its o
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import time
-import uuid
-from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from memscore.models.devices import defaults_for, resolve_device
-from memscore.models.registry import get_model_spec, resolve_weights
-from memscore.models.speed import check_backend
-from memscore.storage.compact import drop_superseded_rows
-from memscore.storage.parts import write_part_atomic
-from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
-from memscore.storage.uris import Location, open_location
-from memscore.tasks.decode import start_worker_server
-from memscore.tasks.device_decode import resolve_decode
-from memscore.tasks.discover import DiscoveryCounts, SourceNotFoundError, iter_listing
-from memscore.tasks.plan import Plan, done_keys, plan_shards
+from memscore.models.devices import resolve_device
+from memscore.storage.schema import ERRORS_DIR
+from memscore.storage.uris import Location
+from memscore.tasks import pipeline
+from memscore.tasks.discover import DiscoveryCounts, SourceNotFoundError
+from memscore.tasks.pipeline import ScoreRequest, ScoreSummary, new_run_id
+from memscore.tasks.plan import Plan
 from memscore.tasks.progress import ProgressReporter
-from memscore.tasks.score import ScoreSettings, ShardResult, get_model, score_images
+from memscore.tasks.score import ScoreSettings, ShardResult
 
-
-@dataclass
-class ScoreSummary:
-    """What a run did: counts, throughput and where the results are."""
-
-    run_id: str
-    source: str
-    destination: str
-    model: str
-    weights: str
-    device: str
-    backend: str = "torch"
-    files_seen: int = 0
-    images_found: int = 0
-    ignored_files: int = 0
-    skipped: int = 0
-    scored: int = 0
-    failed: int = 0
-    shards: int = 0
-    seconds: float = 0.0
-    images_per_second: float = 0.0
-    superseded_rows_removed: int = 0
-    errors_by_reason: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def text(self) -> str:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_reason.items())) or "none"
-        return (
-            f"scored {self.scored}, skipped {self.skipped} (already in DEST), failed {self.failed}, "
-            f"ignored {self.ignored_files} non-image file(s); {self.images_per_second:.2f} images/s "
-            f"over {self.seconds:.1f} s on {self.device}; errors by reason: {reasons}"
-        )
+__all__ = ["ScoreSummary", "new_run_id", "score_archive", "summary_markdown", "plan_run", "score_shard",
+           "write_shard", "compact", "worker_device"]
 
 
 STORAGE_RETRIES = 3
@@ -104,10 +64,7 @@ def plan_run(
     src: Location, dest: Location, model: str, weights_digest: str, shard_size: int, retry_errors: bool
 ) -> tuple[Plan, DiscoveryCounts]:
     """List SOURCE (streamed), anti-join what DEST holds, cut the rest into shards."""
-    counts = DiscoveryCounts()
-    done = done_keys(dest, model, weights_digest, include_errors=not retry_errors)
-    plan = plan_shards(iter_listing(src, counts=counts), done, shard_size)
-    return plan, counts
+    return pipeline.plan_run(src, dest, model, weights_digest, shard_size, retry_errors)
 
 
 _pinned_device: dict[str, str] = {}
@@ -162,24 +119,8 @@ def score_shard(
     progress: ProgressReporter | None = None,
 ) -> ShardResult:
     """Score one shard of images with the model (loaded once per process)."""
-    torch_device = resolve_device(worker_device(device))
-    if settings.batch_size is None or settings.workers is None:  # decided where the shard runs (Dask)
-        defaults = defaults_for(torch_device, resolve_decode(settings.decode, torch_device, get_model_spec(model).preprocess))
-        settings = replace(
-            settings,
-            batch_size=settings.batch_size or defaults.batch_size,
-            workers=defaults.workers if settings.workers is None else settings.workers,
-        )
-    if settings.workers and multiprocessing.current_process().daemon:
-        # Daemonic processes (Dask's default workers) may not start DataLoader workers.
-        get_run_logger().warning(
-            "this process is daemonic (a Dask worker?): decoding in-process; start Dask workers with "
-            "DASK_DISTRIBUTED__WORKER__DAEMON=False to use %d decode workers", settings.workers
-        )
-        settings = replace(settings, workers=0)
-    start_worker_server(settings.workers)  # its torch import runs while the model loads
-    loaded = get_model(model, weights, torch_device)
-    return score_images(shard, source, loaded, settings, on_batch=progress.advance if progress else None)
+    return pipeline.score_shard(shard_index, shard, source, model, weights, worker_device(device), settings,
+                                progress, get_run_logger())
 
 
 @task(name="write-parts", **_storage_task)
@@ -189,21 +130,13 @@ def write_shard(dest: Location, run_id: str, shard_index: int, result: ShardResu
     Part names depend only on the run and the shard, so a retried write replaces
     the same objects and never duplicates rows.
     """
-    name = f"part-{run_id}-{shard_index:06d}.parquet"
-    if result.scores.num_rows:
-        write_part_atomic(dest, SCORES_DIR, name, result.scores)
-    if result.errors.num_rows:
-        write_part_atomic(dest, ERRORS_DIR, name, result.errors)
-    reasons: dict[str, int] = {}
-    for reason in result.errors.column("error").to_pylist():
-        reasons[reason] = reasons.get(reason, 0) + 1
-    return {"scored": result.scores.num_rows, "failed": result.errors.num_rows, "errors_by_reason": reasons}
+    return pipeline.write_shard(dest, run_id, shard_index, result)
 
 
 @task(name="compact", **_storage_task)
 def compact(dest: Location) -> int:
     """Drop rows superseded by newer reads of the same images; return how many."""
-    return drop_superseded_rows(dest)
+    return pipeline.compact(dest)
 
 
 class _RunProgress:
@@ -259,11 +192,6 @@ def summary_markdown(summary: ScoreSummary) -> str:
     return "\n".join(lines)
 
 
-def new_run_id() -> str:
-    """A sortable, unique run id: UTC time plus a random suffix."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-
-
 @flow(name="score-archive", log_prints=True)
 def score_archive(
     source: str,
@@ -317,80 +245,16 @@ def score_archive(
             needs ``memscore[onnx]``; the model is exported to ONNX once and cached).
     """
     logger = get_run_logger()
-    started = time.perf_counter()
-    spec = get_model_spec(model)
-    layers = spec.check_features(spec.default_features if features is None else features)
-    ref = resolve_weights(spec, weights)
-    from PIL import Image
-
-    if dask_address:
-        # The workers may have other hardware than this process: resolve there.
-        shard_device = device
-        device_label = f"{device} on dask {dask_address}"
-        guess = "cuda" if device.startswith("cuda") else "cpu"
-        import torch
-
-        defaults = defaults_for(torch.device(guess))
-        settings_batch, settings_workers = batch_size, workers
-    else:
-        torch_device = resolve_device(device)
-        check_backend(backend, torch_device, precision, compile_model)  # before any shard starts
-        shard_device = device_label = str(torch_device)
-        defaults = defaults_for(torch_device, resolve_decode(decode, torch_device, spec.preprocess))
-        settings_batch = batch_size or defaults.batch_size
-        settings_workers = defaults.workers if workers is None else workers
-    settings = ScoreSettings(
-        batch_size=settings_batch,
-        workers=settings_workers,
-        features=layers,
-        max_pixels=max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS,
-        run_id=new_run_id(),
-        precision=precision,
-        channels_last=channels_last,
-        fold_batchnorm=fold_batchnorm,
-        compile=compile_model,
-        decode=decode,
-        backend=backend,
+    request = ScoreRequest(
+        source=source, destination=destination, model=model, weights=weights, device=device,
+        batch_size=batch_size, workers=workers, shard_size=shard_size, features=features, max_pixels=max_pixels,
+        retry_errors=retry_errors, storage_options=storage_options, show_progress=show_progress,
+        dask_address=dask_address, precision=precision, channels_last=channels_last,
+        fold_batchnorm=fold_batchnorm, compile_model=compile_model, decode=decode, backend=backend,
     )
-    src = open_location(source, storage_options)
-    dest = open_location(destination, storage_options)
-
-    plan, counts = plan_run(src, dest, spec.name, ref.digest, shard_size or defaults.shard_size, retry_errors)
-    summary = ScoreSummary(
-        run_id=settings.run_id, source=src.uri, destination=dest.uri, model=spec.name, weights=ref.digest,
-        device=device_label, backend=settings.backend, files_seen=counts.files, images_found=counts.images,
-        ignored_files=counts.ignored, skipped=plan.already_done, shards=len(plan.shards),
-    )
-    logger.info(
-        "found %d image(s) (%d other file(s) ignored); %d already in DEST; scoring %d in %d shard(s) on %s",
-        counts.images, counts.ignored, plan.already_done, plan.to_score, len(plan.shards), device_label,
-    )
-    run_progress = _RunProgress(plan.to_score)
-
-    def account(written: dict[str, Any]) -> None:
-        summary.scored += written["scored"]
-        summary.failed += written["failed"]
-        for reason, n in written["errors_by_reason"].items():
-            summary.errors_by_reason[reason] = summary.errors_by_reason.get(reason, 0) + n
-        run_progress.advance(written["scored"] + written["failed"])
-
-    progress = ProgressReporter(total=plan.to_score, enabled=show_progress)
-    scoring_started = time.perf_counter()
-    try:
-        if dask_address and plan.shards:
-            _score_on_dask(dask_address, plan, src, dest, spec.name, weights, shard_device, settings, account)
-        else:
-            for index, shard in enumerate(plan.shards):
-                result = score_shard(index, shard, src, spec.name, weights, shard_device, settings, progress)
-                account(write_shard(dest, settings.run_id, index, result))
-    finally:
-        progress.close()
-    scoring_seconds = time.perf_counter() - scoring_started
-    summary.superseded_rows_removed = compact(dest)
-    summary.seconds = time.perf_counter() - started
-    processed = summary.scored + summary.failed
-    summary.images_per_second = processed / scoring_seconds if processed and scoring_seconds > 0 else 0.0
-    logger.info("%s", summary.text())
+    steps = pipeline.PipelineSteps(plan_run=plan_run, score_shard=score_shard, write_shard=write_shard,
+                                   compact=compact, run_shards=_score_on_dask, run_progress=_RunProgress, log=logger)
+    summary = pipeline.run_score(request, steps)
     try:
         from prefect.artifacts import create_markdown_artifact
 

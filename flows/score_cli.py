@@ -3,20 +3,36 @@
 Images are found recursively by extension (jpg, jpeg, png, webp, gif, bmp, tif,
 tiff; any case). Results go to DEST/scores/*.parquet, unreadable images to
 DEST/errors/*.parquet. A rerun scores only new or changed images.
+
+A local SOURCE and DEST run in this process without Prefect (no server, no API:
+:func:`tasks.pipeline.run_score`); ``--prefect``, ``PREFECT_API_URL`` in the
+environment, ``--dask-address`` or a bucket on either side run the ``score-archive``
+flow (:func:`flows.score.score_archive`), which starts a temporary local Prefect API
+when no server is configured. Both paths run the same pipeline and write the same rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from memscore.tasks.pipeline import ScoreRequest
 
 EPILOG = """exit status: 0 when the run finished (even if some images failed: see DEST/errors),
 1 with a one-line reason when it could not do its job (unknown model, weights
 missing, SOURCE unreadable, device unavailable).
 
+runs without a Prefect server when SOURCE and DEST are local; --prefect (or PREFECT_API_URL
+set, --dask-address, a bucket URI) runs the Prefect flow 'score-archive' instead.
+
 examples:
   memscore score ./photos --out ./photos-scores
+  memscore score ./photos --out ./photos-scores --prefect
   memscore score s3://bucket/archive --out s3://bucket/memscore --device cuda --batch-size 512
   memscore score ./photos --out ./scores --features resnet152,fc11,alexnet
   memscore score s3://bucket/archive --out s3://results/memscore --dask-address tcp://scheduler:8786
@@ -38,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-errors", action="store_true", help="also rescore images that failed in an earlier run")
     parser.add_argument("--storage-options", default=None, metavar="JSON", help="fsspec options for SOURCE and DEST, as JSON")
     parser.add_argument("--dask-address", default=None, metavar="tcp://HOST:PORT", help="run the shards on this existing Dask scheduler (needs memscore[dask]); device and batch defaults are then resolved on each worker")
+    parser.add_argument("--prefect", action="store_true",
+                        help="run as the Prefect flow 'score-archive' (the default for buckets, Dask and when "
+                             "PREFECT_API_URL is set; local jobs otherwise run without a Prefect server)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -79,24 +98,29 @@ def parse_features(text: str | None) -> list[str] | None:
 
 
 def check_source(source: str, storage_options: dict | None) -> None:
-    """Raise SourceUnreadableError unless SOURCE is a folder we can list."""
-    from memscore.storage.uris import open_location
-    from memscore.tasks.discover import SourceUnreadableError, is_s3, iter_s3_objects
+    """Raise SourceUnreadableError unless SOURCE is a folder we can list (:func:`tasks.pipeline.check_source`)."""
+    from memscore.tasks.pipeline import check_source as check
 
-    try:
-        location = open_location(source, storage_options)
-        if is_s3(location.fs):
-            # One ListObjectsV2 call of one key (fs.isdir would list the whole prefix).
-            next(iter(iter_s3_objects(location, page_size=1)), None)
-            return
-        is_folder = location.fs.isdir(location.root)
-    except (ImportError, ValueError) as error:
-        raise SourceUnreadableError(f"cannot open source {source}: {error}") from None
-    except OSError as error:
-        raise SourceUnreadableError(f"cannot read source {source}: {error}") from None
-    if not is_folder:
-        exists = location.fs.exists(location.root)
-        raise SourceUnreadableError(f"source {'is not a folder' if exists else 'not found'}: {source}")
+    check(source, storage_options)
+
+
+def wants_flow(args: argparse.Namespace) -> str | None:
+    """Why this run goes through the Prefect flow (None: it runs here, without Prefect).
+
+    The flow is used when asked for (``--prefect``), when a Prefect server is configured
+    in the environment (``PREFECT_API_URL``), for a Dask cluster, and when SOURCE or DEST
+    is a bucket (the flow retries storage calls with backoff).
+    """
+    if getattr(args, "prefect", False):
+        return "--prefect"
+    if os.environ.get("PREFECT_API_URL"):
+        return "PREFECT_API_URL is set"
+    if args.dask_address:
+        return "--dask-address"
+    for uri in (args.source, args.destination):
+        if "://" in uri and not uri.startswith("file://"):
+            return f"{uri} is not a local folder"
+    return None
 
 
 def check_backend_options(args: argparse.Namespace, device) -> None:
@@ -139,9 +163,9 @@ def run(args: argparse.Namespace) -> int:
         if args.backend != "torch":
             check_backend_options(args, device)
 
-    from memscore.flows.score import score_archive
+    from memscore.tasks.pipeline import ScoreRequest
 
-    summary = score_archive(
+    request = ScoreRequest(
         source=args.source,
         destination=args.destination,
         model=args.model,
@@ -163,6 +187,14 @@ def run(args: argparse.Namespace) -> int:
         decode=args.decode,
         backend=args.backend,
     )
+    if wants_flow(args):
+        from dataclasses import asdict
+
+        from memscore.flows.score import score_archive
+
+        summary = score_archive(**asdict(request))
+    else:
+        summary = run_plain(request)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -173,3 +205,20 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def run_plain(request: ScoreRequest) -> dict:
+    """The pipeline in this process, without Prefect; its log lines go to stderr. The summary as a dict."""
+    from memscore.tasks.pipeline import run_score
+
+    log = logging.getLogger("memscore.score")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | memscore | %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        return run_score(request).as_dict()
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)

@@ -1,0 +1,370 @@
+"""The scoring pipeline as plain functions: SOURCE images in, DEST Parquet parts out.
+
+discover -> plan (skip what DEST holds) -> score each shard (DataLoader + model) ->
+one atomic part per shard -> drop superseded rows -> :class:`ScoreSummary`.
+
+This is the one way data flows through a scoring run, without Prefect: the plain
+``memscore score`` path and ``memscore.score()`` call :func:`run_score` with the
+plain steps below, and the ``score-archive`` flow (:mod:`flows.score`) calls it with
+the same steps wrapped as Prefect tasks (retries, a progress artifact, Dask). What
+belongs here: the run's settings (:class:`ScoreRequest`), its checks before any
+work (:func:`check_request`), the steps, and the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from memscore.storage.uris import Location, open_location
+from memscore.tasks.discover import DiscoveryCounts, iter_listing
+from memscore.tasks.plan import Plan, done_keys, plan_shards
+
+logger = logging.getLogger("memscore.score")
+
+
+@dataclass
+class ScoreSummary:
+    """What a run did: counts, throughput and where the results are."""
+
+    run_id: str
+    source: str
+    destination: str
+    model: str
+    weights: str
+    device: str
+    backend: str = "torch"
+    files_seen: int = 0
+    images_found: int = 0
+    ignored_files: int = 0
+    skipped: int = 0
+    scored: int = 0
+    failed: int = 0
+    shards: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    superseded_rows_removed: int = 0
+    errors_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_reason.items())) or "none"
+        return (
+            f"scored {self.scored}, skipped {self.skipped} (already in DEST), failed {self.failed}, "
+            f"ignored {self.ignored_files} non-image file(s); {self.images_per_second:.2f} images/s "
+            f"over {self.seconds:.1f} s on {self.device}; errors by reason: {reasons}"
+        )
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Everything a scoring run is asked to do (the flow's and the CLI's parameters).
+
+    ``source``/``destination`` are folders or fsspec URIs; ``features`` None means the
+    model's default layers, () none; ``batch_size``/``workers``/``shard_size`` None take
+    the device's defaults (:func:`models.devices.defaults_for`); ``max_pixels`` None is
+    PIL's limit. See :func:`flows.score.score_archive` for each option.
+    """
+
+    source: str
+    destination: str
+    model: str = "resmem"
+    weights: str | None = None
+    device: str = "auto"
+    batch_size: int | None = None
+    workers: int | None = None
+    shard_size: int | None = None
+    features: Sequence[str] | None = None
+    max_pixels: int | None = None
+    retry_errors: bool = False
+    storage_options: dict[str, Any] | None = None
+    show_progress: bool = False
+    dask_address: str | None = None
+    precision: str = "auto"
+    channels_last: bool | None = None
+    fold_batchnorm: bool | None = None
+    compile_model: bool = False
+    decode: str = "auto"
+    backend: str = "torch"
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus a random suffix."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+# ---------------------------------------------------------------------------
+# checks before any work
+
+
+def check_source(source: str, storage_options: dict | None) -> None:
+    """Raise :class:`tasks.discover.SourceUnreadableError` unless SOURCE is a folder we can list."""
+    from memscore.tasks.discover import SourceUnreadableError, is_s3, iter_s3_objects
+
+    try:
+        location = open_location(source, storage_options)
+        if is_s3(location.fs):
+            # One ListObjectsV2 call of one key (fs.isdir would list the whole prefix).
+            next(iter(iter_s3_objects(location, page_size=1)), None)
+            return
+        is_folder = location.fs.isdir(location.root)
+    except (ImportError, ValueError) as error:
+        raise SourceUnreadableError(f"cannot open source {source}: {error}") from None
+    except OSError as error:
+        raise SourceUnreadableError(f"cannot read source {source}: {error}") from None
+    if not is_folder:
+        exists = location.fs.exists(location.root)
+        raise SourceUnreadableError(f"source {'is not a folder' if exists else 'not found'}: {source}")
+
+
+def check_request(request: ScoreRequest) -> None:
+    """Fail fast on what needs no run: unknown model or layers, weights that are missing or
+    do not fit, an unreadable SOURCE, a device or backend not available here.
+
+    Raises: :class:`models.registry.UnknownModelError`, ValueError (layers, backend options),
+    :class:`models.weights.WeightsNotFoundError`, :class:`models.registry.WeightsMismatchError`,
+    :class:`tasks.discover.SourceUnreadableError`, :class:`models.devices.DeviceUnavailableError`,
+    :class:`models.onnx_runtime.BackendUnavailableError`.
+    """
+    from memscore.models.devices import resolve_device
+    from memscore.models.registry import build_with_weights, get_model_spec, resolve_weights
+    from memscore.models.speed import check_backend
+
+    spec = get_model_spec(request.model)
+    spec.check_features(spec.default_features if request.features is None else request.features)
+    weights = resolve_weights(spec, request.weights)
+    if request.weights:  # a user's file: check it fits the model before any run starts
+        build_with_weights(spec, weights)
+    check_source(request.source, request.storage_options)
+    if not request.dask_address:  # on a Dask cluster the device is resolved on the workers
+        device = resolve_device(request.device)
+        if request.backend != "torch":
+            check_backend(request.backend, device, request.precision, request.compile_model)
+
+
+# ---------------------------------------------------------------------------
+# the steps (the flow wraps each one as a Prefect task)
+
+
+def plan_run(
+    src: Location, dest: Location, model: str, weights_digest: str, shard_size: int, retry_errors: bool
+) -> tuple[Plan, DiscoveryCounts]:
+    """List SOURCE (streamed), anti-join what DEST holds, cut the rest into shards."""
+    counts = DiscoveryCounts()
+    done = done_keys(dest, model, weights_digest, include_errors=not retry_errors)
+    plan = plan_shards(iter_listing(src, counts=counts), done, shard_size)
+    return plan, counts
+
+
+def score_shard(
+    shard_index: int,
+    shard: pa.Table,
+    source: Location,
+    model: str,
+    weights: str | None,
+    device: str,
+    settings: Any,
+    progress: Any = None,
+    log: logging.Logger | logging.LoggerAdapter | None = None,
+) -> Any:
+    """Score one shard of images with the model (loaded once per process): a ShardResult.
+
+    ``settings`` is a :class:`tasks.score.ScoreSettings`; a batch size or worker count
+    left None is decided here, for the device this process scores on.
+    """
+    from memscore.models.devices import defaults_for, resolve_device
+    from memscore.models.registry import get_model_spec
+    from memscore.tasks.decode import start_worker_server
+    from memscore.tasks.device_decode import resolve_decode
+    from memscore.tasks.score import get_model, score_images
+
+    log = log or logger
+    torch_device = resolve_device(device)
+    if settings.batch_size is None or settings.workers is None:  # decided where the shard runs (Dask)
+        defaults = defaults_for(torch_device, resolve_decode(settings.decode, torch_device, get_model_spec(model).preprocess))
+        settings = replace(
+            settings,
+            batch_size=settings.batch_size or defaults.batch_size,
+            workers=defaults.workers if settings.workers is None else settings.workers,
+        )
+    if settings.workers and multiprocessing.current_process().daemon:
+        # Daemonic processes (Dask's default workers) may not start DataLoader workers.
+        log.warning(
+            "this process is daemonic (a Dask worker?): decoding in-process; start Dask workers with "
+            "DASK_DISTRIBUTED__WORKER__DAEMON=False to use %d decode workers", settings.workers
+        )
+        settings = replace(settings, workers=0)
+    start_worker_server(settings.workers)  # its torch import runs while the model loads
+    loaded = get_model(model, weights, torch_device)
+    return score_images(shard, source, loaded, settings, on_batch=progress.advance if progress else None)
+
+
+def write_shard(dest: Location, run_id: str, shard_index: int, result: Any) -> dict[str, Any]:
+    """Write a shard's scores (and errors, if any) as atomic parts under DEST.
+
+    Part names depend only on the run and the shard, so a retried write replaces
+    the same objects and never duplicates rows. Returns the counts
+    ``{"scored", "failed", "errors_by_reason"}``.
+    """
+    from memscore.storage.parts import write_part_atomic
+    from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
+
+    name = f"part-{run_id}-{shard_index:06d}.parquet"
+    if result.scores.num_rows:
+        write_part_atomic(dest, SCORES_DIR, name, result.scores)
+    if result.errors.num_rows:
+        write_part_atomic(dest, ERRORS_DIR, name, result.errors)
+    reasons: dict[str, int] = {}
+    for reason in result.errors.column("error").to_pylist():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {"scored": result.scores.num_rows, "failed": result.errors.num_rows, "errors_by_reason": reasons}
+
+
+def compact(dest: Location) -> int:
+    """Drop rows superseded by newer reads of the same images; return how many."""
+    from memscore.storage.compact import drop_superseded_rows
+
+    return drop_superseded_rows(dest)
+
+
+class RunProgress(Protocol):
+    """Something told how many images were scored or failed (a Prefect artifact, ...)."""
+
+    def advance(self, images: int) -> None: ...
+
+
+class _NoRunProgress:
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def advance(self, images: int) -> None:
+        pass
+
+
+ShardRunner = Callable[..., None]
+
+
+@dataclass
+class PipelineSteps:
+    """The steps :func:`run_score` calls: plain functions by default, Prefect tasks in the flow.
+
+    ``run_shards`` replaces the in-process loop over the shards (the flow's Dask
+    runner); it is called as ``run_shards(address, plan, src, dest, model, weights,
+    device, settings, account)`` and must pass each shard's write counts to ``account``.
+    """
+
+    plan_run: Callable[..., tuple[Plan, DiscoveryCounts]] = plan_run
+    score_shard: Callable[..., Any] = score_shard
+    write_shard: Callable[..., dict[str, Any]] = write_shard
+    compact: Callable[[Location], int] = compact
+    run_shards: ShardRunner | None = None
+    run_progress: Callable[[int], RunProgress] = _NoRunProgress
+    log: logging.Logger | logging.LoggerAdapter = logger
+
+
+def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> ScoreSummary:
+    """Run the pipeline for ``request``; return what it did.
+
+    Writes ``DEST/scores/part-<run>-<shard>.parquet`` (and ``DEST/errors/...``) and
+    skips the images DEST already holds for this model and weights. Unreadable
+    images become error rows, never exceptions; a bad request raises what
+    :func:`check_request` lists (this function does not call it: callers do, before
+    any server or work starts).
+    """
+    import torch
+    from PIL import Image
+
+    from memscore.models.devices import defaults_for, resolve_device
+    from memscore.models.registry import get_model_spec, resolve_weights
+    from memscore.models.speed import check_backend
+    from memscore.tasks.device_decode import resolve_decode
+    from memscore.tasks.progress import ProgressReporter
+    from memscore.tasks.score import ScoreSettings
+
+    steps = steps or PipelineSteps()
+    log = steps.log
+    started = time.perf_counter()
+    spec = get_model_spec(request.model)
+    layers = spec.check_features(spec.default_features if request.features is None else request.features)
+    ref = resolve_weights(spec, request.weights)
+
+    if request.dask_address:
+        if steps.run_shards is None:
+            raise ValueError("scoring on a Dask cluster runs as the Prefect flow (flows.score.score_archive)")
+        # The workers may have other hardware than this process: resolve there.
+        shard_device = request.device
+        device_label = f"{request.device} on dask {request.dask_address}"
+        guess = "cuda" if request.device.startswith("cuda") else "cpu"
+        defaults = defaults_for(torch.device(guess))
+        settings_batch, settings_workers = request.batch_size, request.workers
+    else:
+        torch_device = resolve_device(request.device)
+        check_backend(request.backend, torch_device, request.precision, request.compile_model)  # before any shard
+        shard_device = device_label = str(torch_device)
+        defaults = defaults_for(torch_device, resolve_decode(request.decode, torch_device, spec.preprocess))
+        settings_batch = request.batch_size or defaults.batch_size
+        settings_workers = defaults.workers if request.workers is None else request.workers
+    settings = ScoreSettings(
+        batch_size=settings_batch,
+        workers=settings_workers,
+        features=layers,
+        max_pixels=request.max_pixels if request.max_pixels is not None else Image.MAX_IMAGE_PIXELS,
+        run_id=new_run_id(),
+        precision=request.precision,
+        channels_last=request.channels_last,
+        fold_batchnorm=request.fold_batchnorm,
+        compile=request.compile_model,
+        decode=request.decode,
+        backend=request.backend,
+    )
+    src = open_location(request.source, request.storage_options)
+    dest = open_location(request.destination, request.storage_options)
+
+    plan, counts = steps.plan_run(src, dest, spec.name, ref.digest, request.shard_size or defaults.shard_size,
+                                  request.retry_errors)
+    summary = ScoreSummary(
+        run_id=settings.run_id, source=src.uri, destination=dest.uri, model=spec.name, weights=ref.digest,
+        device=device_label, backend=settings.backend, files_seen=counts.files, images_found=counts.images,
+        ignored_files=counts.ignored, skipped=plan.already_done, shards=len(plan.shards),
+    )
+    log.info(
+        "found %d image(s) (%d other file(s) ignored); %d already in DEST; scoring %d in %d shard(s) on %s",
+        counts.images, counts.ignored, plan.already_done, plan.to_score, len(plan.shards), device_label,
+    )
+    run_progress = steps.run_progress(plan.to_score)
+
+    def account(written: dict[str, Any]) -> None:
+        summary.scored += written["scored"]
+        summary.failed += written["failed"]
+        for reason, n in written["errors_by_reason"].items():
+            summary.errors_by_reason[reason] = summary.errors_by_reason.get(reason, 0) + n
+        run_progress.advance(written["scored"] + written["failed"])
+
+    progress = ProgressReporter(total=plan.to_score, enabled=request.show_progress)
+    scoring_started = time.perf_counter()
+    try:
+        if request.dask_address and plan.shards:
+            steps.run_shards(request.dask_address, plan, src, dest, spec.name, request.weights, shard_device,
+                             settings, account)
+        else:
+            for index, shard in enumerate(plan.shards):
+                result = steps.score_shard(index, shard, src, spec.name, request.weights, shard_device, settings, progress)
+                account(steps.write_shard(dest, settings.run_id, index, result))
+    finally:
+        progress.close()
+    scoring_seconds = time.perf_counter() - scoring_started
+    summary.superseded_rows_removed = steps.compact(dest)
+    summary.seconds = time.perf_counter() - started
+    processed = summary.scored + summary.failed
+    summary.images_per_second = processed / scoring_seconds if processed and scoring_seconds > 0 else 0.0
+    log.info("%s", summary.text())
+    return summary
