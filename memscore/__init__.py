@@ -10,6 +10,10 @@ one namespace (``pyproject.toml`` maps them with setuptools' ``package-dir``):
 - ``memscore.storage`` locations (fsspec), Parquet parts, DuckDB SQL, human data readers
 
 Nothing else is installed at the top level of site-packages.
+
+The Python API (docs/python-api.md): :func:`load_model` (score images in a notebook),
+:func:`score` (an archive, as ``memscore score``, without Prefect), :func:`analyze`
+(scores vs human data, as ``memscore analyze``) and :func:`sql` (DuckDB over an output folder).
 """
 
 from __future__ import annotations
@@ -25,3 +29,8 @@ __version__ = "0.1.0"
 _ROOT = _Path(__file__).resolve().parent.parent
 if not (_Path(__file__).resolve().parent / "flows").is_dir() and (_ROOT / "flows" / "__init__.py").is_file():
     __path__.append(str(_ROOT))  # type: ignore[name-defined]  # noqa: F821
+
+# The public API (memscore/api.py; it imports torch, DuckDB and Prefect only when called).
+from memscore.api import AnalysisResult, ImageLoadError, Model, analyze, load_model, score, sql  # noqa: E402
+
+__all__ = ["AnalysisResult", "ImageLoadError", "Model", "__version__", "analyze", "load_model", "score", "sql"]

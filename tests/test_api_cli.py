@@ -1,0 +1,101 @@
+"""`memscore score` on a local SOURCE and DEST runs without Prefect (no server, no API),
+writes the same rows and prints the same summary as the `score-archive` flow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import write_archive
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(dest: Path) -> list[dict]:
+    """DEST/scores and DEST/errors rows without the per-run columns, sorted by path."""
+    rows = []
+    for folder, stamp in (("scores", "scored_at"), ("errors", "failed_at")):
+        for part in sorted((dest / folder).glob("*.parquet")):
+            for row in pq.read_table(part).to_pylist():
+                row.pop("run_id"), row.pop(stamp)
+                rows.append({"folder": folder, **row})
+    return sorted(rows, key=lambda r: (r["folder"], r["path"]))
+
+
+def _forbid_prefect_servers(monkeypatch) -> list[str]:
+    """Make every way Prefect reaches an API fail: starting the temporary local server, and
+    entering an API client (sync or async). Returns the list of attempts made."""
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+    from prefect.server.api.server import SubprocessASGIServer
+
+    attempts: list[str] = []
+
+    def refuse(what):
+        def refused(*args, **kwargs):
+            attempts.append(what)
+            raise RuntimeError(f"test: {what} is forbidden on the plain path")
+        return refused
+
+    monkeypatch.setattr(SubprocessASGIServer, "start", refuse("starting a Prefect server"))
+    monkeypatch.setattr(PrefectClient, "__aenter__", refuse("a Prefect API client"))
+    monkeypatch.setattr(SyncPrefectClient, "__enter__", refuse("a Prefect API client"))
+    return attempts
+
+
+def test_plain_score_starts_no_prefect_server_and_matches_the_flow(tmp_path, photos, monkeypatch, capsys, prefect_api):
+    """The plain path: no Prefect server, no API client (both forbidden here), exit 0; the
+    flow (--prefect) under the same ban fails, so the ban bites. Then, with Prefect allowed
+    (the session's test API), the flow writes the same rows and prints the same summary."""
+    from memscore.flows.cli import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    source = tmp_path / "archive"
+    write_archive(source, photos, count=3)
+    (source / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    plain, flow = tmp_path / "plain", tmp_path / "flow"
+    common = ["--device", "cpu", "--workers", "0", "--shard-size", "2", "--json", "--no-progress"]
+
+    with monkeypatch.context() as banned:
+        attempts = _forbid_prefect_servers(banned)
+        assert main(["score", str(source), "--out", str(plain), *common]) == 0
+        assert attempts == []
+        plain_summary = json.loads(capsys.readouterr().out)
+        with pytest.raises(RuntimeError, match="forbidden on the plain path"):
+            main(["score", str(source), "--out", str(tmp_path / "banned-flow"), *common, "--prefect"])
+        assert attempts
+    capsys.readouterr()
+
+    assert main(["score", str(source), "--out", str(flow), *common, "--prefect"]) == 0  # the session's API
+    flow_summary = json.loads(capsys.readouterr().out)
+
+    assert _rows(plain) == _rows(flow)
+    assert [r["path"] for r in _rows(plain)] == ["a/astronaut.jpg", "a/b/chelsea cat.PNG", "café/coffee.webp",
+                                                 "broken.png"]
+    varying = {"run_id", "destination", "seconds", "images_per_second"}
+    assert {k: v for k, v in plain_summary.items() if k not in varying} == \
+        {k: v for k, v in flow_summary.items() if k not in varying}
+    assert (plain_summary["scored"], plain_summary["failed"], plain_summary["shards"]) == (3, 1, 2)
+
+
+def test_when_the_flow_is_used(monkeypatch):
+    """--prefect, PREFECT_API_URL, --dask-address and buckets take the flow; local jobs do not."""
+    from memscore.flows.cli import build_parser, parse_command_line
+    from memscore.flows.score_cli import wants_flow
+
+    parser = build_parser()
+
+    def reason(*argv):
+        return wants_flow(parse_command_line(parser, ["score", *argv]))
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert reason("photos", "--out", "scores") is None
+    assert reason("file:///photos", "--out", "file:///scores") is None
+    assert reason("photos", "--out", "scores", "--prefect") == "--prefect"
+    assert reason("s3://bucket/photos", "--out", "scores") == "s3://bucket/photos is not a local folder"
+    assert reason("photos", "--out", "memory://scores") == "memory://scores is not a local folder"
+    assert reason("photos", "--out", "scores", "--dask-address", "tcp://h:8786") == "--dask-address"
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert reason("photos", "--out", "scores") == "PREFECT_API_URL is set"
