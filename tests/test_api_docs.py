@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,9 @@ def test_python_api_doc_runs_end_to_end(tmp_path):
             for i, p in enumerate(sorted(written))]
     (tmp_path / "human.csv").write_text("path,hit_rate\n" + "\n".join(rows) + "\n")
     script = tmp_path / "example.py"
-    script.write_text("\n\n".join(python_blocks(DOC.read_text())))
+    # As the doc says for scripts: under a main guard (DataLoader workers import the script again).
+    body = "\n\n".join(python_blocks(DOC.read_text()))
+    script.write_text("def main():\n" + textwrap.indent(body, "    ") + "\n\nif __name__ == '__main__':\n    main()\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     env.pop("PREFECT_API_URL", None)
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
