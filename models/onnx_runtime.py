@@ -18,7 +18,7 @@ cache cannot be written, the export goes to a temporary folder for that run (wit
 warning) and is deleted once the session has loaded it.
 
 Why: on the 2-core development machine ONNX Runtime's CPU kernels ran ResMem's
-float32 forward faster than PyTorch's (README, performance section), with scores
+float32 forward faster than PyTorch's (docs/performance.md), with scores
 within about 4e-7 of PyTorch's (the same float32 arithmetic, in another order).
 
 Optional: it needs ``pip install 'memscore[onnx]'`` (onnxruntime, onnx, onnxscript).
