@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from memscore.errors import UserError
 from memscore.models.registry import LoadedModel
 from memscore.models.weights import cache_dir
 
@@ -46,7 +47,7 @@ OPSET = 18
 Forward = Callable[[torch.Tensor, Sequence[str]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(UserError, RuntimeError):
     """The backend's optional packages are not installed."""
 
 

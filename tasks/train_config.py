@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from memscore.errors import UserError
+
 CHECKPOINT_FORMAT = "memscore-checkpoint/1"
 # A new best's weights land here, are committed by the checkpoint, then renamed to model.pt.
 STAGED_WEIGHTS = "checkpoints/best.pt"
@@ -25,7 +27,7 @@ FREEZE_GROUPS = {
 }
 
 
-class TrainingError(ValueError):
+class TrainingError(UserError, ValueError):
     """A training run cannot start or continue (bad data, config, or OUT); the message says why."""
 
 
