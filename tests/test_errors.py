@@ -3,7 +3,6 @@ types carry it, the CLI finds it behind wrappers, and the flows never retry it."
 
 from __future__ import annotations
 
-import pytest
 
 from memscore.errors import UserError, find_user_error
 
