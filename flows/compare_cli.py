@@ -135,7 +135,8 @@ def test_set(args: argparse.Namespace, candidates: list[Candidate], storage_opti
     import pyarrow as pa
 
     from memscore.flows.cli import UserError
-    from memscore.tasks.train import TrainConfig, TrainingError, read_human_table, read_image_list
+    from memscore.tasks.train_config import TrainConfig, TrainingError
+    from memscore.tasks.train_data import read_human_table, read_image_list
 
     runs = [c for c in candidates if c.run]
     images = args.images or (runs[0].card["data"]["images"] if runs else None)
@@ -177,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
     from memscore.flows.cli import UserError, parse_storage_options
     from memscore.models.devices import resolve_device
     from memscore.storage.uris import open_location
-    from memscore.tasks.train import ImageIndex, TrainingError
+    from memscore.tasks.train_config import TrainingError
+    from memscore.tasks.train_data import ImageIndex
 
     storage_options = parse_storage_options(args.storage_options) or {}
     candidates = parse_candidates(args.models, storage_options)

@@ -20,11 +20,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from memscore.errors import UserError
 from memscore.models.devices import resolve_device
 from memscore.storage.schema import ERRORS_DIR
 from memscore.storage.uris import Location
 from memscore.tasks import pipeline
-from memscore.tasks.discover import DiscoveryCounts, SourceNotFoundError
+from memscore.tasks.discover import DiscoveryCounts, SourceNotFoundError  # noqa: F401 - kept importable here
 from memscore.tasks.pipeline import ScoreRequest, ScoreSummary, new_run_id
 from memscore.tasks.plan import Plan
 from memscore.tasks.progress import ProgressReporter
@@ -42,7 +43,7 @@ def _retry_storage_errors(task: Any, task_run: Any, state: Any) -> bool:
     """Retry a storage task unless the failure is one that retrying cannot fix."""
     try:
         state.result()
-    except (SourceNotFoundError, ValueError, TypeError, KeyError):
+    except (UserError, ValueError, TypeError, KeyError):  # SourceNotFoundError is a UserError
         return False
     except BaseException:  # noqa: BLE001 - network errors, throttling, 5xx: worth another try
         return True

@@ -38,6 +38,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from memscore.errors import UserError
 from memscore.storage.stats import MEASURES, canonical_measure, measure_sql
 
 FORMATS = ("auto", "lamem", "table", "counts", "trials", "bids")
@@ -52,7 +53,7 @@ ORDER_CANDIDATES = ("trial", "trial_index", "trial_number", "trial_num", "order"
 DEFAULT_MEASURE = "hit_rate"
 
 
-class HumanDataError(ValueError):
+class HumanDataError(UserError, ValueError):
     """Human data that cannot be used as given; the message is one line."""
 
 
