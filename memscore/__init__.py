@@ -32,5 +32,7 @@ if not (_Path(__file__).resolve().parent / "flows").is_dir() and (_ROOT / "flows
 
 # The public API (memscore/api.py; it imports torch, DuckDB and Prefect only when called).
 from memscore.api import AnalysisResult, ImageLoadError, Model, analyze, load_model, score, sql  # noqa: E402
+from memscore.errors import UserError  # noqa: E402 - every error a user can fix (bad model name, SOURCE, data...)
 
-__all__ = ["AnalysisResult", "ImageLoadError", "Model", "__version__", "analyze", "load_model", "score", "sql"]
+__all__ = ["AnalysisResult", "ImageLoadError", "Model", "UserError", "__version__", "analyze", "load_model",
+           "score", "sql"]

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
+from memscore.errors import UserError  # imports nothing else
+
 if TYPE_CHECKING:
     import duckdb
     import numpy as np
@@ -37,10 +39,10 @@ if TYPE_CHECKING:
 #: array ``[H, W, 3]``/``[H, W]``, uint8 0..255 or float 0..1, RGB.
 ImageInput = Union["Image.Image", str, "os.PathLike[str]", bytes, "torch.Tensor", "np.ndarray"]
 
-__all__ = ["AnalysisResult", "ImageLoadError", "Model", "analyze", "load_model", "score", "sql"]
+__all__ = ["AnalysisResult", "ImageLoadError", "Model", "UserError", "analyze", "load_model", "score", "sql"]
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(UserError, ValueError):
     """An image given to :meth:`Model.score` or :meth:`Model.features` could not be read or decoded."""
 
 
@@ -518,7 +520,7 @@ def sql(dest: str | os.PathLike[str], query: str, *, storage_options: dict[str, 
     relation (``.to_arrow_table()``, ``.df()``, ``.fetchall()``; lazy: it runs when read),
     or None for a statement without a result.
 
-    Raises: ``flows.cli.UserError`` when ``dest`` is not a memscore output folder;
+    Raises: :class:`memscore.UserError` when ``dest`` is not a memscore output folder;
     ``duckdb.Error`` for a query DuckDB refuses.
     """
     from memscore.flows.sql_cli import connect

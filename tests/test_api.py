@@ -200,6 +200,9 @@ def test_score_api_refuses_bad_requests(tmp_path):
 
     with pytest.raises(SourceUnreadableError, match="not found"):
         memscore.score(tmp_path / "nowhere")
+    with pytest.raises(memscore.UserError):  # what the CLI shows as one line
+        memscore.score(tmp_path / "nowhere")
+    assert issubclass(memscore.ImageLoadError, memscore.UserError)
     with pytest.raises(UnknownModelError, match="unknown model"):
         memscore.score(tmp_path, model="nope")
     with pytest.raises(ValueError, match="no layer"):

@@ -55,5 +55,6 @@ def test_python_api_doc_runs_end_to_end(tmp_path):
     assert "(9, 256)" in out  # the archive's fc11 vectors
     assert "\n0 9\n" in out  # the rerun: scored 0, skipped 9
     assert "n=9  Spearman rho=" in out
+    assert "memscore: error: source not found: no-such-folder" in out
     assert (tmp_path / "sample-scores" / "scores").is_dir()
     assert not (tmp_path / "broken.jpg").exists()
