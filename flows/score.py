@@ -10,6 +10,10 @@ with backoff. A run keeps a progress artifact up to date and ends with a summary
 artifact (counts, throughput, errors by reason). With ``dask_address`` the shard
 tasks run on an existing Dask cluster through prefect-dask: each worker process
 loads the model once, and on a machine with several GPUs each worker takes its own.
+
+The flow's body is :func:`tasks.pipeline.run_score` with these tasks as its steps; the
+plain ``memscore score`` path and ``memscore.score()`` run the same function with the
+plain steps, without Prefect.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ EPILOG = """exit status: 0 when the run finished (even if some images failed: se
 missing, SOURCE unreadable, device unavailable).
 
 runs without a Prefect server when SOURCE and DEST are local; --prefect (or PREFECT_API_URL
-set, --dask-address, a bucket URI) runs the Prefect flow 'score-archive' instead.
+set in the environment or the Prefect profile, --dask-address, a bucket URI) runs the
+Prefect flow 'score-archive' instead.
 
 examples:
   memscore score ./photos --out ./photos-scores
@@ -104,17 +105,46 @@ def check_source(source: str, storage_options: dict | None) -> None:
     check(source, storage_options)
 
 
+def profile_api_url() -> str | None:
+    """The name of the active Prefect profile when it sets ``PREFECT_API_URL`` (``prefect config
+    set PREFECT_API_URL=...``), else None. Read from the profiles file without importing Prefect:
+    ``PREFECT_PROFILES_PATH``, else ``$PREFECT_HOME/profiles.toml`` (default ``~/.prefect``);
+    the active profile is ``PREFECT_PROFILE``, else the file's ``active``."""
+    home = os.environ.get("PREFECT_HOME") or os.path.join("~", ".prefect")
+    path = os.path.expanduser(os.environ.get("PREFECT_PROFILES_PATH") or os.path.join(home, "profiles.toml"))
+    if not os.path.isfile(path):
+        return None
+    try:
+        try:
+            import tomllib
+
+            with open(path, "rb") as handle:
+                profiles = tomllib.load(handle)
+        except ImportError:  # Python 3.10: Prefect depends on toml
+            import toml
+
+            profiles = toml.load(path)
+        active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+        settings = (profiles.get("profiles") or {}).get(active) or {}
+    except Exception:  # noqa: BLE001 - a file Prefect itself would complain about: not ours to judge
+        return None
+    return active if settings.get("PREFECT_API_URL") else None
+
+
 def wants_flow(args: argparse.Namespace) -> str | None:
     """Why this run goes through the Prefect flow (None: it runs here, without Prefect).
 
     The flow is used when asked for (``--prefect``), when a Prefect server is configured
-    in the environment (``PREFECT_API_URL``), for a Dask cluster, and when SOURCE or DEST
-    is a bucket (the flow retries storage calls with backoff).
+    (``PREFECT_API_URL`` in the environment or the active Prefect profile), for a Dask
+    cluster, and when SOURCE or DEST is a bucket (the flow retries storage calls with backoff).
     """
     if getattr(args, "prefect", False):
         return "--prefect"
     if os.environ.get("PREFECT_API_URL"):
         return "PREFECT_API_URL is set"
+    profile = profile_api_url()
+    if profile:
+        return f"the Prefect profile {profile} sets PREFECT_API_URL"
     if args.dask_address:
         return "--dask-address"
     for uri in (args.source, args.destination):

@@ -54,7 +54,10 @@ def test_plain_score_starts_no_prefect_server_and_matches_the_flow(tmp_path, pho
     (the session's test API), the flow writes the same rows and prints the same summary."""
     from memscore.flows.cli import main
 
+    import memscore.flows.score_cli as score_cli
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(score_cli, "profile_api_url", lambda: None)  # whatever this machine's Prefect profile says
     source = tmp_path / "archive"
     write_archive(source, photos, count=3)
     (source / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -84,8 +87,9 @@ def test_plain_score_starts_no_prefect_server_and_matches_the_flow(tmp_path, pho
     assert (plain_summary["scored"], plain_summary["failed"], plain_summary["shards"]) == (3, 1, 2)
 
 
-def test_when_the_flow_is_used(monkeypatch):
-    """--prefect, PREFECT_API_URL, --dask-address and buckets take the flow; local jobs do not."""
+def test_when_the_flow_is_used(monkeypatch, tmp_path):
+    """--prefect, PREFECT_API_URL (environment or profile), --dask-address and buckets take
+    the flow; local jobs do not."""
     from memscore.flows.cli import build_parser, parse_command_line
     from memscore.flows.score_cli import wants_flow
 
@@ -95,11 +99,22 @@ def test_when_the_flow_is_used(monkeypatch):
         return wants_flow(parse_command_line(parser, ["score", *argv]))
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_PROFILE", raising=False)
+    monkeypatch.delenv("PREFECT_PROFILES_PATH", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('active = "local"\n[profiles.local]\nPREFECT_LOGGING_LEVEL = "INFO"\n'
+                        '[profiles.server]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n')
     assert reason("photos", "--out", "scores") is None
     assert reason("file:///photos", "--out", "file:///scores") is None
     assert reason("photos", "--out", "scores", "--prefect") == "--prefect"
     assert reason("s3://bucket/photos", "--out", "scores") == "s3://bucket/photos is not a local folder"
     assert reason("photos", "--out", "memory://scores") == "memory://scores is not a local folder"
     assert reason("photos", "--out", "scores", "--dask-address", "tcp://h:8786") == "--dask-address"
+    monkeypatch.setenv("PREFECT_PROFILE", "server")  # `prefect profile use server` for this shell
+    assert reason("photos", "--out", "scores") == "the Prefect profile server sets PREFECT_API_URL"
+    profiles.write_text(profiles.read_text().replace('active = "local"', 'active = "server"'))
+    monkeypatch.delenv("PREFECT_PROFILE")
+    assert reason("photos", "--out", "scores") == "the Prefect profile server sets PREFECT_API_URL"
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     assert reason("photos", "--out", "scores") == "PREFECT_API_URL is set"
