@@ -221,7 +221,7 @@ def test_analyze_and_sql_api(tmp_path, photos, capsys):
     source, dest = tmp_path / "archive", tmp_path / "out"
     write_archive(source, photos)
     (source / "empty.png").write_bytes(b"")
-    with pytest.warns(UserWarning, match="1 image\(s\) could not be scored"):
+    with pytest.warns(UserWarning, match=r"1 image\(s\) could not be scored"):
         table = memscore.score(source, dest, device="cpu", workers=0, features=[])
     human = {row["path"]: 0.3 + 0.1 * i for i, row in enumerate(table.to_pylist())}
     human["a/astronaut.jpg"] = 0.95  # not in score order
