@@ -197,3 +197,23 @@ def test_prefect_flow_honours_confidence(tmp_path, capsys):
     assert (out["spearman"]["ci_low"], out["spearman"]["ci_high"]) == (plain["spearman"]["ci_low"], plain["spearman"]["ci_high"])
     wide = run_analysis(str(scores), path, AnalysisOptions(bootstrap=300))
     assert wide["spearman"]["ci_high"] - wide["spearman"]["ci_low"] > out["spearman"]["ci_high"] - out["spearman"]["ci_low"]
+
+
+def test_compare_paired_comparisons_match_scipy():
+    """compare's table: per pair of models the Spearman difference on the images both scored,
+    with a paired bootstrap interval (scipy.stats.bootstrap with paired=True as reference)."""
+    from memscore.flows.compare_cli import paired_comparisons
+
+    rng = np.random.default_rng(11)
+    human = rng.normal(size=120)
+    a, b = human + rng.normal(0, 0.6, 120), human + rng.normal(0, 1.5, 120)
+    pa_, pb = dict(enumerate(a)), {i: v for i, v in enumerate(b) if i != 5}  # b failed to read image 5
+    (comp,) = paired_comparisons(["A", "B"], [pa_, pb], list(human), 1000, 0)
+    keep = np.arange(120) != 5
+    d = comp["spearman_difference"]
+    assert comp["n"] == 119
+    assert d["difference"] == pytest.approx(st.spearmanr(a[keep], human[keep])[0] - st.spearmanr(b[keep], human[keep])[0])
+    ref = st.bootstrap((a[keep], b[keep], human[keep]), lambda x, y, h: st.spearmanr(x, h)[0] - st.spearmanr(y, h)[0],
+                       paired=True, vectorized=False, n_resamples=1000, method="percentile",
+                       random_state=0).confidence_interval
+    assert d["ci_low"] == pytest.approx(ref.low, abs=0.03) and d["ci_high"] == pytest.approx(ref.high, abs=0.03)
