@@ -401,14 +401,16 @@ class SplitHalves:
 
 
 def split_half_correlations(halves: SplitHalves, weights: np.ndarray | None = None,
-                            rankers: Sequence[tuple[Ranker, Ranker]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                            rankers: Sequence[tuple[Ranker, Ranker]] | None = None,
+                            only: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per split: (Spearman, Pearson, images used) of half A vs half B over the images
     defined in both halves (each image weighted by ``weights``, a bootstrap resample;
-    default 1). A split with fewer than :data:`MIN_PAIRS` images or a constant half gives NaN."""
+    default 1). A split with fewer than :data:`MIN_PAIRS` images or a constant half gives
+    NaN, as does a split not in ``only`` (default: all)."""
     splits, n = halves.a.shape
     w0 = np.ones(n) if weights is None else weights
     rho, r, used = np.full(splits, np.nan), np.full(splits, np.nan), np.zeros(splits)
-    for s in range(splits):
+    for s in (range(splits) if only is None else only):
         valid = np.isfinite(halves.a[s]) & np.isfinite(halves.b[s])
         w = w0 * valid
         used[s] = np.count_nonzero(w > 0)
@@ -445,9 +447,13 @@ def _ceiling_from_split(r: float) -> float:
     return float("nan") if c is None else c
 
 
+CEILING_SPLITS_PER_RESAMPLE = 5
+
+
 def analyse_models(scores: Mapping[str, np.ndarray], human: np.ndarray, *, halves: SplitHalves | None = None,
                    resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
-                   kendall_max_n: int = 10_000) -> dict[str, Any]:
+                   kendall_max_n: int = 10_000,
+                   ceiling_splits_per_resample: int = CEILING_SPLITS_PER_RESAMPLE) -> dict[str, Any]:
     """Everything about several models judged on the same n images, on one set of bootstrap draws.
 
     ``scores``: model name -> array (n,) of its scores; ``human``: array (n,); ``halves``:
@@ -459,7 +465,10 @@ def analyse_models(scores: Mapping[str, np.ndarray], human: np.ndarray, *, halve
 
     Intervals are percentile intervals at ``confidence``; each one says how many resamples
     were usable. The fraction of the noise ceiling and its interval are computed per
-    resample (model correlation / ceiling on the same draws)."""
+    resample (model correlation / ceiling on the same draws). To bound the time, resample b
+    recomputes the split-half mean on ``ceiling_splits_per_resample`` of the splits, taken in
+    rotation (b * k, ..., b * k + k - 1 modulo the number of splits), so every split serves
+    equally often; the point estimates use every split."""
     names = list(scores)
     order = canonical_order(human, [scores[k] for k in names])
     human = np.asarray(human, dtype=np.float64)[order]
@@ -490,14 +499,21 @@ def analyse_models(scores: Mapping[str, np.ndarray], human: np.ndarray, *, halve
                               Ranker(np.where(np.isfinite(halves.b[s]), halves.b[s], 0.0)))
                              for s in range(halves.a.shape[0])]
 
+        step = [0]
+        n_splits = halves.a.shape[0] if halves is not None else 0
+        k_splits = max(1, min(ceiling_splits_per_resample, n_splits)) if n_splits else 0
+
         def statistic(w: np.ndarray) -> dict[str, float]:
+            b = step[0]
+            step[0] += 1
             values: dict[str, float] = {}
             hr = human_rank.ranks(w)
             for k in names:
                 values[f"{k}\0spearman"] = weighted_pearson(model_rank[k].ranks(w), hr, w)
                 values[f"{k}\0pearson"] = weighted_pearson(xs[k], human, w)
             if halves is not None:
-                rho_s, r_s, _ = split_half_correlations(halves, w, split_rankers)
+                only = sorted({(b * k_splits + j) % n_splits for j in range(k_splits)})
+                rho_s, r_s, _ = split_half_correlations(halves, w, split_rankers, only)
                 for key, per in (("spearman", rho_s), ("pearson", r_s)):
                     ok = per[np.isfinite(per)]
                     ceiling = _ceiling_from_split(float(ok.mean())) if len(ok) else float("nan")
