@@ -140,7 +140,8 @@ def test_set(args: argparse.Namespace, candidates: list[Candidate], storage_opti
     import pyarrow as pa
 
     from memscore.flows.cli import UserError
-    from memscore.tasks.train import TrainConfig, TrainingError, read_human_table, read_image_list
+    from memscore.tasks.train_config import TrainConfig, TrainingError
+    from memscore.tasks.train_data import read_human_table, read_image_list
 
     runs = [c for c in candidates if c.run]
     images = args.images or (runs[0].card["data"]["images"] if runs else None)
@@ -182,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     from memscore.flows.cli import UserError, parse_storage_options
     from memscore.models.devices import resolve_device
     from memscore.storage.uris import open_location
-    from memscore.tasks.train import ImageIndex, TrainingError
+    from memscore.tasks.train_config import TrainingError
+    from memscore.tasks.train_data import ImageIndex
 
     storage_options = parse_storage_options(args.storage_options) or {}
     candidates = parse_candidates(args.models, storage_options)
@@ -252,7 +254,8 @@ def _compare_one(candidate: Candidate, weights: str | None, location, items, tes
     from memscore.models.registry import load_model
     from memscore.models.resmem_retrain import parameter_counts
     from memscore.tasks.stats import bootstrap_spearman, spearman
-    from memscore.tasks.train import HumanScoreDataset, make_loader, predict
+    from memscore.tasks.train import predict
+    from memscore.tasks.train_data import HumanScoreDataset, make_loader
 
     loaded = load_model(candidate.model, weights, device)  # its errors (wrong or unreadable weights) are one line
     total, _ = parameter_counts(loaded.module)

@@ -39,6 +39,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from memscore.errors import UserError
 from memscore.storage.relations import MATCH_MODES, key_sql, lit, num, q
 from memscore.storage.stats import MEASURES, canonical_measure, measure_sql, observations_sql
 
@@ -60,7 +61,7 @@ EMPTY_RESPONSES = ("missing", "no")
 DEFAULT_MEASURE = "hit_rate"
 
 
-class HumanDataError(ValueError):
+class HumanDataError(UserError, ValueError):
     """Human data that cannot be used as given; the message is one line."""
 
 
