@@ -112,9 +112,17 @@ def run(args: argparse.Namespace) -> int:
     from memscore.tasks.analyze import AnalysisOptions, run_analysis
     from memscore.tasks.summary import summary_lines
 
+    from memscore.storage.stats import canonical_measure
+
+    measure = args.human_measure
+    if measure is not None:  # aliases (crr, hr, ...) become the flow's choices (corrected_recognition, ...)
+        try:
+            measure = canonical_measure(measure)
+        except ValueError as error:
+            raise UserError(str(error)) from None
     options = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, score_column=args.score_column,
-        human_column=args.human_column, human_measure=args.human_measure, human_format=args.human_format,
+        human_column=args.human_column, human_measure=measure, human_format=args.human_format,
         match=args.match, bootstrap=args.bootstrap, splits=args.splits, seed=args.seed, confidence=args.confidence,
         group_column=args.group_column, model=args.model, max_filler_fa=args.max_filler_fa,
         max_vigilance_miss=args.max_vigilance_miss, min_observations=args.min_observations,

@@ -2,8 +2,8 @@
 
 Formats (``format=``; ``auto`` picks one from the file):
 
-- ``lamem``: LaMem split files, one ``image_name score`` pair per line (space
-  separated; further columns are ignored).
+- ``lamem``: LaMem split files, one ``image_name score`` pair per line (separated
+  by any run of spaces or tabs; further columns are ignored).
 - ``table``: any CSV/TSV/Parquet with an image column and a score column (MemCat's
   CSV, the official ResMem CSV, ...).
 - ``counts``: per-image hit / miss / false-alarm / correct-rejection counts as
@@ -12,10 +12,14 @@ Formats (``format=``; ``auto`` picks one from the file):
   Measures: hit_rate = hit/(hit+miss), false_alarm_rate = fa/(fa+cr),
   corrected_recognition = hit_rate - false_alarm_rate.
 - ``trials``: one row per presentation: participant_id, image_id, trial_type
-  (target, filler, vigilance), presentation (1 first showing, 2 repeat; derived
-  from the order within a participant when absent) and response (1/0,
-  true/false, yes/no). A target image's repeat counts as hit or miss, its first
-  showing as false alarm or correct rejection.
+  (target, filler, vigilance), presentation (1 first showing, 2 repeat; when
+  absent derived from a trial-number or time column within each participant, else
+  from the file order, which is refused when the rows look out of order) and
+  response (1/0, true/false, yes/no; other values are an error; empty ones are
+  missing or, with ``empty_response="no"``, a "no"). A target image's repeat
+  counts as hit or miss, its first showing as false alarm or correct rejection.
+  What was assumed is recorded in :class:`HumanLoad` (``order_source``,
+  ``response_coding``, ``count_columns``).
 - ``bids``: a folder with participants.tsv and sub-*/beh/*_beh.tsv files with
   stim_file, trial_type, response (and optionally presentation, onset).
 

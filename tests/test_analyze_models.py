@@ -217,3 +217,17 @@ def test_compare_paired_comparisons_match_scipy():
                        paired=True, vectorized=False, n_resamples=1000, method="percentile",
                        random_state=0).confidence_interval
     assert d["ci_low"] == pytest.approx(ref.low, abs=0.03) and d["ci_high"] == pytest.approx(ref.high, abs=0.03)
+
+
+@pytest.mark.slow
+def test_prefect_flow_takes_measure_aliases_and_score_column_lists(tmp_path, capsys):
+    """The flow's Literal choices are canonical names: the CLI maps aliases (crr) to them."""
+    path, names, hr, _ = _counts_file(tmp_path)
+    rng = np.random.default_rng(12)
+    scores = tmp_path / "s.csv"
+    scores.write_text("image_name,a,b\n" + "\n".join(f"{n},{float(x)!r},{float(y)!r}" for n, x, y in
+                                                      zip(names, hr + rng.normal(0, .1, len(hr)), rng.normal(size=len(hr)))) + "\n")
+    assert main(["analyze", "--prefect", "--scores", str(scores), "--human", path, "--human-measure", "crr",
+                 "--score-column", "a", "--score-column", "b", "--bootstrap", "50", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["human_measure"] == "corrected_recognition" and [m["model"] for m in out["models"]] == ["a", "b"]
