@@ -231,3 +231,21 @@ def test_prefect_flow_takes_measure_aliases_and_score_column_lists(tmp_path, cap
                  "--score-column", "a", "--score-column", "b", "--bootstrap", "50", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["human_measure"] == "corrected_recognition" and [m["model"] for m in out["models"]] == ["a", "b"]
+
+
+def test_dropped_bootstrap_resamples_are_counted_and_warned(tmp_path, capsys):
+    """Scores tied but for one image: resamples without it have no correlation; the
+    output counts the usable ones (hand count on the same draws) and warns."""
+    scores = tmp_path / "s.csv"
+    scores.write_text("image_name,score\na.jpg,0\nb.jpg,0\nc.jpg,0\nd.jpg,0\ne.jpg,1\n")
+    lamem = tmp_path / "h.txt"
+    lamem.write_text("a.jpg 0.1\nb.jpg 0.4\nc.jpg 0.2\nd.jpg 0.3\ne.jpg 0.9\n")
+    assert main(["analyze", "--scores", str(scores), "--human", str(lamem), "--bootstrap", "300", "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    # images enter the bootstrap sorted by (human, score): e.jpg (the only score 1) is last
+    rng = np.random.default_rng(0)
+    usable = sum(1 for _ in range(300) if (rng.integers(0, 5, 5) == 4).any())
+    assert out["spearman"]["usable_resamples"] == usable < 300
+    assert any(f"{300 - usable} of 300 bootstrap resamples were unusable" in w for w in out["warnings"])
+    assert "were unusable" in captured.err
