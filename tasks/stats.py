@@ -366,6 +366,7 @@ def point_correlations(x: np.ndarray, y: np.ndarray, *, kendall_max_n: int = 10_
         out["kendall"] = {"tau": None, "p_value": None, "p_method": None, "reason": reason} if n <= kendall_max_n else None
         return out
     rho, r = spearman(x, y), pearson(x, y)
+    exact: dict[str, float | None] = {}
     if n <= EXACT_MAX_N:
         exact = exact_p_values(x, y)
         method = f"exact permutation (all {math.factorial(n)} pairings)"
@@ -379,7 +380,7 @@ def point_correlations(x: np.ndarray, y: np.ndarray, *, kendall_max_n: int = 10_
     if n <= kendall_max_n:
         tau, s = kendall_tau_b(x, y)
         if n <= EXACT_MAX_N:
-            p_tau, k_method = exact_p_values(x, y)["kendall"], method
+            p_tau, k_method = exact["kendall"], method
         else:
             p_tau, k_method = kendall_asymptotic_p(x, y, s), "normal approximation, tie-corrected"
         out["kendall"] = {"tau": _num(tau), "p_value": _num(p_tau), "p_method": k_method,
