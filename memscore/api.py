@@ -6,7 +6,7 @@
   :mod:`models.preprocess`, :func:`tasks.decode.preprocess_bytes`).
 - :func:`score`: the ``memscore score`` pipeline (:func:`tasks.pipeline.run_score`) in this
   process, without Prefect; the scores as a pyarrow Table.
-- :func:`analyze`: ``memscore analyze`` (:mod:`flows.analyze`); an :class:`AnalysisResult`.
+- :func:`analyze`: ``memscore analyze`` (:mod:`tasks.analyze`); an :class:`AnalysisResult`.
 - :func:`sql`: a DuckDB relation over a memscore output folder's ``scores``/``errors`` views.
 
 Nothing heavy is imported here at module level (torch, DuckDB and Prefect are imported
@@ -30,9 +30,9 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from memscore.flows.analyze import AnalysisOptions
     from memscore.models.registry import LoadedModel
     from memscore.models.speed import InferenceRunner
+    from memscore.tasks.analysis_options import AnalysisOptions
 
 #: One image for :meth:`Model.score`: a PIL image; a local path or fsspec URI (``s3://...``);
 #: the file's bytes; a torch tensor ``[3, H, W]`` (``[N, 3, H, W]`` for N images) or a NumPy
@@ -391,7 +391,8 @@ class AnalysisResult:
     is an attribute (``n``, ``spearman``, ``pearson``, ``kendall``, ``split_half``,
     ``fraction_of_ceiling``, ``warnings``, ...); :meth:`as_dict` is that JSON object,
     :meth:`to_arrow`/:meth:`to_pandas` the per-image join (``joined.parquet``: one row per
-    matched image, columns ``image``, ``score``, ``human`` and the inputs' other columns).
+    matched image and model, columns ``image``, ``model``, ``score``, ``human`` and the inputs'
+    other columns).
     """
 
     def __init__(self, result: dict[str, Any], joined: pa.Table) -> None:
@@ -408,7 +409,7 @@ class AnalysisResult:
         return sorted({*super().__dir__(), *self._result})
 
     def __repr__(self) -> str:
-        from memscore.flows.analyze import summary_lines
+        from memscore.tasks.summary import summary_lines
 
         return "\n".join(summary_lines(self._result))
 
@@ -437,7 +438,7 @@ def analyze(scores: str | os.PathLike[str] | pa.Table | Any, human: str | os.Pat
         human: human data: a file (LaMem split, CSV/TSV/Parquet table, counts, trials) or
             a BIDS folder, local or a URI.
         out: also write ``joined.parquet``, ``stats.json`` and ``report.md`` there.
-        options / settings: :class:`flows.analyze.AnalysisOptions`, or its fields as keywords
+        options / settings: :class:`tasks.analysis_options.AnalysisOptions`, or its fields as keywords
             (``id_column``, ``score_column``, ``human_column``, ``human_measure``, ``human_format``,
             ``match``, ``bootstrap`` resamples, ``splits``, ``seed``, ``confidence``,
             ``group_column``, ``model``, ``max_filler_fa``, ``max_vigilance_miss``, ``storage_options``).
@@ -446,13 +447,14 @@ def analyze(scores: str | os.PathLike[str] | pa.Table | Any, human: str | os.Pat
     p-values, Kendall's tau-b, split-half reliability with Spearman-Brown correction and the
     fraction of that noise ceiling with trial data).
 
-    Raises: :class:`storage.human.HumanDataError` (and its subclass ``flows.analyze.AnalysisError``)
-    for data that cannot be analysed as given; TypeError for an unknown setting.
+    Raises: :class:`storage.human.HumanDataError` (and :class:`tasks.analysis_options.AnalysisError`;
+    both are :class:`memscore.UserError`) for data that cannot be analysed as given; TypeError
+    for an unknown setting.
     """
     import dataclasses
     import tempfile
 
-    from memscore.flows.analyze import AnalysisOptions
+    from memscore.tasks.analysis_options import AnalysisOptions
 
     if options is None:
         known = {f.name for f in dataclasses.fields(AnalysisOptions)}
@@ -488,15 +490,16 @@ def _scores_file(scores: Any, folder: str) -> str:
 
 
 def _run_analysis(scores: str, human: str, options: AnalysisOptions, out: str | None) -> tuple[dict[str, Any], pa.Table]:
-    """The one call into :mod:`flows.analyze`: the result dict and the per-image join.
+    """The one call into the analysis library (:mod:`tasks.analyze`, no Prefect): the result
+    dict and the per-image join.
 
-    Runs :func:`flows.analyze.analyze_scores` on a connection of its own so that the
+    Runs :func:`tasks.analyze.analyze_scores` on a connection of its own so that the
     ``joined`` view can be read before the connection closes; writes ``out`` as
-    :func:`flows.analyze.run_analysis` does (checked writable first).
+    :func:`tasks.analyze.run_analysis` does (checked writable first).
     """
     import duckdb
 
-    from memscore.flows import analyze as analysis
+    from memscore.tasks import analyze as analysis
 
     if out:
         analysis.check_writable(out, options.storage_options)
