@@ -221,7 +221,7 @@ def _compare_one(candidate: Candidate, weights: str | None, location, items, tes
     """One row of the table: score the test images with one model (freed before the next loads)."""
     from memscore.flows.cli import UserError
     from memscore.models.registry import load_model
-    from memscore.models.resmem_retrain import parameter_counts
+    from memscore.models.training import parameter_counts
     from memscore.tasks.train import HumanScoreDataset, bootstrap_spearman, make_loader, predict, spearman
 
     loaded = load_model(candidate.model, weights, device)  # its errors (wrong or unreadable weights) are one line

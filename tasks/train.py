@@ -638,7 +638,8 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, 
 
 def build_trainable(config: TrainConfig) -> tuple[nn.Module, tuple[str, ...]]:
     """The starting module and the names of its frozen children."""
-    from memscore.models.resmem_retrain import freeze, trainable_model
+    from memscore.models.registry import trainable_model
+    from memscore.models.training import freeze
 
     try:
         recipe = trainable_model(config.model)
@@ -889,7 +890,7 @@ def train_model(
 ) -> TrainResult:
     """Train ``config.model`` on the human data; see the module docstring for what is written."""
     from memscore.models.devices import resolve_device
-    from memscore.models.resmem_retrain import parameter_counts, set_train_mode
+    from memscore.models.training import parameter_counts, set_train_mode
 
     config.check()
     device = resolve_device(config.device)
