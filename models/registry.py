@@ -75,7 +75,11 @@ class ModelSpec:
     recipe: TrainRecipe | None = None  # None: `memscore train` cannot train it
 
     def weights_status(self) -> str:
-        """``present: PATH`` or ``absent: <what to do>`` for the default weights; nothing is read or hashed."""
+        """``present: PATH``, ``absent: <what to do>`` or ``none published`` for the default weights.
+
+        The weights kinds of :mod:`memscore.models.weights` are only located (nothing is
+        read or hashed); any other ``default_weights`` callable is called.
+        """
         if isinstance(self.default_weights, NoPublishedWeights):
             return f"none published (train it: memscore train --model {self.name} ..., then --weights PATH)"
         locate = getattr(self.default_weights, "locate", None)
