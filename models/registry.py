@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from memscore.errors import UserError
 from memscore.models.weights import (
     NoPublishedWeights,
     WeightsMismatchError,
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError, ValueError):
     """No model is registered under that name."""
 
 
