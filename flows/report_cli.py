@@ -69,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
     from memscore.storage.human import HumanDataError
     from memscore.tasks.report_data import ReportError
 
+    for package, what in (("matplotlib", "figures"), ("jinja2", "the page")) + ((("captum", "--maps"),) if args.maps else ()):
+        try:
+            __import__(package)
+        except ImportError:
+            raise UserError(f"memscore report needs {package} for {what}: pip install 'memscore[report]'") from None
     storage_options = parse_storage_options(args.storage_options)
     analysis = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, human_column=args.human_column,

@@ -123,9 +123,10 @@ def ceiling_figure(out: Path, bars: list[tuple[str, float, float | None, float |
         for i, (_, v, lo, hi) in enumerate(bars):
             if lo is not None and hi is not None:
                 ax.errorbar(i, v, yerr=[[v - lo], [hi - v]], color="black", capsize=4, lw=1)
-            ax.text(i, v + 0.02, _fmt(v), ha="center", va="bottom", fontsize=8)
+            top = hi if hi is not None else v
+            ax.text(i, max(v, top) + 0.02, _fmt(v), ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(bars)), labels, fontsize=8)
-        ax.set_ylim(min(0.0, min(values) - 0.1), 1.05)
+        ax.set_ylim(min(0.0, min(values) - 0.1), 1.1)
         ax.set_ylabel("Spearman correlation")
         ax.set_title("Model against the human ceiling")
         return _save(fig, out, name)

@@ -49,8 +49,8 @@ TEMPLATE = r"""<!DOCTYPE html>
  section { margin-top: 22px; }
  h2 { border-bottom: 2px solid #d0d7de; padding-bottom: 4px; font-size: 1.15em; }
  h3 { font-size: 1em; margin-bottom: 6px; }
- table { border-collapse: collapse; font-size: .86em; margin: 6px 0 10px; background: #fff; }
- th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; vertical-align: top; }
+ table { border-collapse: collapse; font-size: .86em; margin: 6px 0 10px; background: #fff; max-width: 100%; }
+ th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
  td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
  .figs { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
  figure { margin: 0; background: #fff; border: 1px solid #d0d7de; padding: 6px; }
