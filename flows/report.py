@@ -51,6 +51,7 @@ class ReportOptions:
     maps: bool = False
     maps_device: str = "cpu"
     error_examples: int = 5
+    memory_limit: str | None = "512MB"  # DuckDB's memory_limit for the report's queries (None: its default)
     storage_options: dict[str, Any] | None = None
 
 
@@ -86,12 +87,12 @@ def _ceilings(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _human_section(dest: str, model: str, options: ReportOptions, out: Path, group_in_scores: bool,
-                   gallery_paths: list[str]) -> tuple[dict[str, Any], list[dict], dict[str, tuple[float, int]], list[str]]:
+def _human_section(dest: str, model: str, options: ReportOptions, out: Path, gallery_paths: list[str],
+                   scratch: str) -> tuple[dict[str, Any], list[dict], dict[str, tuple[float, int]], list[str]]:
     """The analysis result, its figures, the human score and rank of each gallery path, notes."""
     aopts = replace(options.analysis, model=model, group_column=options.group_column,
                     storage_options=options.storage_options)
-    con = duckdb.connect()
+    con = data.connect(options.memory_limit, scratch)
     notes: list[str] = []
     try:
         result = analyze_scores(dest, options.human, aopts, con=con)
@@ -165,12 +166,13 @@ def build_report(dest: str, out: str, options: ReportOptions | None = None) -> d
     started = time.perf_counter()
     remote = "://" in out and not out.startswith("file://")
     with tempfile.TemporaryDirectory(prefix="memscore-report-") as scratch:
-        folder = Path(scratch) if remote else Path(out.removeprefix("file://"))
+        folder = Path(scratch) / "out" if remote else Path(out.removeprefix("file://"))
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ReportError(f"cannot write {out}: {error}") from error
-        report = _build(dest, folder, options)
+        spill = Path(scratch) / "duckdb-spill"
+        report = _build(dest, folder, options, str(spill))
         report["seconds"] = round(time.perf_counter() - started, 3)
         (folder / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
         (folder / "index.html").write_text(render(report), encoding="utf-8")
@@ -189,8 +191,8 @@ def build_report(dest: str, out: str, options: ReportOptions | None = None) -> d
     return report
 
 
-def _build(dest: str, out: Path, options: ReportOptions) -> dict[str, Any]:
-    con = duckdb.connect()
+def _build(dest: str, out: Path, options: ReportOptions, scratch: str) -> dict[str, Any]:
+    con = data.connect(options.memory_limit, scratch)
     try:
         tables = data.open_dest(con, dest, options.storage_options)
         model = data.choose_model(con, tables, options.model)
@@ -224,7 +226,7 @@ def _build(dest: str, out: Path, options: ReportOptions) -> dict[str, Any]:
         human_figs: list[dict] = []
         ranks: dict[str, tuple[float, int]] = {}
         if options.human:
-            human, human_figs, ranks, notes = _human_section(dest, model, options, out, group_in_scores, gallery_paths)
+            human, human_figs, ranks, notes = _human_section(dest, model, options, out, gallery_paths, scratch)
             warnings.extend(notes)
         # errors
         errors = {"counts": prov["failed"], "examples": data.error_examples(con, tables, model, options.error_examples),
@@ -291,7 +293,7 @@ if flow is not None:
     @flow(name="report", log_prints=True)
     def report(dest: str, out: str, human: str | None = None, model: str | None = None,
                group_column: str | None = None, top: int = 12, sample: int = 12, seed: int = 0,
-               bins: int = 40, maps: bool = False, maps_device: str = "cpu",
+               bins: int = 40, maps: bool = False, maps_device: str = "cpu", memory_limit: str | None = "512MB",
                analysis: dict[str, Any] | None = None,
                storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
         """An offline HTML report of DEST (provenance, distribution, gallery, errors; with human
@@ -300,7 +302,7 @@ if flow is not None:
         ``analysis``: :class:`flows.analyze.AnalysisOptions` fields for the human data
         (human_format, human_measure, match, bootstrap, splits, ...); the seed is ``seed``."""
         options = ReportOptions(model=model, human=human, group_column=group_column, top=top, sample=sample,
-                                seed=seed, bins=bins, maps=maps, maps_device=maps_device,
+                                seed=seed, bins=bins, maps=maps, maps_device=maps_device, memory_limit=memory_limit,
                                 storage_options=storage_options,
                                 analysis=AnalysisOptions(**{**(analysis or {}), "seed": seed}))
         result = build_report(dest, out, options)

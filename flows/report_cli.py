@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps", action="store_true",
                         help="Grad-CAM memorability maps of the gallery images (loads the model; slow on the CPU)")
     parser.add_argument("--maps-device", default="cpu", metavar="DEVICE", help="device for --maps (default cpu)")
+    parser.add_argument("--memory-limit", default="512MB", metavar="SIZE",
+                        help="DuckDB memory limit for the report's queries, spilling to disk beyond it (default 512MB; "
+                             "'none': DuckDB's default, 80%% of RAM)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random sample and the bootstrap (default 0)")
     human = parser.add_argument_group("human data (as in memscore analyze)")
     human.add_argument("--human", default=None, metavar="PATH", help="human memorability data (file or BIDS folder)")
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             raise UserError(f"memscore report needs {package} for {what}: pip install 'memscore[report]'") from None
     storage_options = parse_storage_options(args.storage_options)
+    memory_limit = None if args.memory_limit.lower() == "none" else args.memory_limit
     analysis = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, human_column=args.human_column,
         human_measure=args.human_measure, human_format=args.human_format, match=args.match,
@@ -83,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     )
     options = ReportOptions(model=args.model, human=args.human, analysis=analysis, group_column=args.group_column,
                             top=args.top, sample=args.sample, seed=args.seed, bins=args.bins, maps=args.maps,
-                            maps_device=args.maps_device, storage_options=storage_options)
+                            maps_device=args.maps_device, storage_options=storage_options,
+                            memory_limit=memory_limit)
     try:
         if args.prefect:
             from memscore.flows.report import report
@@ -93,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             fields = {k: v for k, v in asdict(analysis).items() if k not in ("storage_options", "seed")}
             result = report(args.dest, args.out, human=args.human, model=args.model, group_column=args.group_column,
                             top=args.top, sample=args.sample, seed=args.seed, bins=args.bins, maps=args.maps,
-                            maps_device=args.maps_device, analysis=fields, storage_options=storage_options)
+                            maps_device=args.maps_device, memory_limit=memory_limit, analysis=fields, storage_options=storage_options)
         else:
             result = build_report(args.dest, args.out, options)
     except (ReportError, HumanDataError) as error:

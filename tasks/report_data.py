@@ -46,6 +46,18 @@ class DestTables:
     columns: list[str] = field(default_factory=list)
 
 
+def connect(memory_limit: str | None = "512MB", temp_directory: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for the report's queries: at most ``memory_limit`` (DuckDB's setting,
+    e.g. ``"512MB"``; None: DuckDB's default of 80% of RAM), spilling to ``temp_directory``
+    beyond it (exact distinct counts and quantiles of millions of rows stay within the limit)."""
+    con = duckdb.connect()
+    if memory_limit:
+        con.sql(f"SET memory_limit = {lit(memory_limit)}")
+    if temp_directory:
+        con.sql(f"SET temp_directory = {lit(temp_directory)}")
+    return con
+
+
 def open_dest(con: duckdb.DuckDBPyConnection, dest: str, storage_options: dict[str, Any] | None = None) -> DestTables:
     """DEST's parts as relations on ``con``; :class:`ReportError` when DEST holds no scores."""
     try:
@@ -162,12 +174,15 @@ def histograms(con: duckdb.DuckDBPyConnection, rel: str, group_sql: str, bins: i
         per.setdefault(g, [0] * bins)[b] += int(n)
         overall[b] += int(n)
     order = keep + ([OTHER_GROUPS] if pooled else [])
-    groups = []
-    for g in order:
-        cond = (f"{group_sql} NOT IN ({', '.join(lit(k) for k in keep)})" if g == OTHER_GROUPS and pooled
-                else f"{group_sql} = {lit(g)}")
-        summary = score_summary(con, f"(SELECT score FROM {rel} WHERE {cond})")
-        groups.append({"group": g, "n": summary["n"], "counts": per.get(g, [0] * bins), "summary": summary})
+    cur = con.sql(f"SELECT {keep_sql} AS grp, count(score), avg(score), stddev_samp(score), min(score), "
+                  f"quantile_cont(score, [0.25, 0.5, 0.75]), max(score) FROM (SELECT {group_sql} AS g, score "
+                  f"FROM {rel}) GROUP BY 1")
+    summaries = {}
+    for g, n, mean, sd, low, quart, high in cur.fetchall():
+        summaries[g] = {"n": int(n), "mean": mean, "sd": sd, "min": low, "q1": quart[0], "median": quart[1],
+                        "q3": quart[2], "max": high}
+    groups = [{"group": g, "n": summaries[g]["n"], "counts": per.get(g, [0] * bins), "summary": summaries[g]}
+              for g in order]
     return {"edges": edges, "overall": overall, "groups": groups, "n_groups": len(sizes), "pooled": pooled}
 
 

@@ -269,3 +269,93 @@ def test_maps_are_grad_cam_on_resmem_layer4(tmp_path):
     cam = F.interpolate(cam, size=(227, 227), mode="bilinear", align_corners=False)[0, 0].detach().numpy()
     np.testing.assert_allclose(heat, cam / cam.max(), atol=1e-5)
     assert score == pytest.approx(float(y.detach()[0]), abs=1e-6)
+
+
+def test_bucket_dest_images_and_out(tmp_path):
+    """DEST, images and --out in a bucket (fsspec memory://): thumbnails read from the bucket."""
+    import fsspec
+
+    from memscore.flows.report import ReportOptions, build_report
+
+    lab = make_lab(tmp_path, n=6, participants=4)
+    fs = fsspec.filesystem("memory")
+    bucket = "memory://report-test"
+    for f in lab["archive"].rglob("*.jpg"):
+        fs.pipe_file(f"{bucket}/archive/{f.relative_to(lab['archive']).as_posix()}", f.read_bytes())
+    table = pq.read_table(Path(lab["dest"]) / "scores" / "part-20260101T000000Z-aaaa-000000.parquet")
+    uris = pa.array([f"{bucket}/archive/{p}" for p in table.column("path").to_pylist()])
+    table = table.set_column(table.schema.get_field_index("uri"), "uri", uris)
+    with fs.open(f"{bucket}/dest/scores/part-a.parquet", "wb") as handle:
+        pq.write_table(table, handle)
+    try:
+        report = build_report(f"{bucket}/dest", f"{bucket}/out", ReportOptions(top=2, sample=1))
+        status = [g["thumb"]["status"] for b in report["gallery"] for g in b["rows"]]
+        assert status.count("missing") == 1 and status.count("ok") == 4
+        assert report["outputs"]["index"].endswith("report-test/out/index.html")
+        assert fs.exists(f"{bucket}/out/report.json") and len(fs.glob(f"{bucket}/out/images/*-thumb.jpg")) == 4
+        assert b"<img class=\"thumb\"" in fs.cat_file(f"{bucket}/out/index.html")
+        assert report["provenance"]["runs_note"].startswith("1 of 1 run(s)")
+    finally:
+        fs.rm(bucket, recursive=True)
+
+
+@pytest.mark.slow
+def test_scored_sample_archive_report_and_prefect_flow(tmp_path, prefect_api, capsys):
+    """The real chain: `memscore sample`, `memscore score` (ResMem on the CPU, which now writes
+    DEST/runs/<run_id>.json), then `memscore report --prefect` on it: the run's provenance row,
+    every thumbnail read, one score per image of the sample."""
+    sample, dest, out = tmp_path / "sample", tmp_path / "dest", tmp_path / "report"
+    assert main(["sample", str(sample)]) == 0
+    images = [p for p in sample.rglob("*") if p.suffix.lower() in (".jpg", ".png", ".webp")]
+    assert main(["score", str(sample), "--out", str(dest), "--device", "cpu", "--workers", "0", "--no-progress",
+                 "--features", "none"]) == 0
+    runs = list((dest / "runs").glob("*.json"))
+    assert len(runs) == 1
+    capsys.readouterr()
+    assert main(["report", str(dest), "--out", str(out), "--top", "2", "--sample", "2", "--prefect"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    run = report["provenance"]["runs"][0]
+    assert run["run_id"] == runs[0].stem and run["scored"] == len(images) and run["source"].endswith("sample")
+    assert run["images_per_second"] > 0 and run["finished_at"] >= run["started_at"]
+    assert report["provenance"]["runs_note"] is None
+    assert report["distribution"]["overall"]["n"] == len(images)
+    rows = [g for b in report["gallery"] for g in b["rows"]]
+    assert len(rows) == min(6, len(images)) and all(g["thumb"]["status"] == "ok" for g in rows)
+
+
+def test_group_by_human_column_gives_group_panels(lab, capsys):
+    """--group-by a column of the human data: the analysis' per-group statistics (equal to
+    `memscore analyze --group-column`) and per-group scatter panels; histograms stay per folder."""
+    names = [Path(p).name for p in lab["paths"]]
+    rng = np.random.default_rng(3)
+    human = (lab["scores"] + rng.normal(0, 0.1, len(names))).round(3)
+    table = lab["root"] / "human.csv"
+    table.write_text("image_name,memorability,category\n" + "".join(
+        f"{n},{h},{p.split('/')[0]}\n" for n, h, p in zip(names, human, lab["paths"])))
+    out = lab["root"] / "rg"
+    common = ["--human", str(table), "--bootstrap", "100"]
+    assert main(["report", lab["dest"], "--out", str(out), "--group-by", "category", "--top", "1", "--sample", "0",
+                 *common]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "--scores", lab["dest"], "--group-column", "category", "--json", *common]) == 0
+    analyzed = json.loads(capsys.readouterr().out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["human"]["groups"] == analyzed["groups"] and len(analyzed["groups"]) == 3
+    assert [f["png"] for f in report["figures"]["human"]] == ["figures/scatter.png", "figures/scatter_groups.png"]
+    assert "not a column of the scores" in report["distribution"]["group_note"]
+    assert report["ceilings"] == []  # no trial data: no split-half ceiling, and the page says why
+    assert "needs trial-level human data" in (out / "index.html").read_text()
+
+
+def test_many_folders_are_pooled(tmp_path):
+    from memscore.flows.report import ReportOptions, build_report
+
+    paths = [f"f{i % 15:02d}/x{i}.jpg" for i in range(15 * 4 + 5)]  # f00..f04 have 5 images, the rest 4
+    scores = np.linspace(0.1, 0.9, len(paths))
+    write_dest(tmp_path / "dest", tmp_path, paths, scores)
+    report = build_report(str(tmp_path / "dest"), str(tmp_path / "r"), ReportOptions(top=0, sample=0))
+    groups = report["distribution"]["groups"]
+    assert len(groups) == 13 and groups[-1]["group"] == "(other folders)"
+    assert [g["group"] for g in groups[:5]] == ["f00", "f01", "f02", "f03", "f04"]  # largest first
+    assert groups[-1]["n"] == 4 * 3 and sum(g["n"] for g in groups) == len(paths)
+    assert report["gallery"] == []
