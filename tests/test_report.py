@@ -18,6 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from memscore.flows.cli import main
+# Imported here, at collection: Prefect sets up its console log handler on first import, on the
+# sys.stderr of that moment; inside a test using capsys that stream is closed by the next test.
+from memscore.flows.report import ReportOptions, build_report
 from memscore.storage.schema import ERRORS_SCHEMA, scores_schema
 
 FOLDERS = ("city", "nature", "lab")
@@ -160,7 +163,6 @@ def test_report_with_human_data_matches_analyze(lab, capsys):
 
 
 def test_distribution_counts_and_statistics(lab):
-    from memscore.flows.report import ReportOptions, build_report
 
     report = build_report(lab["dest"], str(lab["root"] / "r"), ReportOptions(top=2, sample=0, bins=10))
     scores = lab["scores"].astype(np.float64)
@@ -190,7 +192,6 @@ def test_distribution_counts_and_statistics(lab):
 
 
 def test_runs_without_summary_are_named(lab):
-    from memscore.flows.report import ReportOptions, build_report
 
     for f in (Path(lab["dest"]) / "runs").iterdir():
         f.unlink()
@@ -237,7 +238,6 @@ def test_maps_are_grad_cam_on_resmem_layer4(tmp_path):
     import torch
     import torch.nn.functional as F
 
-    from memscore.flows.report import ReportOptions, build_report
     from memscore.models.preprocess import to_model_input
     from memscore.tasks.report_gallery import open_image
     from memscore.tasks.report_maps import grad_cam, load_map_maker
@@ -275,7 +275,6 @@ def test_bucket_dest_images_and_out(tmp_path):
     """DEST, images and --out in a bucket (fsspec memory://): thumbnails read from the bucket."""
     import fsspec
 
-    from memscore.flows.report import ReportOptions, build_report
 
     lab = make_lab(tmp_path, n=6, participants=4)
     fs = fsspec.filesystem("memory")
@@ -348,7 +347,6 @@ def test_group_by_human_column_gives_group_panels(lab, capsys):
 
 
 def test_many_folders_are_pooled(tmp_path):
-    from memscore.flows.report import ReportOptions, build_report
 
     paths = [f"f{i % 15:02d}/x{i}.jpg" for i in range(15 * 4 + 5)]  # f00..f04 have 5 images, the rest 4
     scores = np.linspace(0.1, 0.9, len(paths))
