@@ -15,6 +15,7 @@ Output folder: ``index.html``, ``report.json`` (everything the page shows),
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -208,7 +209,8 @@ def _build(dest: str, out: Path, options: ReportOptions, scratch: str) -> dict[s
                           f"the scores (it groups the human analysis only)")
         group_sql, label = data.group_expression(tables.columns, options.group_column if group_in_scores else None)
         overall = data.score_summary(con, rel)
-        hist = data.histograms(con, rel, group_sql, bins=options.bins)
+        bins = max(1, min(options.bins, max(5, int(2 * math.sqrt(overall["n"])))))  # sparse archives: fewer bins
+        hist = data.histograms(con, rel, group_sql, bins=bins)
         dist_figs = [{**figures.histogram_figure(out, hist["edges"], hist["overall"], overall, model),
                       "title": "Score distribution, all images"}]
         if len(hist["groups"]) > 1:

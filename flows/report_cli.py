@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gallery: N more images at random (default 12)")
     parser.add_argument("--group-by", "--group-column", dest="group_column", default=None, metavar="COL",
                         help="group histograms (and the human statistics) by this column instead of the top-level folder")
-    parser.add_argument("--bins", type=int, default=40, metavar="N", help="histogram bins (default 40)")
+    parser.add_argument("--bins", type=int, default=40, metavar="N", help="histogram bins, at most (default 40; fewer, 2 x sqrt(n) but at least 5, for small archives)")
     parser.add_argument("--maps", action="store_true",
                         help="Grad-CAM memorability maps of the gallery images (loads the model; slow on the CPU)")
     parser.add_argument("--maps-device", default="cpu", metavar="DEVICE", help="device for --maps (default cpu)")

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 FIGURES_DIR = "figures"
 _STYLE = {"figure.dpi": 110, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
@@ -52,6 +53,7 @@ def histogram_figure(out: Path, edges: list[float], counts: list[int], summary: 
             ax.legend(frameon=False, loc="upper left")
         ax.set_xlabel(f"{model} memorability score")
         ax.set_ylabel("images")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"Score distribution (n = {summary['n']:,})")
         return _save(fig, out, name)
 
@@ -67,6 +69,7 @@ def group_histograms_figure(out: Path, edges: list[float], groups: list[dict[str
         for ax, g in zip(axes.flat, groups):
             ax.stairs(g["counts"], edges, fill=True, color="#55a868", alpha=0.85)
             ax.set_title(f"{g['group']} (n = {g['n']:,}, median {_fmt(g['summary']['median'])})", fontsize=8)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in list(axes.flat)[n:]:
             ax.set_visible(False)
         fig.supxlabel("score")
@@ -105,8 +108,7 @@ def scatter_figure(out: Path, model_scores: np.ndarray, human_scores: np.ndarray
         ax.set_ylabel(f"{model} score")
         text = (f"n = {result.get('n')}\nSpearman ρ = {_ci(result.get('spearman'), 'rho')}\n"
                 f"Pearson r = {_ci(result.get('pearson'), 'r')}\n({conf}% bootstrap CI)")
-        ax.text(0.02, 0.98, text, transform=ax.transAxes, va="top", fontsize=8,
-                bbox={"boxstyle": "round", "fc": "white", "ec": "#cccccc"})
+        ax.text(0.0, -0.16, text.replace("\n(", "  ("), transform=ax.transAxes, va="top", fontsize=8)
         ax.set_title("Model vs human memorability")
         return _save(fig, out, name)
 

@@ -50,7 +50,9 @@ TEMPLATE = r"""<!DOCTYPE html>
  h2 { border-bottom: 2px solid #d0d7de; padding-bottom: 4px; font-size: 1.15em; }
  h3 { font-size: 1em; margin-bottom: 6px; }
  table { border-collapse: collapse; font-size: .86em; margin: 6px 0 10px; background: #fff; max-width: 100%; }
- th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
+ th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; vertical-align: top; }
+ td.wrap { overflow-wrap: anywhere; min-width: 8em; }
+ th, td.num, td.time { white-space: nowrap; }
  td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
  .figs { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
  figure { margin: 0; background: #fff; border: 1px solid #d0d7de; padding: 6px; }
@@ -88,7 +90,7 @@ TEMPLATE = r"""<!DOCTYPE html>
  <table>
   <tr><th>model</th><th>weights (SHA-256)</th><th class="num">rows</th><th class="num">images</th><th class="num">runs</th><th>first scored (UTC)</th><th>last scored (UTC)</th></tr>
   {% for s in d.provenance.scored %}
-  <tr><td>{{ s.model }}</td><td><code title="{{ s.weights }}">{{ (s.weights or '')[:16] }}</code></td><td class="num">{{ fmt(s.rows) }}</td><td class="num">{{ fmt(s.images) }}</td><td class="num">{{ fmt(s.runs) }}</td><td>{{ s.first_scored_at }}</td><td>{{ s.last_scored_at }}</td></tr>
+  <tr><td>{{ s.model }}</td><td><code title="{{ s.weights }}">{{ (s.weights or '')[:16] }}</code></td><td class="num">{{ fmt(s.rows) }}</td><td class="num">{{ fmt(s.images) }}</td><td class="num">{{ fmt(s.runs) }}</td><td class="time">{{ utc(s.first_scored_at) }}</td><td class="time">{{ utc(s.last_scored_at) }}</td></tr>
   {% endfor %}
  </table>
  <p>Failed: {% if d.provenance.failed %}{% for f in d.provenance.failed %}{{ f.model }} {{ f.stage }}/{{ f.reason }}: {{ fmt(f.images) }}{% if not loop.last %}; {% endif %}{% endfor %}{% else %}none{% endif %}.
@@ -96,9 +98,9 @@ TEMPLATE = r"""<!DOCTYPE html>
  {% if d.provenance.runs %}
  <h3>Runs (DEST/runs)</h3>
  <table>
-  <tr><th>run</th><th>source</th><th>model</th><th>device</th><th class="num">scored</th><th class="num">skipped</th><th class="num">failed</th><th class="num">ignored</th><th class="num">images/s</th><th>started</th><th>finished</th></tr>
+  <tr><th>run</th><th>source</th><th>model</th><th>device</th><th class="num">scored</th><th class="num">skipped</th><th class="num">failed</th><th class="num">ignored</th><th class="num">images/s</th><th>started (UTC)</th><th>finished (UTC)</th></tr>
   {% for r in d.provenance.runs %}
-  <tr><td>{{ r.run_id }}</td><td>{{ r.source }}</td><td>{{ r.model }}</td><td>{{ r.device }}{% if r.backend and r.backend != 'torch' %} ({{ r.backend }}){% endif %}</td><td class="num">{{ fmt(r.scored) }}</td><td class="num">{{ fmt(r.skipped) }}</td><td class="num">{{ fmt(r.failed) }}</td><td class="num">{{ fmt(r.ignored_files) }}</td><td class="num">{{ fmt(r.images_per_second, 2) }}</td><td>{{ r.started_at or '' }}</td><td>{{ r.finished_at or '' }}</td></tr>
+  <tr><td>{{ r.run_id }}</td><td class="wrap">{{ r.source }}</td><td>{{ r.model }}</td><td>{{ r.device }}{% if r.backend and r.backend != 'torch' %} ({{ r.backend }}){% endif %}</td><td class="num">{{ fmt(r.scored) }}</td><td class="num">{{ fmt(r.skipped) }}</td><td class="num">{{ fmt(r.failed) }}</td><td class="num">{{ fmt(r.ignored_files) }}</td><td class="num">{{ fmt(r.images_per_second, 2) }}</td><td class="time">{{ utc(r.started_at) }}</td><td class="time">{{ utc(r.finished_at) }}</td></tr>
   {% endfor %}
  </table>
  {% endif %}
@@ -130,12 +132,12 @@ TEMPLATE = r"""<!DOCTYPE html>
   ({{ fmt(h.n_unmatched_scores) }} scored images without human data, {{ fmt(h.n_unmatched_human) }} human images without a score).
   Statistics from <code>memscore analyze</code>'s code (same inputs and options give the same numbers).</p>
  <table>
-  <tr><th>statistic</th><th class="num">value</th><th class="num">{{ d.conf }}% CI (bootstrap, {{ h.bootstrap.resamples }} resamples)</th><th class="num">p</th></tr>
-  <tr><td>Spearman ρ</td><td class="num" id="spearman-rho">{{ fmt(h.spearman.rho) }}</td><td class="num">{{ fmt(h.spearman.ci_low) }} .. {{ fmt(h.spearman.ci_high) }}</td><td class="num">{{ fmt_p(h.spearman.p_value) }}</td></tr>
-  <tr><td>Pearson r</td><td class="num" id="pearson-r">{{ fmt(h.pearson.r) }}</td><td class="num">{{ fmt(h.pearson.ci_low) }} .. {{ fmt(h.pearson.ci_high) }}</td><td class="num">{{ fmt_p(h.pearson.p_value) }}</td></tr>
-  {% if h.kendall %}<tr><td>Kendall τ-b</td><td class="num">{{ fmt(h.kendall.tau) }}</td><td></td><td class="num">{{ fmt_p(h.kendall.p_value) }}</td></tr>{% endif %}
-  {% for c in d.ceilings %}<tr><td>{{ c.label }}</td><td class="num">{{ fmt(c.value) }}</td><td class="num">{% if c.ci_low is not none %}{{ fmt(c.ci_low) }} .. {{ fmt(c.ci_high) }}{% endif %}</td><td>{{ c.note }}</td></tr>{% endfor %}
-  {% if h.fraction_of_ceiling is not none %}<tr><td>model ρ / human ceiling</td><td class="num">{{ fmt(h.fraction_of_ceiling) }}</td><td></td><td></td></tr>{% endif %}
+  <tr><th>statistic</th><th class="num">value</th><th class="num">{{ d.conf }}% CI (bootstrap, {{ h.bootstrap.resamples }} resamples)</th><th class="num">p</th><th>note</th></tr>
+  <tr><td>Spearman ρ</td><td class="num" id="spearman-rho">{{ fmt(h.spearman.rho) }}</td><td class="num">{{ fmt(h.spearman.ci_low) }} .. {{ fmt(h.spearman.ci_high) }}</td><td class="num">{{ fmt_p(h.spearman.p_value) }}</td><td></td></tr>
+  <tr><td>Pearson r</td><td class="num" id="pearson-r">{{ fmt(h.pearson.r) }}</td><td class="num">{{ fmt(h.pearson.ci_low) }} .. {{ fmt(h.pearson.ci_high) }}</td><td class="num">{{ fmt_p(h.pearson.p_value) }}</td><td></td></tr>
+  {% if h.kendall %}<tr><td>Kendall τ-b</td><td class="num">{{ fmt(h.kendall.tau) }}</td><td></td><td class="num">{{ fmt_p(h.kendall.p_value) }}</td><td></td></tr>{% endif %}
+  {% for c in d.ceilings %}<tr><td>{{ c.label }}</td><td class="num">{{ fmt(c.value) }}</td><td class="num">{% if c.ci_low is not none %}{{ fmt(c.ci_low) }} .. {{ fmt(c.ci_high) }}{% endif %}</td><td></td><td>{{ c.note }}</td></tr>{% endfor %}
+  {% if h.fraction_of_ceiling is not none %}<tr><td>model ρ / human ceiling</td><td class="num">{{ fmt(h.fraction_of_ceiling) }}</td><td></td><td></td><td>{% if h.fraction_of_ceiling > 1 %}above the human ceiling: check the ceiling (participants per image, splits) and that the model was not trained on these images{% endif %}</td></tr>{% endif %}
  </table>
  {% if not d.ceilings %}<p class="note">No human ceiling: it needs trial-level human data (per-participant responses) to split participants in halves.</p>{% endif %}
  {% if h.participants %}<p class="note">Participants: {{ h.participants.kept }} kept, {{ h.participants.excluded }} excluded.</p>{% endif %}
@@ -185,7 +187,7 @@ TEMPLATE = r"""<!DOCTYPE html>
  </table>
  <h3>Examples (up to {{ d.errors.per_reason }} per reason, {{ d.model }})</h3>
  <table><tr><th>path</th><th>stage</th><th>reason</th><th>message</th></tr>
- {% for e in d.errors.examples %}<tr><td>{{ e.path }}</td><td>{{ e.stage }}</td><td>{{ e.error }}</td><td>{{ e.message }}</td></tr>{% endfor %}
+ {% for e in d.errors.examples %}<tr><td class="wrap">{{ e.path }}</td><td>{{ e.stage }}</td><td>{{ e.error }}</td><td class="wrap">{{ e.message }}</td></tr>{% endfor %}
  </table>
  {% else %}<p>No image failed.</p>{% endif %}
 </section>
@@ -215,8 +217,15 @@ TEMPLATE = r"""<!DOCTYPE html>
 """
 
 
+def utc(value: Any) -> str:
+    """An ISO time in UTC as ``YYYY-MM-DD HH:MM:SS`` (the headers say UTC); '' for None."""
+    if not value:
+        return ""
+    return str(value).replace("T", " ").removesuffix("+00:00").removesuffix("Z")
+
+
 def render(data: dict[str, Any]) -> str:
     """The page for the report ``data`` (see :func:`flows.report.build_report`)."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(fmt=fmt, fmt_p=fmt_p)
+    env.globals.update(fmt=fmt, fmt_p=fmt_p, utc=utc)
     return env.from_string(TEMPLATE).render(d=data)
