@@ -50,7 +50,7 @@ def histogram_figure(out: Path, edges: list[float], counts: list[int], summary: 
         if summary.get("mean") is not None:
             ax.axvline(summary["mean"], color="#c44e52", lw=1.2, label=f"mean {_fmt(summary['mean'])}")
             ax.axvline(summary["median"], color="#222222", lw=1.2, ls="--", label=f"median {_fmt(summary['median'])}")
-            ax.legend(frameon=False, loc="upper left")
+            ax.legend(frameon=True, framealpha=0.9, edgecolor="none", loc="best")
         ax.set_xlabel(f"{model} memorability score")
         ax.set_ylabel("images")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
