@@ -65,27 +65,57 @@ def _version() -> str:
         return "(not installed)"
 
 
+def _pick_number(entry: Any, *keys: str) -> float | None:
+    """The first of ``keys`` in ``entry`` (a dict) that holds a number; None otherwise."""
+    if not isinstance(entry, dict):
+        return None
+    for key in keys:
+        value = entry.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
 def _ceilings(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The human ceiling rows the analysis result holds, read by key name (absent keys are skipped)."""
+    """The human ceiling rows of an analysis result, read by key name (absent keys are skipped):
+    the mean split-half Spearman, its Spearman-Brown correction (the reliability) and the noise
+    ceiling (sqrt of the reliability, docs/analysis.md) with its interval."""
     rows: list[dict[str, Any]] = []
     sh = result.get("split_half") or {}
-    if sh.get("spearman_mean") is not None:
+    if _pick_number(sh, "spearman_mean") is not None:
         rows.append({"label": "human split-half ρ (mean)", "short": "split-half", "value": sh["spearman_mean"],
                      "ci_low": None, "ci_high": None,
-                     "note": f"{sh.get('splits')} splits of {sh.get('participants')} participants, sd {figures._fmt(sh.get('spearman_sd'))}"})
-    if sh.get("spearman_brown") is not None:
-        rows.append({"label": "human split-half, Spearman-Brown corrected", "short": "Spearman-Brown",
-                     "value": sh["spearman_brown"], "ci_low": None, "ci_high": None, "note": "reliability of the full group"})
+                     "note": f"{sh.get('splits')} splits of {sh.get('participants')} participants, "
+                             f"sd {figures._fmt(sh.get('spearman_sd'))}"})
+    if _pick_number(sh, "spearman_brown") is not None:
+        rows.append({"label": "Spearman-Brown corrected (reliability)", "short": "Spearman-Brown",
+                     "value": sh["spearman_brown"], "ci_low": None, "ci_high": None,
+                     "note": "split-half reliability of the full group"})
     noise = result.get("noise_ceiling")
-    if isinstance(noise, dict):
-        value = next((noise[k] for k in ("value", "ceiling", "rho", "spearman") if noise.get(k) is not None), None)
-        if value is not None:
-            rows.append({"label": "noise ceiling (√ Spearman-Brown)", "short": "noise ceiling", "value": value,
-                         "ci_low": noise.get("ci_low"), "ci_high": noise.get("ci_high"), "note": ""})
-    elif isinstance(noise, (int, float)):
-        rows.append({"label": "noise ceiling (√ Spearman-Brown)", "short": "noise ceiling", "value": float(noise),
-                     "ci_low": None, "ci_high": None, "note": ""})
+    entry = noise.get("spearman") if isinstance(noise, dict) and isinstance(noise.get("spearman"), dict) else noise
+    value = _pick_number(entry, "ceiling", "value") if isinstance(entry, dict) else (
+        float(noise) if isinstance(noise, (int, float)) else None)
+    if value is not None:
+        convention = noise.get("convention") if isinstance(noise, dict) else None
+        rows.append({"label": "noise ceiling (√ reliability)", "short": "noise ceiling", "value": value,
+                     "ci_low": _pick_number(entry, "ci_low"), "ci_high": _pick_number(entry, "ci_high"),
+                     "note": str(convention or "the highest Spearman a model can expect")})
     return rows
+
+
+def _fraction(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The model's rho as a fraction of the ceiling: ``fraction_of_noise_ceiling.spearman`` (or the
+    older ``fraction_of_ceiling``), as {value, ci_low, ci_high, label}; None when absent."""
+    frac = result.get("fraction_of_noise_ceiling")
+    entry = frac.get("spearman") if isinstance(frac, dict) else None
+    value = _pick_number(entry, "value")
+    if value is not None:
+        return {"value": value, "ci_low": _pick_number(entry, "ci_low"), "ci_high": _pick_number(entry, "ci_high"),
+                "label": "model ρ / noise ceiling"}
+    old = result.get("fraction_of_ceiling")
+    if isinstance(old, (int, float)):
+        return {"value": float(old), "ci_low": None, "ci_high": None, "label": "model ρ / Spearman-Brown ceiling"}
+    return None
 
 
 def _human_section(dest: str, model: str, options: ReportOptions, out: Path, gallery_paths: list[str],
@@ -99,17 +129,20 @@ def _human_section(dest: str, model: str, options: ReportOptions, out: Path, gal
         result = analyze_scores(dest, options.human, aopts, con=con)
         n = int(result.get("n") or 0)
         group_col = options.group_column if options.group_column and result.get("groups") else None
-        cols = "score, human" + (f', "{group_col}"::VARCHAR AS grp' if group_col else "")
+        cols = "j.score, j.human" + (f', j."{group_col}"::VARCHAR AS grp' if group_col else "")
+        # the images the statistics used: `analysed` (after --min-observations), this model's rows
+        used = _analysed_sql(con, model)
         sample = f" USING SAMPLE {SCATTER_MAX_POINTS} ROWS REPEATABLE ({options.seed})" if n > SCATTER_MAX_POINTS else ""
         if sample:
-            notes.append(f"the scatter shows a random {SCATTER_MAX_POINTS:,} of the {n:,} matched images")
-        pairs = con.sql(f"SELECT {cols} FROM joined{sample}").fetchnumpy()
+            notes.append(f"the scatter shows a random {SCATTER_MAX_POINTS:,} of the {n:,} analysed images")
+        pairs = con.sql(f"SELECT {cols} FROM joined j WHERE {used}{sample}").fetchnumpy()
         ranks: dict[str, tuple[float, int]] = {}
         if gallery_paths:
             wanted = ", ".join(lit(p) for p in gallery_paths)
             for path, human, rank in con.sql(
-                    f"SELECT score_image, human, rank FROM (SELECT score_image, human, rank() OVER (ORDER BY human DESC) "
-                    f"AS rank FROM joined) WHERE score_image IN ({wanted})").fetchall():
+                    f"SELECT score_image, human, rank FROM (SELECT j.score_image, j.human, rank() OVER "
+                    f"(ORDER BY j.human DESC) AS rank FROM joined j WHERE {used}) "
+                    f"WHERE score_image IN ({wanted})").fetchall():
                 ranks[path] = (float(human), int(rank))
     finally:
         con.close()
@@ -132,6 +165,18 @@ def _human_section(dest: str, model: str, options: ReportOptions, out: Path, gal
             figs.append({**figures.group_scatter_figure(out, score_arr, human_arr, groups, stats),
                          "title": f"Model vs human per {options.group_column}"})
     return result, figs, ranks, notes
+
+
+def _analysed_sql(con: duckdb.DuckDBPyConnection, model: str) -> str:
+    """SQL condition on ``joined j``: this model's rows of the images the analysis used (its
+    ``analysed`` table when there is one, else every matched image)."""
+    tables = {r[0] for r in con.sql("SELECT table_name FROM duckdb_tables() UNION ALL "
+                                    "SELECT view_name FROM duckdb_views()").fetchall()}
+    columns = set(con.sql("SELECT * FROM joined LIMIT 0").columns)
+    cond = [f"j.model = {lit(model)}"] if "model" in columns else []
+    if "analysed" in tables:
+        cond.append("j.image IN (SELECT image FROM analysed)")
+    return " AND ".join(cond) or "TRUE"
 
 
 def _runs_note(prov: dict[str, Any], con: duckdb.DuckDBPyConnection, tables: data.DestTables) -> str | None:
@@ -273,7 +318,8 @@ def _build(dest: str, out: Path, options: ReportOptions, scratch: str) -> dict[s
     return {
         "model": model, "dest": dest, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "memscore_version": _version(), "provenance": prov, "distribution": distribution, "human": human,
-        "ceilings": _ceilings(human) if human else [], "conf": conf, "gallery": gallery, "maps": maps,
+        "ceilings": _ceilings(human) if human else [], "fraction": _fraction(human) if human else None,
+        "conf": conf, "gallery": gallery, "maps": maps,
         "errors": errors, "figures": {"distribution": dist_figs, "human": human_figs}, "warnings": warnings,
         "thumb_px": THUMB_PX, "view_px": VIEW_PX,
         "options": {"top": options.top, "sample": options.sample, "seed": options.seed, "bins": options.bins,

@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     human.add_argument("--confidence", type=float, default=0.95, metavar="P")
     human.add_argument("--max-filler-fa", type=_rate_or_none, default=0.5, metavar="RATE")
     human.add_argument("--max-vigilance-miss", type=_rate_or_none, default=0.5, metavar="RATE")
+    human.add_argument("--min-observations", type=_non_negative, default=0, metavar="N")
+    human.add_argument("--empty-response", choices=["missing", "no"], default="missing")
     parser.add_argument("--storage-options", default=None, metavar="JSON",
                         help="fsspec options for DEST, the images, --human and --out URIs, as JSON")
     parser.add_argument("--json", action="store_true", help="print the report's data as one JSON object")
@@ -79,11 +81,20 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"memscore report needs {package} for {what}: pip install 'memscore[report]'") from None
     storage_options = parse_storage_options(args.storage_options)
     memory_limit = None if args.memory_limit.lower() == "none" else args.memory_limit
+    measure = args.human_measure
+    if measure is not None:  # aliases (crr, hr, ...) as memscore analyze takes them
+        from memscore.storage.stats import canonical_measure
+
+        try:
+            measure = canonical_measure(measure)
+        except ValueError as error:
+            raise UserError(str(error)) from None
     analysis = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, human_column=args.human_column,
-        human_measure=args.human_measure, human_format=args.human_format, match=args.match,
+        human_measure=measure, human_format=args.human_format, match=args.match,
         bootstrap=args.bootstrap, splits=args.splits, seed=args.seed, confidence=args.confidence,
         max_filler_fa=args.max_filler_fa, max_vigilance_miss=args.max_vigilance_miss,
+        min_observations=args.min_observations, empty_response=args.empty_response,
     )
     options = ReportOptions(model=args.model, human=args.human, analysis=analysis, group_column=args.group_column,
                             top=args.top, sample=args.sample, seed=args.seed, bins=args.bins, maps=args.maps,
@@ -95,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
             from dataclasses import asdict
 
-            fields = {k: v for k, v in asdict(analysis).items() if k not in ("storage_options", "seed")}
+            fields = {k: v for k, v in asdict(analysis).items()
+                      if k not in ("storage_options", "seed", "kendall_max_n", "min_group_size")}
             result = report(args.dest, args.out, human=args.human, model=args.model, group_column=args.group_column,
                             top=args.top, sample=args.sample, seed=args.seed, bins=args.bins, maps=args.maps,
                             maps_device=args.maps_device, memory_limit=memory_limit, analysis=fields, storage_options=storage_options)

@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 
+from memscore.errors import UserError
 from memscore.storage.human import lit, q
 from memscore.storage.parts import duckdb_parts
 from memscore.storage.runs import read_run_summaries
@@ -30,7 +31,7 @@ TOP_LEVEL = "(top level)"
 OTHER_GROUPS = "(other folders)"
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """DEST or the options cannot make a report; the message is one line."""
 
 

@@ -128,7 +128,7 @@ TEMPLATE = r"""<!DOCTYPE html>
 {% if d.human %}{% set h = d.human %}
 <section id="human">
  <h2>Model vs human memorability</h2>
- <p>Human data <code>{{ h.human }}</code> ({{ h.human_format }}, measure <b>{{ h.human_measure }}</b>); {{ fmt(h.n) }} images matched by {{ h.match }}
+ <p>Human data <code>{{ h.human }}</code> ({{ h.human_format }}, measure <b>{{ h.human_measure }}</b>); {{ fmt(h.get('n_matched', h.n)) }} images matched by {{ h.match }}{% if h.get('n_matched', h.n) != h.n %}, {{ fmt(h.n) }} analysed{% endif %}
   ({{ fmt(h.n_unmatched_scores) }} scored images without human data, {{ fmt(h.n_unmatched_human) }} human images without a score).
   Statistics from <code>memscore analyze</code>'s code (same inputs and options give the same numbers).</p>
  <table>
@@ -136,8 +136,8 @@ TEMPLATE = r"""<!DOCTYPE html>
   <tr><td>Spearman ρ</td><td class="num" id="spearman-rho">{{ fmt(h.spearman.rho) }}</td><td class="num">{{ fmt(h.spearman.ci_low) }} .. {{ fmt(h.spearman.ci_high) }}</td><td class="num">{{ fmt_p(h.spearman.p_value) }}</td><td></td></tr>
   <tr><td>Pearson r</td><td class="num" id="pearson-r">{{ fmt(h.pearson.r) }}</td><td class="num">{{ fmt(h.pearson.ci_low) }} .. {{ fmt(h.pearson.ci_high) }}</td><td class="num">{{ fmt_p(h.pearson.p_value) }}</td><td></td></tr>
   {% if h.kendall %}<tr><td>Kendall τ-b</td><td class="num">{{ fmt(h.kendall.tau) }}</td><td></td><td class="num">{{ fmt_p(h.kendall.p_value) }}</td><td></td></tr>{% endif %}
-  {% for c in d.ceilings %}<tr><td>{{ c.label }}</td><td class="num">{{ fmt(c.value) }}</td><td class="num">{% if c.ci_low is not none %}{{ fmt(c.ci_low) }} .. {{ fmt(c.ci_high) }}{% endif %}</td><td></td><td>{{ c.note }}</td></tr>{% endfor %}
-  {% if h.fraction_of_ceiling is not none %}<tr><td>model ρ / human ceiling</td><td class="num">{{ fmt(h.fraction_of_ceiling) }}</td><td></td><td></td><td>{% if h.fraction_of_ceiling > 1 %}above the human ceiling: check the ceiling (participants per image, splits) and that the model was not trained on these images{% endif %}</td></tr>{% endif %}
+  {% for c in d.ceilings %}<tr><td>{{ c.label }}</td><td class="num" id="ceiling-{{ loop.index }}">{{ fmt(c.value) }}</td><td class="num">{% if c.ci_low is not none %}{{ fmt(c.ci_low) }} .. {{ fmt(c.ci_high) }}{% endif %}</td><td></td><td>{{ c.note }}</td></tr>{% endfor %}
+  {% if d.fraction %}<tr><td>{{ d.fraction.label }}</td><td class="num" id="fraction">{{ fmt(d.fraction.value) }}</td><td class="num">{% if d.fraction.ci_low is not none %}{{ fmt(d.fraction.ci_low) }} .. {{ fmt(d.fraction.ci_high) }}{% endif %}</td><td></td><td>{% if d.fraction.value > 1 %}above the human ceiling: check the ceiling (participants per image, splits) and that the model was not trained on these images{% endif %}</td></tr>{% endif %}
  </table>
  {% if not d.ceilings %}<p class="note">No human ceiling: it needs trial-level human data (per-participant responses) to split participants in halves.</p>{% endif %}
  {% if h.participants %}<p class="note">Participants: {{ h.participants.kept }} kept, {{ h.participants.excluded }} excluded.</p>{% endif %}

@@ -126,12 +126,15 @@ def test_report_with_human_data_matches_analyze(lab, capsys):
     assert main(["analyze", "--scores", lab["dest"], *common, "--json"]) == 0
     analyzed = json.loads(capsys.readouterr().out)
     report = json.loads((out / "report.json").read_text())
-    for key in ("n", "spearman", "pearson", "kendall", "split_half", "fraction_of_ceiling", "match"):
+    for key in ("n", "spearman", "pearson", "kendall", "split_half", "noise_ceiling", "fraction_of_noise_ceiling",
+                "match", "groups"):
         assert report["human"][key] == analyzed[key], key
     page = (out / "index.html").read_text()
     assert f'id="spearman-rho">{analyzed["spearman"]["rho"]:.3f}<' in page
     assert f'id="pearson-r">{analyzed["pearson"]["r"]:.3f}<' in page
     assert f'{analyzed["split_half"]["spearman_brown"]:.3f}' in page
+    assert f'>{analyzed["noise_ceiling"]["spearman"]["ceiling"]:.3f}<' in page
+    assert f'id="fraction">{analyzed["fraction_of_noise_ceiling"]["spearman"]["value"]:.3f}<' in page
     # gallery: 4 + 4 + 5 images, the deleted one "missing", the others as files beside the page
     rows = [g for block in report["gallery"] for g in block["rows"]]
     assert [len(b["rows"]) for b in report["gallery"]] == [4, 4, 5]
@@ -159,6 +162,7 @@ def test_report_with_human_data_matches_analyze(lab, capsys):
     for f in report["figures"]["distribution"] + report["figures"]["human"]:
         assert (out / f["png"]).stat().st_size > 0 and (out / f["svg"]).read_text().lstrip().startswith("<?xml")
     assert len(report["figures"]["human"]) == 2  # scatter + ceiling
+    assert [c["short"] for c in report["ceilings"]] == ["split-half", "Spearman-Brown", "noise ceiling"]
     assert not re.search(r'(src|href)="(https?:)?//', page)
 
 
