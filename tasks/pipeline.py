@@ -1,7 +1,8 @@
 """The scoring pipeline as plain functions: SOURCE images in, DEST Parquet parts out.
 
 discover -> plan (skip what DEST holds) -> score each shard (DataLoader + model) ->
-one atomic part per shard -> drop superseded rows -> :class:`ScoreSummary`.
+one atomic part per shard -> drop superseded rows -> :class:`ScoreSummary` (also
+written to ``DEST/runs/<run_id>.json``, :mod:`storage.runs`).
 
 This is the one way data flows through a scoring run, without Prefect: the plain
 ``memscore score`` path and ``memscore.score()`` call :func:`run_score` with the
@@ -19,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -293,6 +295,7 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
     steps = steps or PipelineSteps()
     log = steps.log
     started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     spec = get_model_spec(request.model)
     layers = spec.check_features(spec.default_features if request.features is None else request.features)
     ref = resolve_weights(spec, request.weights)
@@ -367,4 +370,12 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
     processed = summary.scored + summary.failed
     summary.images_per_second = processed / scoring_seconds if processed and scoring_seconds > 0 else 0.0
     log.info("%s", summary.text())
+    try:  # provenance for `memscore report` (storage/runs.py); never fails a finished run
+        from memscore.storage.runs import write_run_summary
+
+        write_run_summary(dest, {**summary.as_dict(), "started_at": started_at,
+                                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 "scoring_seconds": round(scoring_seconds, 3)})
+    except Exception as error:  # noqa: BLE001
+        log.warning("could not write the run summary to DEST/runs: %s", error)
     return summary
