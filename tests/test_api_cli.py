@@ -85,6 +85,9 @@ def test_plain_score_starts_no_prefect_server_and_matches_the_flow(tmp_path, pho
     assert {k: v for k, v in plain_summary.items() if k not in varying} == \
         {k: v for k, v in flow_summary.items() if k not in varying}
     assert (plain_summary["scored"], plain_summary["failed"], plain_summary["shards"]) == (3, 1, 2)
+    for dest, summary in ((plain, plain_summary), (flow, flow_summary)):  # provenance for `memscore report`
+        run = json.loads((dest / "runs" / f"{summary['run_id']}.json").read_text())
+        assert run["scored"] == 3 and run["started_at"] <= run["finished_at"]
 
 
 def test_when_the_flow_is_used(monkeypatch, tmp_path):
