@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+# Imported here, at collection: Prefect sets up its console log handler on first import, on the
+# sys.stderr of that moment; inside a test using capsys that stream is closed by the next test.
+import prefect.main  # noqa: F401 - `from prefect import flow` and the like: this sets up Prefect's logging
+from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+from prefect.server.api.server import SubprocessASGIServer
 
 from conftest import write_archive
 
@@ -31,9 +36,6 @@ def _rows(dest: Path) -> list[dict]:
 def _forbid_prefect_servers(monkeypatch) -> list[str]:
     """Make every way Prefect reaches an API fail: starting the temporary local server, and
     entering an API client (sync or async). Returns the list of attempts made."""
-    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
-    from prefect.server.api.server import SubprocessASGIServer
-
     attempts: list[str] = []
 
     def refuse(what):
