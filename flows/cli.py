@@ -101,9 +101,12 @@ def find_user_error(error: BaseException) -> BaseException | None:
     from memscore.models.devices import DeviceUnavailableError
     from memscore.models.registry import UnknownModelError, WeightsMismatchError
     from memscore.models.weights import WeightsNotFoundError
+    from memscore.flows.params import SecretInParametersError
+    from memscore.tasks.checks import DestinationUnwritableError, PrefectApiUnreachableError
     from memscore.tasks.discover import SourceUnreadableError
 
-    known = (UserError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError, SourceUnreadableError, DeviceUnavailableError)
+    known = (UserError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError, SourceUnreadableError,
+             DeviceUnavailableError, DestinationUnwritableError, PrefectApiUnreachableError, SecretInParametersError)
     seen: BaseException | None = error
     while seen is not None:  # Prefect may wrap the original exception
         if isinstance(seen, known):
