@@ -27,7 +27,10 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Decode = Literal["auto", "workers", "device"]
 Backend = Literal["torch", "onnxruntime"]
 # auto, cpu, cuda, mps as choices; cuda:N (one GPU of several) as a checked string.
-Device = Union[Literal["auto", "cpu", "cuda", "mps"], Annotated[str, Field(pattern=r"^cuda:[0-9]+$")]]
+Device = Union[
+    Annotated[Literal["auto", "cpu", "cuda", "mps"], Field(title="choice")],
+    Annotated[str, Field(pattern=r"^cuda:[0-9]+$", title="cuda:N")],
+]
 
 # Words in the keys of fsspec/boto/gcsfs/adlfs options that hold credentials (any case, anywhere in the key).
 SECRET_WORDS = ("key", "secret", "token", "passw", "credential", "sas", "signature", "connection_string", "auth")

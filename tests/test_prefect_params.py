@@ -179,3 +179,15 @@ def test_sql_read_only_refuses_other_files(scores_folder, tmp_path, capsys):
     assert not (tmp_path / "copy.csv").exists() and not (tmp_path / "other.db").exists()
     # Without --read-only it is full DuckDB (documented).
     assert main(["sql", str(scores_folder), f"SELECT * FROM read_csv('{tmp_path / 'private.csv'}')"]) == 0
+
+
+def test_storage_options_secret_names_a_prefect_secret_block(prefect_api):
+    from prefect.blocks.system import Secret
+
+    from memscore.flows.params import resolve_storage_options
+
+    Secret(value={"key": "k1", "client_kwargs": {"aws_session_token": "t1"}}).save("memscore-test-s3", overwrite=True)
+    assert resolve_storage_options({"anon": False, "client_kwargs": {"endpoint_url": "http://h"}}, "memscore-test-s3") == {
+        "anon": False, "key": "k1", "client_kwargs": {"endpoint_url": "http://h", "aws_session_token": "t1"}}
+    with pytest.raises(ValueError, match="no Prefect Secret block named 'memscore-no-such-block'"):
+        resolve_storage_options(None, "memscore-no-such-block")
