@@ -465,8 +465,9 @@ def _score_on_dask(
 ) -> None:
     """Run every shard's score and write tasks on the Dask cluster at ``address``.
 
-    Each shard's parts are written by the worker that scored it (results do not
-    travel through this process); this process only collects the counts.
+    Each shard's parts are written by a ``write-parts`` task on the cluster; Dask
+    picks its worker (the scored table may move between workers, not through this
+    process); this process only collects the counts.
     """
     from prefect_dask import DaskTaskRunner
 
