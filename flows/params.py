@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 
+from memscore.errors import UserError
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Decode = Literal["auto", "workers", "device"]
 Backend = Literal["torch", "onnxruntime"]
@@ -40,7 +42,7 @@ SECRET_KEY_PATTERN = "|".join("".join(f"[{c.upper()}{c}]" if c.isalpha() else c 
 LOCAL_PREFIX = "memscore-process:"
 
 
-class SecretInParametersError(ValueError):
+class SecretInParametersError(UserError, ValueError):
     """A flow parameter holds what looks like a credential."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from memscore.errors import UserError
 from memscore.flows.dest_lock import hold_destination
 from memscore.flows.params import Backend, Decode, Device, Precision, StorageOptions, resolve_storage_options
 from memscore.models.devices import defaults_for, resolve_device
@@ -85,7 +86,7 @@ def _retry_storage_errors(task: Any, task_run: Any, state: Any) -> bool:
     """Retry a storage task unless the failure is one that retrying cannot fix."""
     try:
         state.result()
-    except (SourceNotFoundError, ValueError, TypeError, KeyError):
+    except (UserError, ValueError, TypeError, KeyError):  # SourceNotFoundError is a UserError
         return False
     except BaseException:  # noqa: BLE001 - network errors, throttling, 5xx: worth another try
         return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 
+from memscore.errors import UserError
 from memscore.storage.uris import Location
 from memscore.tasks.discover import SourceNotFoundError, SourceUnreadableError, is_s3, iter_s3_objects
 
@@ -18,11 +19,11 @@ CREDENTIALS_HINT = ("credentials belong in the worker's environment (AWS_ACCESS_
                     "AWS_PROFILE, an IAM role) or in a Prefect Secret block named by storage_options_secret")
 
 
-class DestinationUnwritableError(RuntimeError):
+class DestinationUnwritableError(UserError, RuntimeError):
     """DEST cannot be written (a file in the way, no such bucket, no permission, no credentials)."""
 
 
-class PrefectApiUnreachableError(RuntimeError):
+class PrefectApiUnreachableError(UserError, RuntimeError):
     """PREFECT_API_URL is set but nothing answers there."""
 
 
