@@ -202,7 +202,8 @@ def test_storage_retries_skip_hopeless_failures_and_summary_markdown():
     from memscore.tasks.discover import SourceNotFoundError, SourceUnreadableError
 
     assert _retry_storage_errors(None, None, Failed(data=OSError(5, "503 Slow Down"))) is True
-    assert _retry_storage_errors(None, None, Failed(data=SourceUnreadableError("cannot list"))) is True
+    # Errors the user must fix (memscore.errors.UserError) are never retried; transient OSErrors are.
+    assert _retry_storage_errors(None, None, Failed(data=SourceUnreadableError("cannot list"))) is False
     assert _retry_storage_errors(None, None, Failed(data=SourceNotFoundError("source not found"))) is False
 
     summary = ScoreSummary(run_id="r1", source="s3://a/b", destination="s3://c/d", model="resmem",
