@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -32,6 +33,7 @@ from memscore.models.registry import get_model_spec, resolve_weights
 from memscore.models.speed import check_backend
 from memscore.storage.compact import drop_superseded_rows
 from memscore.storage.parts import write_part_atomic
+from memscore.storage.runs import write_run_summary
 from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
 from memscore.storage.uris import Location, open_location
 from memscore.tasks.checks import check_destination, check_source
@@ -336,6 +338,7 @@ def score_archive(
     """
     logger = get_run_logger()
     started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     spec = get_model_spec(model)
     layers = spec.check_features(spec.default_features if features is None else features)
     ref = resolve_weights(spec, weights)
@@ -377,11 +380,11 @@ def score_archive(
     check_source(src, source)
     check_destination(dest, destination)
     with hold_destination(dest.uri, logger):
-        return _run(logger, started, spec, ref, weights, src, dest, settings, defaults, shard_size, retry_errors,
-                    show_progress, dask_address, shard_device, device_label)
+        return _run(logger, started, started_at, spec, ref, weights, src, dest, settings, defaults, shard_size,
+                    retry_errors, show_progress, dask_address, shard_device, device_label)
 
 
-def _run(logger, started, spec, ref, weights, src, dest, settings, defaults, shard_size, retry_errors,
+def _run(logger, started, started_at, spec, ref, weights, src, dest, settings, defaults, shard_size, retry_errors,
          show_progress, dask_address, shard_device, device_label) -> dict[str, Any]:
     """The run's body once its checks passed and it holds DEST (plan, score, write, compact, summary)."""
     plan, counts = plan_run(src, dest, spec.name, ref.digest, shard_size or defaults.shard_size, retry_errors)
@@ -426,6 +429,12 @@ def _run(logger, started, spec, ref, weights, src, dest, settings, defaults, sha
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors_by_reason.items(), key=lambda kv: -kv[1]))
         logger.warning("%d image(s) could not be scored (%s); details in %s/%s", summary.failed, reasons,
                        summary.destination.rstrip("/"), ERRORS_DIR)
+    try:  # provenance for `memscore report` (storage/runs.py); never fails a finished run
+        write_run_summary(dest, {**summary.as_dict(), "started_at": started_at,
+                                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 "scoring_seconds": round(scoring_seconds, 3)})
+    except Exception as error:  # noqa: BLE001
+        logger.warning("could not write the run summary to DEST/runs: %s", error)
     try:
         from prefect.artifacts import create_markdown_artifact
 
