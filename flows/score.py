@@ -26,6 +26,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from memscore.errors import UserError
+from memscore.flows.dest_lock import hold_destination
+from memscore.flows.params import Backend, Decode, Device, Precision, StorageOptions, resolve_storage_options
 from memscore.models.devices import defaults_for, resolve_device
 from memscore.models.registry import get_model_spec, resolve_weights
 from memscore.models.speed import check_backend
@@ -34,6 +36,7 @@ from memscore.storage.parts import write_part_atomic
 from memscore.storage.runs import write_run_summary
 from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
 from memscore.storage.uris import Location, open_location
+from memscore.tasks.checks import check_destination, check_source
 from memscore.tasks.decode import start_worker_server
 from memscore.tasks.device_decode import resolve_decode
 from memscore.tasks.discover import DiscoveryCounts, SourceNotFoundError, iter_listing
@@ -153,7 +156,7 @@ def worker_device(device: str) -> str:
     return chosen
 
 
-@task(name="score-shard", cache_policy=NO_CACHE, persist_result=False)
+@task(name="score-shard", task_run_name="score-shard-{shard_index}", cache_policy=NO_CACHE, persist_result=False)
 def score_shard(
     shard_index: int,
     shard: Any,
@@ -185,7 +188,7 @@ def score_shard(
     return score_images(shard, source, loaded, settings, on_batch=progress.advance if progress else None)
 
 
-@task(name="write-parts", **_storage_task)
+@task(name="write-parts", task_run_name="write-parts-{shard_index}", **_storage_task)
 def write_shard(dest: Location, run_id: str, shard_index: int, result: ShardResult) -> dict[str, Any]:
     """Write a shard's scores (and errors, if any) as atomic parts under DEST.
 
@@ -267,28 +270,33 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
-@flow(name="score-archive", log_prints=True)
+@flow(
+    name="score-archive", log_prints=True, flow_run_name="{model}: {source} -> {destination}",
+    # The summary (a small JSON dict) is kept as the run's result, readable after a deployment run.
+    persist_result=True, result_serializer="json",
+)
 def score_archive(
     source: str,
     destination: str,
     model: str = "resmem",
     weights: str | None = None,
-    device: str = "auto",
+    device: Device = "auto",
     batch_size: int | None = None,
     workers: int | None = None,
     shard_size: int | None = None,
     features: list[str] | None = None,
     max_pixels: int | None = None,
     retry_errors: bool = False,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptions | None = None,
     show_progress: bool = False,
     dask_address: str | None = None,
-    precision: str = "auto",
+    precision: Precision = "auto",
     channels_last: bool | None = None,
     fold_batchnorm: bool | None = None,
     compile_model: bool = False,
-    decode: str = "auto",
-    backend: str = "torch",
+    decode: Decode = "auto",
+    backend: Backend = "torch",
+    storage_options_secret: str | None = None,
 ) -> dict[str, Any]:
     """Score every image under ``source`` with ``model``; write Parquet under ``destination``.
 
@@ -304,7 +312,9 @@ def score_archive(
         features: layers to export as ``feat_<layer>`` columns; [] for none.
         max_pixels: larger images are refused as decompression bombs (default: PIL's limit).
         retry_errors: also rescore images that failed in an earlier run.
-        storage_options: passed to fsspec for both SOURCE and DEST (credentials, endpoint).
+        storage_options: passed to fsspec for both SOURCE and DEST (endpoint, region, ...);
+            no credentials: keys such as key, secret or token are refused, because
+            parameters are stored in Prefect's database (use storage_options_secret).
         show_progress: draw a progress bar on the terminal.
         dask_address: run the shard tasks on this Dask scheduler (``tcp://host:8786``)
             through prefect-dask; the device, batch size and decode workers are then
@@ -318,6 +328,13 @@ def score_archive(
             CUDA) or ``auto`` (device on CUDA, workers elsewhere).
         backend: ``torch`` (the reference) or ``onnxruntime`` (CPU and float32 only;
             needs ``memscore[onnx]``; the model is exported to ONNX once and cached).
+        storage_options_secret: name of a Prefect Secret block holding a JSON object of
+            fsspec options with the credentials (merged into storage_options), e.g.
+            ``{"key": "...", "secret": "..."}``; default: the worker's environment.
+
+    Returns:
+        The run's summary (counts, images/s, errors by reason) as a dict; it is also
+        the flow run's persisted result (JSON), readable after a deployment run.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -356,9 +373,20 @@ def score_archive(
         decode=decode,
         backend=backend,
     )
-    src = open_location(source, storage_options)
-    dest = open_location(destination, storage_options)
+    options = resolve_storage_options(storage_options, storage_options_secret)
+    src = open_location(source, options)
+    dest = open_location(destination, options)
+    # Before any image is scored, and not retried: a missing SOURCE, bucket or credentials stays missing.
+    check_source(src, source)
+    check_destination(dest, destination)
+    with hold_destination(dest.uri, logger):
+        return _run(logger, started, started_at, spec, ref, weights, src, dest, settings, defaults, shard_size,
+                    retry_errors, show_progress, dask_address, shard_device, device_label)
 
+
+def _run(logger, started, started_at, spec, ref, weights, src, dest, settings, defaults, shard_size, retry_errors,
+         show_progress, dask_address, shard_device, device_label) -> dict[str, Any]:
+    """The run's body once its checks passed and it holds DEST (plan, score, write, compact, summary)."""
     plan, counts = plan_run(src, dest, spec.name, ref.digest, shard_size or defaults.shard_size, retry_errors)
     summary = ScoreSummary(
         run_id=settings.run_id, source=src.uri, destination=dest.uri, model=spec.name, weights=ref.digest,
@@ -377,6 +405,8 @@ def score_archive(
         for reason, n in written["errors_by_reason"].items():
             summary.errors_by_reason[reason] = summary.errors_by_reason.get(reason, 0) + n
         run_progress.advance(written["scored"] + written["failed"])
+        if dask_address:  # the shards ran elsewhere: the terminal bar advances as their parts land
+            progress.advance(written["scored"] + written["failed"])
 
     progress = ProgressReporter(total=plan.to_score, enabled=show_progress)
     scoring_started = time.perf_counter()
@@ -395,6 +425,10 @@ def score_archive(
     processed = summary.scored + summary.failed
     summary.images_per_second = processed / scoring_seconds if processed and scoring_seconds > 0 else 0.0
     logger.info("%s", summary.text())
+    if summary.failed:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors_by_reason.items(), key=lambda kv: -kv[1]))
+        logger.warning("%d image(s) could not be scored (%s); details in %s/%s", summary.failed, reasons,
+                       summary.destination.rstrip("/"), ERRORS_DIR)
     try:  # provenance for `memscore report` (storage/runs.py); never fails a finished run
         write_run_summary(dest, {**summary.as_dict(), "started_at": started_at,
                                  "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -441,8 +475,9 @@ def _score_on_dask(
 ) -> None:
     """Run every shard's score and write tasks on the Dask cluster at ``address``.
 
-    Each shard's parts are written by the worker that scored it (results do not
-    travel through this process); this process only collects the counts.
+    Each shard's parts are written by a ``write-parts`` task on the cluster; Dask
+    picks its worker (the scored table may move between workers, not through this
+    process); this process only collects the counts.
     """
     from prefect_dask import DaskTaskRunner
 

@@ -81,22 +81,26 @@ def parse_features(text: str | None) -> list[str] | None:
 def check_source(source: str, storage_options: dict | None) -> None:
     """Raise SourceUnreadableError unless SOURCE is a folder we can list."""
     from memscore.storage.uris import open_location
-    from memscore.tasks.discover import SourceUnreadableError, is_s3, iter_s3_objects
+    from memscore.tasks import checks
+    from memscore.tasks.discover import SourceUnreadableError
 
     try:
         location = open_location(source, storage_options)
-        if is_s3(location.fs):
-            # One ListObjectsV2 call of one key (fs.isdir would list the whole prefix).
-            next(iter(iter_s3_objects(location, page_size=1)), None)
-            return
-        is_folder = location.fs.isdir(location.root)
     except (ImportError, ValueError) as error:
         raise SourceUnreadableError(f"cannot open source {source}: {error}") from None
-    except OSError as error:
-        raise SourceUnreadableError(f"cannot read source {source}: {error}") from None
-    if not is_folder:
-        exists = location.fs.exists(location.root)
-        raise SourceUnreadableError(f"source {'is not a folder' if exists else 'not found'}: {source}")
+    checks.check_source(location, source)
+
+
+def check_destination(destination: str, storage_options: dict | None) -> None:
+    """Raise DestinationUnwritableError unless DEST can be written (a probe object, deleted again)."""
+    from memscore.storage.uris import open_location
+    from memscore.tasks.checks import DestinationUnwritableError, check_destination as probe
+
+    try:
+        location = open_location(destination, storage_options)
+    except (ImportError, ValueError) as error:
+        raise DestinationUnwritableError(f"cannot open destination {destination}: {error}") from None
+    probe(location, destination)
 
 
 def check_backend_options(args: argparse.Namespace, device) -> None:
@@ -129,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights:  # a user's file: check it fits the model before any run starts
         build_with_weights(spec, weights)
     check_source(args.source, storage_options)
+    check_destination(args.destination, storage_options)
     if args.dask_address:
         try:
             import prefect_dask  # noqa: F401
@@ -139,8 +144,13 @@ def run(args: argparse.Namespace) -> int:
         if args.backend != "torch":
             check_backend_options(args, device)
 
+    from memscore.flows.params import keep_in_process, split_secrets
     from memscore.flows.score import score_archive
+    from memscore.tasks.checks import check_prefect_api
 
+    check_prefect_api()  # seconds, not a minute of retries and a traceback
+    # Credentials stay in this process: flow parameters are stored in Prefect's database.
+    public_options, secret_options = split_secrets(storage_options)
     summary = score_archive(
         source=args.source,
         destination=args.destination,
@@ -153,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
         features=features,
         max_pixels=args.max_pixels,
         retry_errors=args.retry_errors,
-        storage_options=storage_options,
+        storage_options=public_options,
+        storage_options_secret=keep_in_process(secret_options),
         show_progress=not args.no_progress,
         dask_address=args.dask_address,
         precision=args.precision,
