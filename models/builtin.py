@@ -79,3 +79,5 @@ M3M_DEEPLABV3 = register(
         default_features=m3m.DEFAULT_FEATURES,
     )
 )
+
+from memscore.models import aim  # noqa: E402,F401  (registers resmem-retrain-aim, aim-resnet18, resnet18-nomem)
