@@ -169,7 +169,7 @@ def test_resmem_aim_starts_as_resmem_from_its_weights():
     torch.manual_seed(1)
     resmem = ResMem().eval()
     aim = initial_resmem_aim(resmem.state_dict()).eval()
-    assert aim.features.layer4[2].conv1.weight.shape[1] == 512 + 784  # 50,176 floats on ResNet-152's 8x8 map
+    assert aim.features.layer4[2].conv1.weight.shape[1] == 2048 + 784  # 50,176 floats on the 8x8 map
     x = torch.rand(1, 3, 227, 227)
     with torch.no_grad():
         torch.testing.assert_close(aim(x), resmem(x), rtol=1e-5, atol=1e-5)
