@@ -21,11 +21,12 @@ Every run: the same split, the same seed for initial weights and batch order per
 Adam (lr 1e-3), batch 32, the same number of epochs; the test metric at the epoch with
 the best validation metric (and at the last epoch). Each run is its own process, so
 its peak resident memory (``ru_maxrss``) is its own; seconds per epoch are training
-passes only (evaluation excluded).
+passes only (evaluation excluded), wall-clock and CPU time (``process_time``; one thread,
+so it is the compute the pass needed, less disturbed by other processes on a shared machine).
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/bench_aim.py --json benchmarks/aim-results-cpu.json
       [--seeds 0,1,2] [--tasks digits,distill] [--arms nomem,aim,aim-kaiming] [--epochs-digits 3]
-      [--epochs-distill 6] [--per-photo 10]
+      [--epochs-distill 20] [--per-photo 10]
 The distillation labels are made once (ResMem on the CPU; 200 crops took about N minutes
 on the shared 2-core machine) and cached in ``--work`` (default /tmp/memscore-aim-distill;
 10 crops per photo instead of bench_distill.py's 24, to fit the time).
@@ -154,7 +155,7 @@ def run_one(task: str, arm: str, seed: int, epochs: int, work: Path, per_photo: 
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         total = 0.0
         for i in range(0, len(order), 32):
             batch = order[i:i + 32]
@@ -163,14 +164,15 @@ def run_one(task: str, arm: str, seed: int, epochs: int, work: Path, per_photo: 
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
-        seconds = time.perf_counter() - started
-        history.append({"epoch": epoch, "train_loss": total / len(order), "seconds": seconds,
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+        history.append({"epoch": epoch, "train_loss": total / len(order), "seconds": seconds, "cpu_seconds": cpu_seconds,
                         "val": metric("val"), "test": metric("test"),
                         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     best = max(history, key=lambda row: (row["val"], -row["epoch"]))
     return {"task": task, "arm": arm, "seed": seed, "epochs": epochs, "parameters": parameters,
             "train_images": len(x_train), "best_epoch": best["epoch"], "test_at_best_val": best["test"],
             "test_last": history[-1]["test"], "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])),
+            "cpu_seconds_per_epoch": float(np.mean([r["cpu_seconds"] for r in history])),
             "peak_rss_mib": history[-1]["peak_rss_mib"], "history": history}
 
 
@@ -187,7 +189,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                 return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
 
             row = {"task": task, "arm": arm, "seeds": [r["seed"] for r in chosen], "parameters": chosen[0]["parameters"]}
-            for key in ("test_at_best_val", "test_last", "seconds_per_epoch", "peak_rss_mib"):
+            for key in ("test_at_best_val", "test_last", "seconds_per_epoch", "cpu_seconds_per_epoch", "peak_rss_mib"):
                 row[key + "_mean"], row[key + "_sd"] = stats(key)
             if arm != "nomem" and base:
                 diffs = np.array([r["test_at_best_val"] - base[r["seed"]]["test_at_best_val"] for r in chosen
@@ -205,7 +207,7 @@ def main() -> int:
     parser.add_argument("--tasks", default="digits,distill")
     parser.add_argument("--arms", default="nomem,aim")
     parser.add_argument("--epochs-digits", type=int, default=3)
-    parser.add_argument("--epochs-distill", type=int, default=6)
+    parser.add_argument("--epochs-distill", type=int, default=20)
     parser.add_argument("--work", default="/tmp/memscore-aim-distill")
     parser.add_argument("--per-photo", type=int, default=10)
     parser.add_argument("--json", default=None, help="write the results here")
@@ -234,15 +236,17 @@ def main() -> int:
                 result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
                 runs.append(result)
                 print(f"{task:8s} {arm:12s} seed {seed}: test {result['test_at_best_val']:.4f} (best val epoch "
-                      f"{result['best_epoch']}), last {result['test_last']:.4f}, {result['seconds_per_epoch']:.1f} s/epoch, "
+                      f"{result['best_epoch']}), last {result['test_last']:.4f}, {result['seconds_per_epoch']:.1f} s/epoch "
+                      f"({result['cpu_seconds_per_epoch']:.1f} s CPU), "
                       f"peak RSS {result['peak_rss_mib']:.0f} MiB", flush=True)
     summary = summarise(runs)
-    print("\ntask     arm          params      test (best val) mean +- sd   test (last)        s/epoch      peak RSS MiB   aim - nomem (paired)")
+    print("\ntask     arm          params      test (best val) mean +- sd   test (last)        s/epoch      CPU s/epoch   peak RSS MiB   aim - nomem (paired)")
     for row in summary:
         diff = (f"{row['paired_diff_mean']:+.4f} +- {row['paired_diff_sd']:.4f}" if "paired_diff_mean" in row else "")
         print(f"{row['task']:8s} {row['arm']:12s} {row['parameters']:>10,d}  {row['test_at_best_val_mean']:.4f} +- "
               f"{row['test_at_best_val_sd']:.4f}        {row['test_last_mean']:.4f} +- {row['test_last_sd']:.4f}  "
-              f"{row['seconds_per_epoch_mean']:5.1f} +- {row['seconds_per_epoch_sd']:.1f}  {row['peak_rss_mib_mean']:6.0f}"
+              f"{row['seconds_per_epoch_mean']:5.1f} +- {row['seconds_per_epoch_sd']:.1f}  "
+              f"{row['cpu_seconds_per_epoch_mean']:5.1f} +- {row['cpu_seconds_per_epoch_sd']:.1f}  {row['peak_rss_mib_mean']:6.0f}"
               f"         {diff}")
     total = time.perf_counter() - started
     print(f"\ntotal {total:.0f} s")
