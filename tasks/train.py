@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader
 
 from memscore.models.preprocess import resmem_transform, to_model_input
 from memscore.storage.uris import Location, open_location
+from memscore.tasks.stats import bootstrap_spearman, pearson, rankdata, spearman  # noqa: F401 - re-exported
 from memscore.tasks.train_config import (
     FREEZE_GROUPS,
     STAGED_WEIGHTS,
@@ -76,55 +77,9 @@ from memscore.tasks.train_data import (
 )
 from memscore.tasks.train_run import RunFolder
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def rankdata(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties get their average rank (as scipy.stats.rankdata)."""
-    values = np.asarray(values, dtype=np.float64)
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_values = values[order]
-    boundaries = np.flatnonzero(np.diff(sorted_values) != 0) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [len(values)]))
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + end + 1) / 2.0
-    return ranks
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if len(a) < 2 or a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (NaN when undefined: fewer than 2 values or a constant)."""
-    if len(a) < 2:
-        return float("nan")
-    return pearson(rankdata(a), rankdata(b))
-
-
-def bootstrap_spearman(pred: np.ndarray, target: np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of Spearman's rho, resampling images."""
-    pred = np.asarray(pred)
-    target = np.asarray(target)
-    if len(pred) < 3:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n):
-        index = rng.integers(0, len(pred), len(pred))
-        value = spearman(pred[index], target[index])
-        if not math.isnan(value):
-            values.append(value)
-    if not values:
-        return float("nan"), float("nan")
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+# ----------------------------------------------------------------------------- losses
+# (rankdata, pearson, spearman and bootstrap_spearman live in the one statistics home,
+# memscore.tasks.stats, shared with analyze and compare; imported above)
 
 
 def pairwise_rank_loss(pred: torch.Tensor, target: torch.Tensor, scale: float = 10.0) -> torch.Tensor:

@@ -538,6 +538,11 @@ def test_compare_runs_given_as_uris_and_bad_run_paths(tmp_path, tiny_model, caps
         rows = json.loads(capsys.readouterr().out)
         assert [r["weights"] for r in rows] == [first.weights_digest, second.weights_digest]
         assert rows[0]["model"] != rows[1]["model"]  # both folders are called 'run': labelled by their full path
+        # the second row: its Spearman minus the first's, with a paired interval (same images, same draws)
+        assert rows[0]["spearman_diff_vs_first"] is None
+        diff = rows[1]["spearman_diff_vs_first"]
+        if rows[0]["test_spearman"] is not None and rows[1]["test_spearman"] is not None:
+            assert diff == pytest.approx(rows[1]["test_spearman"] - rows[0]["test_spearman"], abs=1e-9)
         assert all(r["test_images"] == first.test["images"] and r["test_images_seen_in_training"] == 0 for r in rows)
     finally:
         fsspec.filesystem("memory").rm("/memscore-compare-test", recursive=True)
