@@ -352,8 +352,7 @@ class MemorabilityResNet(nn.Module):
 def initial_resmem_aim(resmem_state: dict[str, torch.Tensor] | None = None) -> ResMemAiM:
     """ResMemAiM ready to train: every ResMem tensor from ``resmem_state`` (widened first convolutions
     padded with zeros, so it starts as ResMem), the memory parts fresh; None: random (for tests)."""
-    from memscore.models.weights import WeightsMismatchError
-    from memscore.models.resmem_retrain import load_into
+    from memscore.models.weights import WeightsMismatchError, load_into
 
     torch.manual_seed(0)
     model = ResMemAiM()
@@ -368,8 +367,7 @@ def initial_resmem_aim(resmem_state: dict[str, torch.Tensor] | None = None) -> R
 def initial_resnet(memory: bool, published: bool) -> MemorabilityResNet:
     """aim-resnet18 / resnet18-nomem ready to train: the trunk from torchvision's ImageNet ResNet-18
     (``published``; torch hub cache, downloaded if reachable) or random (seed 0), a new head."""
-    from memscore.models.weights import WeightsMismatchError, WeightsNotFoundError
-    from memscore.models.resmem_retrain import load_into
+    from memscore.models.weights import WeightsMismatchError, WeightsNotFoundError, load_into
 
     torch.manual_seed(0)
     model = MemorabilityResNet(memory_shape=AIM_RESNET18_MEMORY if memory else None)
@@ -398,33 +396,33 @@ AIM_RESNET18_MEMORY = (64, 7, 7)  # 3,136 floats: the post's 7x7 grid with 64 ch
 
 def _register() -> None:
     from memscore.models.preprocess import resmem_transform
-    from memscore.models.registry import ModelSpec, register
-    from memscore.models.resmem_retrain import TRAINABLE, TrainableModel, no_published_weights, published_resmem_state
+    from memscore.models.registry import ModelSpec, TrainRecipe, register
+    from memscore.models.weights import no_published_weights, published_resmem_state
 
-    def spec(name: str, description: str, build: Any, layers: dict[str, int], default: tuple[str, ...]) -> None:
-        register(ModelSpec(name=name, description=description, build=build, default_weights=no_published_weights(name),
-                           preprocess=resmem_transform, input_size=227, feature_layers=layers, default_features=default))
-
-    spec("resmem-retrain-aim", "ResMemRetrain with AiM memory (7x7x1024) in its ResNet-152; +4,921,024 parameters (+3.7%) over resmem "
-         "(train it: memscore train)",
-         ResMemAiM, RESMEM_FEATURE_LAYERS, RESMEM_DEFAULT_FEATURES)
-    spec("aim-resnet18", "ResNet-18 with AiM memory (7x7x64) and a sigmoid head, CPU-sized; +527,744 parameters (+4.7%) over "
-         "resnet18-nomem (train it: memscore train)",
-         lambda: MemorabilityResNet(memory_shape=AIM_RESNET18_MEMORY), {"pool": 512, "memory": 3136}, ("pool",))
-    spec("resnet18-nomem", "aim-resnet18's twin without memory: ResNet-18 and a sigmoid head (train it: memscore train)",
-         lambda: MemorabilityResNet(memory_shape=None), {"pool": 512}, ("pool",))
+    post = "AiM, J. Lunkad 2021 (github.com/joy-lunkad/aim), ported in memscore.models.aim; you train it (memscore train)"
 
     def published(options: dict[str, Any]) -> bool:
         return options.get("init", "published") == "published"
 
-    TRAINABLE["resmem-retrain-aim"] = TrainableModel(
-        "resmem-retrain-aim",
-        lambda o: initial_resmem_aim(published_resmem_state(o.get("resmem_weights")) if published(o) else None),
-        (), "published ResMem weights (memory channels zero), new memory, everything trainable")
-    TRAINABLE["aim-resnet18"] = TrainableModel(
-        "aim-resnet18", lambda o: initial_resnet(True, published(o)), (), "ImageNet ResNet-18 (--init published) or random")
-    TRAINABLE["resnet18-nomem"] = TrainableModel(
-        "resnet18-nomem", lambda o: initial_resnet(False, published(o)), (), "ImageNet ResNet-18 (--init published) or random")
+    def spec(name: str, description: str, build: Any, layers: dict[str, int], default: tuple[str, ...],
+             licence: str, recipe: TrainRecipe) -> None:
+        register(ModelSpec(name=name, description=description, build=build, default_weights=no_published_weights(name),
+                           preprocess=resmem_transform, input_size=227, feature_layers=layers, default_features=default,
+                           source=post, licence=licence, recipe=recipe))
+
+    spec("resmem-retrain-aim", "ResMemRetrain with AiM memory (7x7x1024) in its ResNet-152; +4,921,024 parameters "
+         "(+3.7%) over resmem (train it: memscore train)", ResMemAiM, RESMEM_FEATURE_LAYERS, RESMEM_DEFAULT_FEATURES,
+         "yours; it starts from ResMem's non-commercial weights",
+         TrainRecipe(lambda o: initial_resmem_aim(published_resmem_state(o.get("resmem_weights")) if published(o) else None),
+                     (), "published ResMem weights (memory channels zero), new memory, everything trainable"))
+    spec("aim-resnet18", "ResNet-18 with AiM memory (7x7x64) and a sigmoid head, CPU-sized; +527,744 parameters (+4.7%) "
+         "over resnet18-nomem (train it: memscore train)", lambda: MemorabilityResNet(memory_shape=AIM_RESNET18_MEMORY),
+         {"pool": 512, "memory": 3136}, ("pool",), "yours (--init published starts from torchvision's ImageNet ResNet-18)",
+         TrainRecipe(lambda o: initial_resnet(True, published(o)), (), "ImageNet ResNet-18 (--init published) or random"))
+    spec("resnet18-nomem", "aim-resnet18's twin without memory: ResNet-18 and a sigmoid head (train it: memscore train)",
+         lambda: MemorabilityResNet(memory_shape=None), {"pool": 512}, ("pool",),
+         "yours (--init published starts from torchvision's ImageNet ResNet-18)",
+         TrainRecipe(lambda o: initial_resnet(False, published(o)), (), "ImageNet ResNet-18 (--init published) or random"))
 
 
 _register()
