@@ -27,7 +27,7 @@ so it is the compute the pass needed, less disturbed by other processes on a sha
 Run:  OMP_NUM_THREADS=1 python benchmarks/bench_aim.py --json benchmarks/aim-results-cpu.json
       [--seeds 0,1,2] [--tasks digits,distill] [--arms nomem,aim,aim-kaiming] [--epochs-digits 3]
       [--epochs-distill 20] [--per-photo 10]
-The distillation labels are made once (ResMem on the CPU; 200 crops took about N minutes
+The distillation labels are made once (ResMem on the CPU; 200 crops took 771 s
 on the shared 2-core machine) and cached in ``--work`` (default /tmp/memscore-aim-distill;
 10 crops per photo instead of bench_distill.py's 24, to fit the time).
 """
