@@ -24,9 +24,10 @@ from typing import Any
 
 import duckdb
 
+from memscore.storage.compact import current_rows_sql
 from memscore.storage.human import MATCH_MODES, Exclusion, HumanDataError, find_column, key_sql, lit, load_human, num, q
 from memscore.storage.parts import duckdb_parts, list_parts
-from memscore.storage.schema import SCORES_DIR
+from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
 from memscore.storage.stats import correlate, split_half
 from memscore.storage.uris import Location, local_copy, open_location
 
@@ -83,7 +84,7 @@ def scores_relation_sql(path: str, con: duckdb.DuckDBPyConnection | None = None,
         files = list_parts(location, folder)
         if not files:
             raise AnalysisError(f"no Parquet files under {p / folder if folder else p} (expected a memscore output folder)")
-        return _parts_sql(files)
+        return _parts_sql(files) if not folder else _current_sql(files, list_parts(location, ERRORS_DIR))
     if not p.exists():
         raise AnalysisError(f"scores not found: {path}")
     return _file_sql(path)
@@ -92,6 +93,19 @@ def scores_relation_sql(path: str, con: duckdb.DuckDBPyConnection | None = None,
 def _parts_sql(files: list[str]) -> str:
     """SQL reading the Parquet parts of a scores folder as one relation."""
     return f"read_parquet([{', '.join(lit(f) for f in files)}], union_by_name = true)"
+
+
+def _current_sql(scores: list[str], errors: list[str], con: duckdb.DuckDBPyConnection | None = None) -> str:
+    """SQL reading a memscore folder's scores: the current row of each (uri, model, weights) only
+    (:func:`storage.compact.current_rows_sql`), so stale rows never look like duplicates. Parts
+    without memscore's key and time columns (written by another tool) are read as they are."""
+    try:
+        described = (con or duckdb).sql(f"DESCRIBE SELECT * FROM {_parts_sql(scores)}").fetchall()
+    except duckdb.Error:
+        return _parts_sql(scores)  # load_scores reports what cannot be read
+    if not {"uri", "model", "weights", "run_id", "scored_at"} <= {row[0] for row in described}:
+        return _parts_sql(scores)
+    return current_rows_sql(scores, errors, SCORES_DIR)
 
 
 def _file_sql(path: str) -> str:
@@ -119,7 +133,7 @@ def _remote_scores_relation_sql(uri: str, con: duckdb.DuckDBPyConnection | None,
             if not files:
                 raise AnalysisError(f"no Parquet files under {location.full_uri(location.join(folder))} "
                                     "(expected a memscore output folder)")
-            return _parts_sql(files)
+            return _parts_sql(files) if not folder else _current_sql(files, duckdb_parts(con, location, ERRORS_DIR), con)
         if not location.fs.isfile(location.root):
             raise AnalysisError(f"scores not found: {uri}")
     except AnalysisError:

@@ -103,7 +103,10 @@ def find_user_error(error: BaseException) -> BaseException | None:
     from memscore.models.weights import WeightsNotFoundError
     from memscore.tasks.discover import SourceUnreadableError
 
-    known = (UserError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError, SourceUnreadableError, DeviceUnavailableError)
+    from memscore.storage.parts import CorruptPartError
+
+    known = (UserError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError, SourceUnreadableError,
+             DeviceUnavailableError, CorruptPartError)
     seen: BaseException | None = error
     while seen is not None:  # Prefect may wrap the original exception
         if isinstance(seen, known):

@@ -800,7 +800,13 @@ def load_checkpoint(out: Location) -> dict[str, Any] | None:
     if not _exists(out, name):
         return None
     with out.fs.open(out.join(name), "rb") as handle:
-        state = torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
+        data = handle.read()
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - pickled code, a truncated or foreign file: one line
+        from memscore.models.weights import load_error_message
+
+        raise TrainingError(load_error_message(error, f"checkpoint {out.full_uri(out.join(name))}")) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{out.join(name)} is not a memscore training checkpoint")
     return state
