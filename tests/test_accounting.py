@@ -529,3 +529,92 @@ def test_a_malicious_training_checkpoint_is_refused_in_one_line(tmp_path):
     message = str(caught.value)
     assert "\n" not in message and "last.pt" in message and "Weights only load failed" in message
     assert "Re-running" not in message
+
+
+def test_prune_removes_rows_of_deleted_files_of_that_source_only(tmp_path, photos, capsys):
+    from memscore.flows.cli import main
+    from memscore.tasks.discover import iter_listing
+
+    one, two, dest = tmp_path / "one", tmp_path / "two", tmp_path / "out"
+    rows = []
+    for folder in (one, two):
+        folder.mkdir()
+        for name in ("a", "b"):
+            photos["coffee"].save(folder / f"{name}.jpg", "JPEG")
+        rows += pa.Table.from_batches(list(iter_listing(open_location(str(folder))))).to_pylist()
+    put(dest, "scores", "part-r1-000000.parquet", score_rows(
+        [{"path": r["path"], "uri": r["uri"], "run": "r1", "t": 0, "score": 0.5} for r in rows if r["path"] == "a.jpg"]))
+    put(dest, "errors", "part-r1-000000.parquet", error_rows(
+        [{"path": r["path"], "uri": r["uri"], "run": "r1", "t": 0} for r in rows if r["path"] == "b.jpg"]))
+    (one / "a.jpg").unlink()
+    (one / "b.jpg").rename(one / "renamed.jpg")
+    assert main(["prune", str(one), "--out", str(dest), "--dry-run"]) == 0
+    assert "would remove 1 score row(s) and 1 error row(s) of 2 file(s)" in capsys.readouterr().out
+    assert len(all_rows(dest)) == 2 and len(all_rows(dest, "errors")) == 2  # a dry run changes nothing
+    assert main(["prune", str(one), "--out", str(dest)]) == 0
+    left = {r["uri"] for r in all_rows(dest)} | {r["uri"] for r in all_rows(dest, "errors")}
+    assert left == {(two / "a.jpg").as_uri(), (two / "b.jpg").as_uri()}  # the other SOURCE keeps its rows
+
+
+# ---------------------------------------------------------------------------
+# 5, against a real S3 API: moto on loopback, answering 500 for a while
+
+from test_s3 import s3, s3_server  # noqa: E402,F401 - the loopback S3 fixtures
+
+
+@pytest.mark.slow
+def test_an_s3_outage_is_bridged_within_the_run_and_finished_by_the_next(s3, photos, monkeypatch, tmp_path):
+    from memscore.models.devices import resolve_device
+    from memscore.storage.parts import write_part_atomic
+    from memscore.tasks.discover import iter_listing
+    from memscore.tasks.plan import done_keys, plan_shards
+    from memscore.tasks.score import ScoreSettings, get_model, score_images
+
+    fs, flaky = s3
+    fs.mkdir("memscore-outage")
+    names = ["astronaut", "chelsea", "coffee"]
+    for name in names:
+        fs.pipe_file(f"memscore-outage/src/{name}.jpg", _jpeg(photos[name]))
+    options = {"config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}}}  # no botocore retries
+    src = open_location("s3://memscore-outage/src", options)
+    out = open_location(str(tmp_path / "out"))
+    model = get_model("resmem", None, resolve_device("cpu"))
+
+    def run(run_id: str):
+        plan = plan_shards(iter_listing(src), done_keys(out, "resmem", model.weights.digest), 100)
+        if not plan.shards:
+            return plan, None
+        settings = ScoreSettings(batch_size=4, workers=0, features=(), max_pixels=None, run_id=run_id)
+        result = score_images(plan.shards[0], src, model, settings)
+        for folder, table in (("scores", result.scores), ("errors", result.errors)):
+            if table.num_rows:
+                write_part_atomic(out, folder, f"part-{run_id}-000000.parquet", table)
+        return plan, result
+
+    def object_get(method, path):
+        return method == "GET" and path.strip("/").count("/") >= 1
+
+    # A 2.5 s outage: bridged by the retries inside the run (0.5 + 1 + 2 s).
+    monkeypatch.setenv("MEMSCORE_READ_RETRY_DELAYS", "0.5,1,2")
+    flaky.arm("memscore-outage", object_get, 2.5)
+    plan, result = run("r1")
+    assert flaky.failed_requests > 0
+    assert (result.scores.num_rows, result.errors.num_rows) == (3, 0)
+
+    # A new file, and an outage longer than the retries: a transient error row ...
+    fs.pipe_file("memscore-outage/src/rocket.jpg", _jpeg(photos["rocket"]))
+    monkeypatch.setenv("MEMSCORE_READ_RETRY_DELAYS", "0.2,0.2")
+    flaky.arm("memscore-outage", object_get, 4.0)
+    plan, result = run("r2")
+    assert (plan.to_score, plan.already_done) == (1, 3)
+    assert result.errors.to_pylist()[0]["transient"] is True and result.scores.num_rows == 0
+    time.sleep(4.5)
+    # ... and the next plain run scores it.
+    plan, result = run("r3")
+    assert (plan.to_score, plan.already_done, plan.after_transient) == (1, 3, 1)
+    assert (result.scores.num_rows, result.errors.num_rows) == (1, 0)
+    from memscore.flows.sql_cli import connect
+
+    con = connect(str(tmp_path / "out"))
+    assert con.sql("SELECT count(*), count(DISTINCT uri) FROM scores").fetchall() == [(4, 4)]
+    assert con.sql("SELECT count(*) FROM errors").fetchall() == [(0,)]
