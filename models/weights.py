@@ -99,6 +99,8 @@ def load_state_dict(ref: WeightsRef, what: str = "weights") -> dict[str, torch.T
     return read_weights_file(ref.path, what)[0]
 
 
+_TORCH_ISSUE = ("Please file an issue with the following so that we can make `weights_only=True` compatible "
+                "with your use case:")
 _TORCH_ADVICE = ("In PyTorch", "Re-running", "weights_only", "Check the documentation", "Do it only", "You can use")
 
 
@@ -111,9 +113,11 @@ def load_error_message(error: BaseException, what: str) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if lines and lines[0].startswith("Weights only load failed"):
         found = [line for line in lines[1:] if not line.startswith(_TORCH_ADVICE)]
-        detail = " ".join(found)[:300] or "it holds objects that are not tensors"
-        return (f"{what} refused: the file holds pickled code or objects that are not tensors, which memscore "
-                f"never loads (Weights only load failed: {detail})")
+        detail = " ".join(found).replace(_TORCH_ISSUE, "").strip()[:300]
+        if "global" in detail.lower():  # a pickled function or class: code that would run on load
+            return (f"{what} refused: the file holds pickled code, which memscore never loads "
+                    f"(Weights only load failed: {detail})")
+        return f"{what} are not a PyTorch state dict: {type(error).__name__}: {detail or lines[0][:200]}"
     detail = (lines or [""])[0][:200]
     return f"{what} are not a PyTorch state dict: {type(error).__name__}: {detail}"
 
