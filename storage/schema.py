@@ -61,7 +61,7 @@ TRANSIENT_ERRORS = (
     "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "ConnectionAbortedError",
     "BrokenPipeError", "TimeoutError", "ClientConnectorError", "ClientOSError", "ServerDisconnectedError",
     "ServerTimeoutError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-    "TransientStorageError",
+    "HTTPClientError", "ConnectionClosedError", "ResponseStreamingError", "FSTimeoutError",
 )
 
 ERROR_STAGES = ("read", "decode", "model")

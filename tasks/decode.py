@@ -104,6 +104,13 @@ _TRANSIENT_ERRNOS = frozenset({
     errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
     errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE, errno.EAGAIN,
 })
+# botocore's HTTPClientError is the base of its connection-level errors (refused, closed,
+# timed out, a garbled response); aiohttp's and fsspec's equivalents beside it.
+_TRANSIENT_TYPE_NAMES = frozenset({
+    "HTTPClientError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ProxyConnectionError", "ResponseStreamingError", "IncompleteRead", "ClientConnectorError", "ClientPayloadError",
+    "ServerDisconnectedError", "ServerTimeoutError", "ClientOSError", "FSTimeoutError",
+})
 _TRANSIENT_TEXT = re.compile(
     r"connection (refused|reset|aborted)|timed? ?out|throttl|slow ?down|service unavailable|"
     r"temporarily unavailable|too many requests|internal ?error|bad gateway|gateway timeout|"
@@ -138,8 +145,7 @@ def is_transient(error: BaseException) -> bool:
             if code in _TRANSIENT_CODES or (isinstance(status, int) and (status == 429 or status >= 500)):
                 return True
         name = type(seen).__name__
-        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ClientConnectorError",
-                    "ServerDisconnectedError", "ServerTimeoutError", "ClientOSError", "ConnectionClosedError"):
+        if name in _TRANSIENT_TYPE_NAMES:
             return True
         if _TRANSIENT_TEXT.search(str(seen)):
             return True

@@ -375,6 +375,14 @@ def test_transient_read_failures_are_retried_within_the_run(photos, monkeypatch)
     failure = load_one(0, down, "x.jpg", ResizeCrop(256, 227), None)
     assert isinstance(failure, ImageFailure) and failure.transient and down.calls == 4
 
+    from botocore.exceptions import EndpointConnectionError, HTTPClientError
+
+    from memscore.tasks.decode import is_transient
+
+    assert is_transient(HTTPClientError(error="garbled response")) and is_transient(
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert not is_transient(PermissionError(13, "Access Denied")) and not is_transient(ValueError("bad request"))
+
     missing = _FlakyFS(data, 99, FileNotFoundError(2, "No such file"))
     failure = load_one(0, missing, "x.jpg", ResizeCrop(256, 227), None)
     assert isinstance(failure, ImageFailure) and not failure.transient and missing.calls == 1
