@@ -206,8 +206,15 @@ def load_scores(con: duckdb.DuckDBPyConnection, path: str, options: AnalysisOpti
     dup = con.sql("SELECT count(*), list(image ORDER BY image)[1:3] FROM (SELECT image FROM model_scores "
                   "GROUP BY image HAVING count(*) > 1)").fetchall()[0]
     if dup[0]:
+        hint = "choose --model or an id column that is unique"
+        if "uri" in columns and id_col != "uri":
+            sources = con.sql(f"SELECT count(DISTINCT uri) FROM {rel} {cond}").fetchall()[0][0]
+            images = con.sql("SELECT count(DISTINCT image) FROM model_scores").fetchall()[0][0]
+            if sources > images:  # one path, several full URIs: several SOURCEs scored into one DEST
+                hint = ("the folder holds several SOURCEs whose relative paths repeat (see the uri column); "
+                        "score each SOURCE into its own DEST, or --id-column uri")
         raise AnalysisError(f"{path}: {dup[0]} image id(s) appear more than once in the scores "
-                            f"(e.g. {', '.join(dup[1])}); choose --model or an id column that is unique")
+                            f"(e.g. {', '.join(dup[1])}); {hint}")
     return {"path": path, "id_column": id_col, "score_column": score_col, "rows": int(row[0]), "images": int(n),
             "extra_columns": keep}
 

@@ -626,3 +626,16 @@ def test_an_s3_outage_is_bridged_within_the_run_and_finished_by_the_next(s3, pho
     con = connect(str(tmp_path / "out"))
     assert con.sql("SELECT count(*), count(DISTINCT uri) FROM scores").fetchall() == [(4, 4)]
     assert con.sql("SELECT count(*) FROM errors").fetchall() == [(0,)]
+
+
+def test_analyze_of_a_dest_with_two_sources_says_why_paths_repeat(tmp_path):
+    from memscore.flows.analyze import AnalysisError, AnalysisOptions, load_scores
+
+    dest = tmp_path / "out"
+    put(dest, "scores", "part-r1-000000.parquet", score_rows([
+        {"path": "a.jpg", "uri": "file:///one/a.jpg", "run": "r1", "t": 0, "score": 0.1},
+        {"path": "a.jpg", "uri": "file:///two/a.jpg", "run": "r1", "t": 0, "score": 0.2}]))
+    with pytest.raises(AnalysisError, match="several SOURCEs"):
+        load_scores(duckdb.connect(), str(dest), AnalysisOptions(), [])
+    info = load_scores(duckdb.connect(), str(dest), AnalysisOptions(id_column="uri"), [])
+    assert info["images"] == 2
