@@ -5,9 +5,11 @@ images per participant, each shown twice) are generated in DuckDB and written to
 Parquet; then, timed separately:
 
 1. reading the trials and participant exclusion (storage.human.load_human),
-2. split-half consistency with 25 random splits (storage.stats.split_half),
-3. Spearman and Pearson with 1,000 bootstrap resamples over 100,000 images
-   (storage.stats.correlate).
+2. the per-image measure of both halves of 25 random participant splits
+   (storage.stats.split_halves, SQL) and their split-half summary (tasks.stats),
+3. Spearman and Pearson with 1,000 bootstrap resamples over 100,000 images, plus the
+   noise ceiling and the model's fraction of it on the same draws
+   (tasks.stats.analyse_models).
 
 Prints wall time and the process's peak resident memory after each step.
 
@@ -30,7 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import duckdb  # noqa: E402
 
 from memscore.storage.human import Exclusion, load_human  # noqa: E402
-from memscore.storage.stats import correlate, split_half  # noqa: E402
+import numpy as np  # noqa: E402
+
+from memscore.storage.stats import split_halves  # noqa: E402
+from memscore.tasks.stats import analyse_models, split_half_summary  # noqa: E402
 
 
 def peak_mib() -> float:
@@ -94,9 +99,11 @@ def main() -> int:
               f"participants excluded), peak {peak_mib():.0f} MiB")
 
         t0 = time.perf_counter()
-        sh = split_half(con, "trial_counts", measure="hit_rate", splits=args.splits, seed=args.seed)
-        print(f"split-half, {sh.splits} splits: {time.perf_counter() - t0:.1f} s; Spearman {sh.spearman_mean:.3f} "
-              f"(sd {sh.spearman_sd:.3f}), Spearman-Brown {sh.spearman_brown:.3f}, peak {peak_mib():.0f} MiB")
+        images = [r[0] for r in con.sql("SELECT image FROM human ORDER BY image").fetchall()]
+        halves = split_halves(con, "trial_counts", images, measure="hit_rate", splits=args.splits, seed=args.seed)
+        sh = split_half_summary(halves)
+        print(f"split-half, {sh['splits']} splits: {time.perf_counter() - t0:.1f} s; Spearman {sh['spearman_mean']:.3f} "
+              f"(sd {sh['spearman_sd']:.3f}), Spearman-Brown {sh['spearman_brown']:.3f}, peak {peak_mib():.0f} MiB")
 
         # a model score: true memorability plus noise, continuous (float32 like memscore's)
         con.sql(f"""CREATE TEMP TABLE joined AS
@@ -104,13 +111,21 @@ def main() -> int:
                    (0.3 + 0.6 * ((hash({args.seed} + 1, TRY_CAST(regexp_extract(h.image, '[0-9]+') AS BIGINT)) % 1000000) / 1e6)
                     + 0.15 * ((hash({args.seed} + 9, h.image) % 1000000) / 1e6 - 0.5))::FLOAT AS score
             FROM human h""")
-        n = con.sql("SELECT count(*) FROM joined").fetchall()[0][0]
+        rows = con.sql("SELECT score, human FROM joined ORDER BY image").fetchnumpy()
+        score, human = np.asarray(rows["score"], dtype=np.float64), np.asarray(rows["human"], dtype=np.float64)
+        n = len(human)
         t0 = time.perf_counter()
-        stats = correlate(con, "joined", "score", "human", bootstrap=args.bootstrap, seed=args.seed, kendall_max_n=0)
-        s = stats["spearman"]
+        stats = analyse_models({"model": score}, human, resamples=args.bootstrap, seed=args.seed, kendall_max_n=0)
+        s = stats["models"]["model"]["spearman"]
         print(f"Spearman + Pearson, {args.bootstrap} bootstrap resamples over {n:,} images: "
               f"{time.perf_counter() - t0:.1f} s; rho {s['rho']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}], "
               f"peak {peak_mib():.0f} MiB")
+        t0 = time.perf_counter()
+        stats = analyse_models({"model": score}, human, halves=halves, resamples=args.bootstrap, seed=args.seed,
+                               kendall_max_n=0)
+        f = stats["models"]["model"]["fraction_of_noise_ceiling"]["spearman"]
+        print(f"... with the noise ceiling and the fraction's interval: {time.perf_counter() - t0:.1f} s; fraction "
+              f"{f['value']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}], peak {peak_mib():.0f} MiB")
     return 0
 
 

@@ -1,10 +1,12 @@
 """memscore analyze: compare model scores with human memorability data.
 
 Spearman (average ranks for ties) and Pearson correlations with percentile
-bootstrap intervals over images and p-values, Kendall's tau-b up to 10,000
-images, and with trial-level human data the human split-half consistency
-(Spearman-Brown corrected), the ceiling any model can reach. All statistics run
-in DuckDB over the files where they lie.
+bootstrap intervals over images and p-values (exact at small n), Kendall's tau-b
+up to 10,000 images, paired differences between models (several models in a
+folder or several score columns), and with trial-level human data the split-half
+reliability (Spearman-Brown) and the noise ceiling (its square root) with each
+model's fraction of it. DuckDB reads and aggregates; the statistics are
+memscore.tasks.stats. docs/analysis.md says what each number is.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ vigilance repeats exceeds --max-vigilance-miss (default 0.5); they are listed in
 examples:
   memscore analyze --scores ./photos-scores --human lamem/splits/test_1.txt
   memscore analyze --scores resmem.csv --human set1_memorability.csv --human-measure corrected_recognition --json
-  memscore analyze --scores ./out --human trials.csv --human-format trials --splits 50 --out ./report"""
+  memscore analyze --scores ./out --human trials.csv --human-format trials --splits 50 --out ./report
+  memscore analyze --scores both.csv --human mem.csv --score-column resmem,memnet   # paired comparison
+
+what each number is: docs/analysis.md"""
 
 
 def _non_negative(text: str) -> int:
@@ -59,7 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image id column, both sides unless --human-id-column (default: first of path, "
                              "image_id, image_name, image, filename)")
     parser.add_argument("--human-id-column", default=None, metavar="COL", help="image id column of the human data")
-    parser.add_argument("--score-column", default=None, metavar="COL", help="model score column (default: score, resmem, ...)")
+    parser.add_argument("--score-column", action="append", default=None, metavar="COL",
+                        help="model score column (default: score, resmem, ...); repeat it or separate names by "
+                             "commas to compare several columns pairwise")
     parser.add_argument("--human-column", default=None, metavar="COL", help="a ready human score column")
     parser.add_argument("--human-measure", default=None, metavar="MEASURE",
                         help="measure derived from counts or trials: hit_rate (default), false_alarm_rate, "
@@ -82,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exclude participants whose filler false-alarm rate is above RATE (default 0.5; none: off)")
     parser.add_argument("--max-vigilance-miss", type=_rate_or_none, default=0.5, metavar="RATE",
                         help="exclude participants whose vigilance miss rate is above RATE (default 0.5; none: off)")
+    parser.add_argument("--min-observations", type=_non_negative, default=0, metavar="N",
+                        help="drop images whose measure rests on fewer than N trials (counts or trial data), from "
+                             "the model correlations and the split-half alike (default 0: keep all; images under "
+                             "5 are counted in a warning)")
+    parser.add_argument("--empty-response", choices=["missing", "no"], default="missing",
+                        help="trial data: an empty response is missing (ignored; default) or 'no' (no key press)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="write joined.parquet (per image), stats.json and report.md to DIR "
@@ -92,29 +105,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memscore.flows.analyze import AnalysisOptions, run_analysis, summary_lines
+    import dataclasses
+
     from memscore.flows.cli import UserError, parse_storage_options
     from memscore.storage.human import HumanDataError
+    from memscore.tasks.analyze import AnalysisOptions, run_analysis
+    from memscore.tasks.summary import summary_lines
 
+    from memscore.storage.stats import canonical_measure
+
+    measure = args.human_measure
+    if measure is not None:  # aliases (crr, hr, ...) become the flow's choices (corrected_recognition, ...)
+        try:
+            measure = canonical_measure(measure)
+        except ValueError as error:
+            raise UserError(str(error)) from None
     options = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, score_column=args.score_column,
-        human_column=args.human_column, human_measure=args.human_measure, human_format=args.human_format,
+        human_column=args.human_column, human_measure=measure, human_format=args.human_format,
         match=args.match, bootstrap=args.bootstrap, splits=args.splits, seed=args.seed, confidence=args.confidence,
         group_column=args.group_column, model=args.model, max_filler_fa=args.max_filler_fa,
-        max_vigilance_miss=args.max_vigilance_miss, storage_options=parse_storage_options(args.storage_options),
+        max_vigilance_miss=args.max_vigilance_miss, min_observations=args.min_observations,
+        empty_response=args.empty_response, storage_options=parse_storage_options(args.storage_options),
     )
     try:
         if args.prefect:
             from memscore.flows.analyze import analyze
 
-            result = analyze(args.scores, args.human, id_column=options.id_column,
-                             human_id_column=options.human_id_column, score_column=options.score_column,
-                             human_column=options.human_column, human_measure=options.human_measure,
-                             human_format=options.human_format, match=options.match, bootstrap=options.bootstrap,
-                             splits=options.splits, seed=options.seed, group_column=options.group_column,
-                             model=options.model, max_filler_fa=options.max_filler_fa,
-                             max_vigilance_miss=options.max_vigilance_miss, out=args.out,
-                             storage_options=options.storage_options)
+            # every option reaches the flow: the same fields as AnalysisOptions, by name
+            params = {f.name: getattr(options, f.name) for f in dataclasses.fields(AnalysisOptions)
+                      if f.name not in ("kendall_max_n", "min_group_size")}
+            result = analyze(args.scores, args.human, out=args.out, **params)
         else:
             result = run_analysis(args.scores, args.human, options, args.out)
     except HumanDataError as error:

@@ -13,6 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from memscore.errors import UserError, find_user_error  # the one marker; UserError is re-exported for the commands
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("memscore.flows.score_cli", "score every image under SOURCE and write Parquet to DEST"),
     "sample": ("memscore.flows.sample_cli", "write a small sample archive of real photos (from scikit-image)"),
@@ -23,10 +25,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("memscore.flows.prune_cli", "remove from DEST the rows of files no longer in SOURCE (deleted or renamed)"),
     "compare": ("memscore.flows.compare_cli", "compare models on the same test images: Spearman with CI, size, speed"),
 }
-
-
-class UserError(Exception):
-    """A problem the user can fix; shown as one line, without a traceback."""
 
 
 def parse_storage_options(text: str | None) -> dict | None:
@@ -95,25 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"memscore: error: {user_error}", file=sys.stderr)
         return 1
-
-
-def find_user_error(error: BaseException) -> BaseException | None:
-    """The user-fixable error behind ``error`` (Prefect may wrap it), or None."""
-    from memscore.models.devices import DeviceUnavailableError
-    from memscore.models.registry import UnknownModelError, WeightsMismatchError
-    from memscore.models.weights import WeightsNotFoundError
-    from memscore.tasks.discover import SourceUnreadableError
-
-    from memscore.storage.parts import CorruptPartError
-
-    known = (UserError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError, SourceUnreadableError,
-             DeviceUnavailableError, CorruptPartError)
-    seen: BaseException | None = error
-    while seen is not None:  # Prefect may wrap the original exception
-        if isinstance(seen, known):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

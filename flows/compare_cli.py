@@ -8,6 +8,11 @@ folder given, else every image in the human data. The table has, per model:
 parameters, test Spearman with a percentile bootstrap interval (resampling
 images), training time (from the model card), scoring images/s (read, decode and
 forward pass on this device) and how many test images the model was trained on.
+With several models, each row after the first also has the difference of its
+Spearman from the first model's, with a paired bootstrap interval and p-value (same
+images, same draws), and every pair is printed below the table. The statistics are
+memscore.tasks.stats, as in ``memscore analyze``: the same predictions get the same
+Spearman and interval in both.
 """
 
 from __future__ import annotations
@@ -135,7 +140,8 @@ def test_set(args: argparse.Namespace, candidates: list[Candidate], storage_opti
     import pyarrow as pa
 
     from memscore.flows.cli import UserError
-    from memscore.tasks.train import TrainConfig, TrainingError, read_human_table, read_image_list
+    from memscore.tasks.train_config import TrainConfig, TrainingError
+    from memscore.tasks.train_data import read_human_table, read_image_list
 
     runs = [c for c in candidates if c.run]
     images = args.images or (runs[0].card["data"]["images"] if runs else None)
@@ -177,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     from memscore.flows.cli import UserError, parse_storage_options
     from memscore.models.devices import resolve_device
     from memscore.storage.uris import open_location
-    from memscore.tasks.train import ImageIndex, TrainingError
+    from memscore.tasks.train_config import TrainingError
+    from memscore.tasks.train_data import ImageIndex
 
     storage_options = parse_storage_options(args.storage_options) or {}
     candidates = parse_candidates(args.models, storage_options)
@@ -203,11 +210,32 @@ def run(args: argparse.Namespace) -> int:
         for candidate in candidates:
             weights = local_weights_file(candidate.weights, fetched, storage_options) if candidate.weights else None
             rows.append(_compare_one(candidate, weights, location, items, test_names, device, args, storage_options))
+    predictions = [row.pop("_predictions") for row in rows]
+    comparisons = paired_comparisons([r["model"] for r in rows], predictions, [score for _, score in items],
+                                     args.bootstrap, args.seed)
+    for row in rows:
+        row.update(spearman_diff_vs_first=None, spearman_diff_ci_low=None, spearman_diff_ci_high=None,
+                   spearman_diff_p_value=None)
+    for comp in comparisons:
+        if comp["a"] == rows[0]["model"]:
+            row = next(r for r in rows[1:] if r["model"] == comp["b"])
+            d = comp["spearman_difference"]  # first - this one: report this one - first
+            row.update(spearman_diff_vs_first=_neg(d["difference"]), spearman_diff_ci_low=_neg(d["ci_high"]),
+                       spearman_diff_ci_high=_neg(d["ci_low"]), spearman_diff_p_value=d["p_value"])
     result = pa.Table.from_pylist(rows)
     if args.json:
         print(json.dumps([_clean(r) for r in rows], indent=2))
     else:
         print(format_table(rows))
+        for comp in comparisons:
+            d = comp["spearman_difference"]
+            if d["difference"] is None:
+                print(f"{comp['a']} - {comp['b']}: Spearman difference n/a ({d['reason']})")
+            else:
+                ci = "n/a" if d["ci_low"] is None else f"{d['ci_low']:.3f}, {d['ci_high']:.3f}"
+                p = "n/a" if d["p_value"] is None else f"{d['p_value']:.3g}"
+                print(f"{comp['a']} - {comp['b']}: Spearman difference {d['difference']:.3f} [95% CI {ci}] p = {p} "
+                      f"(paired bootstrap over the {comp['n']} images every model scored)")
     if args.out:  # after printing: a bad --out does not lose the table
         try:
             write_table(result, args.out, storage_options)
@@ -218,20 +246,27 @@ def run(args: argparse.Namespace) -> int:
 
 def _compare_one(candidate: Candidate, weights: str | None, location, items, test_names: set[str], device,
                  args: argparse.Namespace, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One row of the table: score the test images with one model (freed before the next loads)."""
+    """One row of the table: score the test images with one model (freed before the next loads).
+    Its ``_predictions`` (item index -> score) are taken out for :func:`paired_comparisons`."""
+    import numpy as np
+
     from memscore.flows.cli import UserError
     from memscore.models.registry import load_model
     from memscore.models.resmem_retrain import parameter_counts
-    from memscore.tasks.train import HumanScoreDataset, bootstrap_spearman, make_loader, predict, spearman
+    from memscore.tasks.stats import bootstrap_spearman, spearman
+    from memscore.tasks.train import predict
+    from memscore.tasks.train_data import HumanScoreDataset, make_loader
 
     loaded = load_model(candidate.model, weights, device)  # its errors (wrong or unreadable weights) are one line
     total, _ = parameter_counts(loaded.module)
     loader = make_loader(HumanScoreDataset(location.fs, items, loaded.spec.preprocess), args.batch_size, False, args.workers)
     started = time.perf_counter()
-    _, pred, target, failed, _ = predict(loaded.module, loader, device, use_amp=False)
+    index, pred, _, failed, _ = predict(loaded.module, loader, device, use_amp=False)
     seconds = time.perf_counter() - started
-    rho = spearman(pred, target)
-    low, high = bootstrap_spearman(pred, target, n=args.bootstrap, seed=args.seed)
+    human = np.array([items[i][1] for i in index], dtype=np.float64)  # as in the data, not the loader's float32
+    pred = np.asarray(pred, dtype=np.float64)
+    rho = spearman(pred, human)
+    low, high = bootstrap_spearman(pred, human, n=args.bootstrap, seed=args.seed)
     overlap = None
     train_seconds = None
     if candidate.run:
@@ -250,7 +285,31 @@ def _compare_one(candidate: Candidate, weights: str | None, location, items, tes
         "weights_source": "memscore train" if candidate.run else ("file" if candidate.weights else "published"),
         "scoring_images_per_second": len(pred) / seconds if seconds > 0 else None,
         "test_images_seen_in_training": overlap,
+        "_predictions": dict(zip(index.tolist(), pred.tolist())),  # item index -> score, for the paired comparisons
     }
+
+
+def _neg(value: float | None) -> float | None:
+    return None if value is None else -value
+
+
+def paired_comparisons(labels: list[str], predictions: list[dict[int, float]], human: list[float],
+                       resamples: int, seed: int, confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Every pair of models on the test images all of them scored: the difference of their
+    Spearman correlations with a paired percentile bootstrap interval and p-value
+    (:func:`memscore.tasks.stats.analyse_models`; the same draws for both models)."""
+    import numpy as np
+
+    from memscore.tasks.stats import analyse_models
+
+    if len(labels) < 2:
+        return []
+    common = sorted(set.intersection(*(set(p) for p in predictions)))
+    unique = [label if labels.index(label) == k else f"{label} #{k + 1}" for k, label in enumerate(labels)]
+    scores = {label: np.array([p[i] for i in common]) for label, p in zip(unique, predictions)}
+    result = analyse_models(scores, np.array([human[i] for i in common], dtype=np.float64), resamples=resamples,
+                            seed=seed, confidence=confidence, kendall_max_n=0)
+    return result["comparisons"]
 
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from memscore.errors import UserError
 from memscore.models.devices import defaults_for, resolve_device
 from memscore.models.registry import get_model_spec, resolve_weights
 from memscore.models.speed import check_backend
@@ -94,7 +95,7 @@ def _retry_storage_errors(task: Any, task_run: Any, state: Any) -> bool:
     """Retry a storage task unless the failure is one that retrying cannot fix."""
     try:
         state.result()
-    except (SourceNotFoundError, ValueError, TypeError, KeyError):
+    except (UserError, ValueError, TypeError, KeyError):  # SourceNotFoundError is a UserError
         return False
     except BaseException:  # noqa: BLE001 - network errors, throttling, 5xx: worth another try
         return True

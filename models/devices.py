@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from memscore.errors import UserError
 
-class DeviceUnavailableError(RuntimeError):
+
+class DeviceUnavailableError(UserError, RuntimeError):
     """The requested device is not present on this machine."""
 
 

@@ -18,7 +18,7 @@ cache cannot be written, the export goes to a temporary folder for that run (wit
 warning) and is deleted once the session has loaded it.
 
 Why: on the 2-core development machine ONNX Runtime's CPU kernels ran ResMem's
-float32 forward faster than PyTorch's (README, performance section), with scores
+float32 forward faster than PyTorch's (docs/performance.md), with scores
 within about 4e-7 of PyTorch's (the same float32 arithmetic, in another order).
 
 Optional: it needs ``pip install 'memscore[onnx]'`` (onnxruntime, onnx, onnxscript).
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from memscore.errors import UserError
 from memscore.models.registry import LoadedModel
 from memscore.models.weights import cache_dir
 
@@ -46,7 +47,7 @@ OPSET = 18
 Forward = Callable[[torch.Tensor, Sequence[str]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(UserError, RuntimeError):
     """The backend's optional packages are not installed."""
 
 

@@ -16,10 +16,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from memscore.errors import UserError
 from memscore.models.weights import WeightsMismatchError, WeightsRef, local_weights, read_weights_file
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError, ValueError):
     """No model is registered under that name."""
 
 

@@ -9,7 +9,7 @@ and returns an :class:`InferenceRunner` that takes uint8 batches and gives score
 and feature vectors back as NumPy arrays.
 
 What each option does to the scores (measured by ``benchmarks/bench_score.py``;
-figures in the README's performance section):
+figures in docs/performance.md):
 
 - ``channels_last`` and ``fold_batchnorm``: the same float32 arithmetic in another
   order; scores move by about 1e-7, far inside the 1e-5 parity with the official

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import torch
 
+from memscore.errors import UserError
 
-class WeightsNotFoundError(RuntimeError):
+
+class WeightsNotFoundError(UserError, RuntimeError):
     """The weights a model needs are not on this machine."""
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(UserError, ValueError):
     """A weights file does not fit the model it was given to (or is no state dict at all)."""
 
 

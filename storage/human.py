@@ -2,8 +2,8 @@
 
 Formats (``format=``; ``auto`` picks one from the file):
 
-- ``lamem``: LaMem split files, one ``image_name score`` pair per line (space
-  separated; further columns are ignored).
+- ``lamem``: LaMem split files, one ``image_name score`` pair per line (separated
+  by any run of spaces or tabs; further columns are ignored).
 - ``table``: any CSV/TSV/Parquet with an image column and a score column (MemCat's
   CSV, the official ResMem CSV, ...).
 - ``counts``: per-image hit / miss / false-alarm / correct-rejection counts as
@@ -12,10 +12,14 @@ Formats (``format=``; ``auto`` picks one from the file):
   Measures: hit_rate = hit/(hit+miss), false_alarm_rate = fa/(fa+cr),
   corrected_recognition = hit_rate - false_alarm_rate.
 - ``trials``: one row per presentation: participant_id, image_id, trial_type
-  (target, filler, vigilance), presentation (1 first showing, 2 repeat; derived
-  from the order within a participant when absent) and response (1/0,
-  true/false, yes/no). A target image's repeat counts as hit or miss, its first
-  showing as false alarm or correct rejection.
+  (target, filler, vigilance), presentation (1 first showing, 2 repeat; when
+  absent derived from a trial-number or time column within each participant, else
+  from the file order, which is refused when the rows look out of order) and
+  response (1/0, true/false, yes/no; other values are an error; empty ones are
+  missing or, with ``empty_response="no"``, a "no"). A target image's repeat
+  counts as hit or miss, its first showing as false alarm or correct rejection.
+  What was assumed is recorded in :class:`HumanLoad` (``order_source``,
+  ``response_coding``, ``count_columns``).
 - ``bids``: a folder with participants.tsv and sub-*/beh/*_beh.tsv files with
   stim_file, trial_type, response (and optionally presentation, onset).
 
@@ -31,6 +35,7 @@ Everything is read and aggregated by DuckDB; nothing here imports Prefect.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from memscore.storage.stats import MEASURES, canonical_measure, measure_sql
+from memscore.errors import UserError
+from memscore.storage.relations import MATCH_MODES, key_sql, lit, num, q
+from memscore.storage.stats import MEASURES, canonical_measure, measure_sql, observations_sql
 
 FORMATS = ("auto", "lamem", "table", "counts", "trials", "bids")
 ID_CANDIDATES = ("path", "image_id", "image_name", "image", "filename", "image_file", "file_name", "file", "stim_file",
@@ -48,11 +55,17 @@ HUMAN_SCORE_CANDIDATES = ("human", "memorability_w_fa_correction", "memorability
 PARTICIPANT_CANDIDATES = ("participant_id", "participant", "subject_id", "subject", "worker_id", "worker", "sub")
 RESPONSE_TRUE = ("1", "1.0", "true", "t", "yes", "y", "old", "seen", "hit")
 RESPONSE_FALSE = ("0", "0.0", "false", "f", "no", "n", "new", "unseen")
-ORDER_CANDIDATES = ("trial", "trial_index", "trial_number", "trial_num", "order", "position", "onset", "time")
+ORDER_CANDIDATES = ("trial", "trial_index", "trial_number", "trial_num", "order", "position", "onset", "time",
+                    "timestamp", "time_stamp", "datetime", "date_time", "time_elapsed", "start_time", "trial_start",
+                    "onset_time", "created_at", "responded_at", "submitted_at")
+# further time-like column names (a reaction time such as rt or response_time is not an order)
+TIME_PATTERN = re.compile(r"(time_?stamp|date_?time|onset|start_?time|time_?elapsed|^time$|_time$|^t$|_at$)", re.I)
+NOT_ORDER_PATTERN = re.compile(r"(^rt$|_rt$|reaction|response_?time|duration)", re.I)
+EMPTY_RESPONSES = ("missing", "no")
 DEFAULT_MEASURE = "hit_rate"
 
 
-class HumanDataError(ValueError):
+class HumanDataError(UserError, ValueError):
     """Human data that cannot be used as given; the message is one line."""
 
 
@@ -84,27 +97,14 @@ class HumanLoad:
     extra_columns: list[str] = field(default_factory=list)
     has_trials: bool = False
     duplicates: str = "error"
+    # what was assumed, stated in the text, the JSON and report.md
+    count_columns: dict[str, str] | None = None  # hit/miss/fa/cr -> the column read (counts)
+    response_coding: str | None = None  # how responses were read (trials)
+    order_source: str | None = None  # what decides first showing vs repeat (trials)
+    has_observations: bool = False  # the human table has a per-image ``observations`` column
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("has_trials", "duplicates")}
-
-
-def q(name: str) -> str:
-    """Quote an identifier for DuckDB."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def lit(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def num(expr: str, type: str = "DOUBLE", source_type: str | None = "VARCHAR") -> str:
-    """NULL-safe number from a column. Text goes through trim(): DuckDB 2.0 pushes a
-    bare TRY_CAST into the CSV reader, which then fails on a bad value instead of
-    giving NULL."""
-    if source_type is not None and source_type.upper() != "VARCHAR":
-        return f"TRY_CAST({expr} AS {type})"
-    return f"TRY_CAST(trim({expr}::VARCHAR) AS {type})"
+        return {k: v for k, v in self.__dict__.items() if k not in ("has_trials", "duplicates", "has_observations")}
 
 
 def column_types(con: duckdb.DuckDBPyConnection, relation_sql: str) -> dict[str, str]:
@@ -170,7 +170,7 @@ def _looks_like_lamem(path: str) -> bool:
             lines = [line.strip() for _, line in zip(range(5), handle) if line.strip()]
     except OSError:
         return False
-    if not lines or any("," in line or "\t" in line for line in lines):
+    if not lines or any("," in line for line in lines):
         return False
     for line in lines[1:] or lines:
         parts = line.split()
@@ -275,21 +275,23 @@ def _load_lamem(con, info: HumanLoad) -> None:
     path = info.path
     if not Path(path).is_file():
         raise HumanDataError(f"human data not found: {path}")
+    # one text column per line, split on any run of whitespace (spaces, tabs)
     con.sql(
-        f"CREATE OR REPLACE TEMP TABLE human_raw AS SELECT row_number() OVER () AS line, * FROM "
-        f"read_csv({lit(path)}, delim = ' ', header = false, all_varchar = true, null_padding = true, "
-        f"ignore_errors = false, auto_detect = true)"
+        f"CREATE OR REPLACE TEMP TABLE human_raw AS SELECT row_number() OVER () AS line, "
+        f"regexp_split_to_array(trim(text), '\\s+') AS parts FROM read_csv({lit(path)}, delim = '{chr(1)}', "
+        f"header = false, columns = {{'text': 'VARCHAR'}}, quote = '', escape = '', auto_detect = false) "
+        f"WHERE trim(coalesce(text, '')) <> ''"
     )
-    cols = list(con.sql("SELECT * FROM human_raw LIMIT 0").columns)
-    if len(cols) < 3:
-        raise HumanDataError(f"{path}: expected 'image_name score' on each line")
-    image, score = cols[1], cols[2]
+    short = con.sql("SELECT count(*), min(line) FROM human_raw WHERE len(parts) < 2").fetchall()[0]
+    if short[0]:
+        raise HumanDataError(f"{path}: expected 'image_name score' on each line (separated by spaces or tabs); "
+                             f"{short[0]} line(s) have one field (first: line {short[1]})")
     # a first line whose score is not a number is a header
-    first = con.sql(f"SELECT {num(q(score))} FROM human_raw WHERE line = 1").fetchall()
+    first = con.sql(f"SELECT {num('parts[2]')} FROM human_raw WHERE line = 1").fetchall()
     skip = 1 if first and first[0][0] is None else 0
     info.id_column, info.score_column = "column0", "column1"
-    con.sql(f"CREATE OR REPLACE TEMP VIEW human_staged AS SELECT {q(image)} AS image, "
-            f"{num(q(score))} AS human FROM human_raw WHERE line > {skip}")
+    con.sql(f"CREATE OR REPLACE TEMP VIEW human_staged AS SELECT parts[1] AS image, "
+            f"{num('parts[2]')} AS human FROM human_raw WHERE line > {skip}")
     info.measure = "score"
     _finish_scores(con, info, "human_staged", range_check=True)
 
@@ -340,9 +342,12 @@ def _load_counts(con, info: HumanLoad, id_column, measure) -> None:
     if neg:
         raise HumanDataError(f"{info.path}: {neg} row(s) with negative counts")
     info.score_column = ",".join(cols.values())
+    info.count_columns = dict(cols)
+    info.has_observations = True
     con.sql(f"CREATE OR REPLACE TEMP VIEW human_staged AS SELECT image, {measure_sql(info.measure)} AS human, "
-            f"hit, miss, fa, cr{extra_sql} FROM human_counts")
+            f"hit, miss, fa, cr, {observations_sql(info.measure)} AS observations{extra_sql} FROM human_counts")
     _finish_scores(con, info, "human_staged", range_check=False)
+    _check_not_constant(con, info)
     # does the table's own rate column agree with the counts?
     lower = {c.lower(): c for c in columns}
     checks = {}
@@ -360,14 +365,56 @@ def _load_counts(con, info: HumanLoad, id_column, measure) -> None:
     info.published_check = checks or None
 
 
-def _response_sql(col: str) -> str:
+def _response_sql(col: str, empty_as_no: bool) -> str:
+    """1 for a yes/old response, 0 for no/new, NULL for an empty one (0 with ``empty_as_no``),
+    -1 for anything else (reported as unrecognised)."""
     v = f"lower(trim({col}::VARCHAR))"
-    return (f"CASE WHEN {v} IN ({', '.join(lit(x) for x in RESPONSE_TRUE)}) THEN 1 "
-            f"WHEN {v} IN ({', '.join(lit(x) for x in RESPONSE_FALSE)}) THEN 0 ELSE NULL END")
+    empty = "0" if empty_as_no else "NULL"
+    return (f"CASE WHEN {col} IS NULL OR {v} IN ('', 'n/a', 'na', 'nan', 'none', 'null') THEN {empty} "
+            f"WHEN {v} IN ({', '.join(lit(x) for x in RESPONSE_TRUE)}) THEN 1 "
+            f"WHEN {v} IN ({', '.join(lit(x) for x in RESPONSE_FALSE)}) THEN 0 ELSE -1 END")
 
 
-def _stage_trials(con, info: HumanLoad, id_column, source_sql: str, participant_sql: str | None) -> None:
-    """Normalise trials into temp table ``trials`` (participant, image, trial_type, presentation, response)."""
+def find_order_column(columns: list[str]) -> str | None:
+    """The column giving the presentation order within a participant: a trial number or a
+    time (``ORDER_CANDIDATES`` first, then any time-like name such as ``*_timestamp``);
+    reaction times (rt, response_time) are not an order."""
+    lower = {c.lower(): c for c in columns}
+    named = next((lower[c] for c in ORDER_CANDIDATES if c in lower), None)
+    if named is not None:
+        return named
+    return next((c for c in columns if TIME_PATTERN.search(c) and not NOT_ORDER_PATTERN.search(c)), None)
+
+
+def _order_sql(con, source_sql: str, column: str, source_type: str, path: str) -> tuple[str, str]:
+    """(SQL sort key, kind) of an order column: numbers, else timestamps; HumanDataError otherwise."""
+    col = q(column)
+    if source_type.upper() != "VARCHAR":
+        if "TIMESTAMP" in source_type.upper() or "DATE" in source_type.upper():
+            return f"epoch({col})", "time"
+        return f"TRY_CAST({col} AS DOUBLE)", "number"
+    text = f"nullif(trim({col}::VARCHAR), '')"
+    row = con.sql(f"SELECT count({text}), count(TRY_CAST({text} AS DOUBLE)), count(TRY_CAST({text} AS TIMESTAMPTZ)), "
+                  f"list({text}) FILTER (WHERE TRY_CAST({text} AS DOUBLE) IS NULL)[1:3] FROM {source_sql}").fetchall()[0]
+    if row[0] and row[1] == row[0]:
+        return f"TRY_CAST({text} AS DOUBLE)", "number"
+    if row[0] and row[2] == row[0]:
+        return f"epoch(TRY_CAST({text} AS TIMESTAMPTZ))", "time"
+    raise HumanDataError(f"{path}: cannot order the trials by column {column!r}: its values are neither numbers nor "
+                         f"timestamps (e.g. {', '.join(map(str, row[3] or []))}); add a presentation column "
+                         f"(1 first showing, 2 repeat)")
+
+
+def _stage_trials(con, info: HumanLoad, id_column, source_sql: str, participant_sql: str | None,
+                  empty_response: str = "missing") -> None:
+    """Normalise trials into temp table ``trials`` (participant, image, trial_type, presentation, response).
+
+    First showing vs repeat comes from a ``presentation`` column, else from the order of a
+    trial-number or time column within each participant, else from the file order, which
+    is refused when the repeats are recognised no more often than first showings (rows out
+    of order). The source is stated in ``info.order_source``."""
+    if empty_response not in EMPTY_RESPONSES:
+        raise HumanDataError(f"empty_response must be one of {', '.join(EMPTY_RESPONSES)}, not {empty_response!r}")
     columns = _columns(con, source_sql)
     lower = {c.lower(): c for c in columns}
     info.id_column = find_column(columns, id_column, ("image_id", "image", "stim_file", "image_name", "path", "filename",
@@ -380,41 +427,79 @@ def _stage_trials(con, info: HumanLoad, id_column, source_sql: str, participant_
         raise HumanDataError(f"{info.path}: trial data needs a trial_type column (target, filler, vigilance); "
                              f"columns: {', '.join(columns)}")
     types = column_types(con, source_sql)
-    order_col = next((lower[c] for c in ORDER_CANDIDATES if c in lower), None)
+    order_col = find_order_column(columns)
     image_sql = f"{q(info.id_column)}::VARCHAR"
+    file_order = False
     if "presentation" in lower:
         presentation = num(q(lower["presentation"]), "INTEGER", types[lower["presentation"]])
         source = source_sql
+        info.order_source = f"column {lower['presentation']!r} (1 first showing, 2 or more repeat)"
     else:  # first showing = 1, repeat = 2, in the order of the order column, else of the file
-        order_sql = (f"{num(q(order_col), 'DOUBLE', types[order_col])}, _row" if order_col else "_row")
+        if order_col:
+            key, kind = _order_sql(con, source_sql, order_col, types[order_col], info.path)
+            order_sql = f"{key}, _row"
+            info.order_source = (f"order of column {order_col!r} ({'time' if kind == 'time' else 'trial number'}) "
+                                 f"within each participant")
+        else:
+            order_sql = "_row"
+            file_order = True
+            info.order_source = "file order within each participant (no presentation, trial or time column)"
         presentation = (f"row_number() OVER (PARTITION BY ({participant_sql})::VARCHAR, {image_sql} "
                         f"ORDER BY {order_sql})")
         source = f"(SELECT *, row_number() OVER () AS _row FROM {source_sql})"
-    rtype = types[lower["response"]].upper()
+    rcol = lower["response"]
+    rtype = types[rcol].upper()
+    empty_as_no = empty_response == "no"
     if rtype == "BOOLEAN" or any(t in rtype for t in ("INT", "DOUBLE", "FLOAT", "DECIMAL")):
-        r = q(lower["response"])
-        response = f"CASE WHEN {r}::DOUBLE = 1 THEN 1 WHEN {r}::DOUBLE = 0 THEN 0 ELSE NULL END"
+        r = q(rcol)
+        response = (f"CASE WHEN {r} IS NULL THEN {'0' if empty_as_no else 'NULL'} WHEN {r}::DOUBLE = 1 THEN 1 "
+                    f"WHEN {r}::DOUBLE = 0 THEN 0 ELSE -1 END")
+        info.response_coding = f"column {rcol!r}: 1 = yes (seen before), 0 = no"
     else:
-        response = _response_sql(q(lower["response"]))
+        response = _response_sql(q(rcol), empty_as_no)
+        info.response_coding = (f"column {rcol!r}: yes = {'/'.join(RESPONSE_TRUE)}; no = {'/'.join(RESPONSE_FALSE)} "
+                                f"(any case)")
+    info.response_coding += "; empty = no (no key press)" if empty_as_no else "; empty = missing (trial ignored)"
     con.sql(
         f"""CREATE OR REPLACE TEMP TABLE trials AS
         SELECT ({participant_sql})::VARCHAR AS participant, {image_sql} AS image,
                lower(trim({q(lower['trial_type'])}::VARCHAR)) AS trial_type,
                {presentation} AS presentation,
-               {response} AS response
+               {response} AS response, {q(rcol)}::VARCHAR AS raw_response
         FROM {source}"""
     )
+    unknown = con.sql("SELECT count(*), list(DISTINCT raw_response ORDER BY raw_response)[1:8] FROM trials "
+                      "WHERE response = -1").fetchall()[0]
+    if unknown[0]:
+        shown = ", ".join(repr(v) for v in unknown[1])
+        raise HumanDataError(f"{info.path}: response column {rcol!r} has {unknown[0]} value(s) that are neither yes "
+                             f"nor no: {shown}; recode them as 1 (yes, seen before) / 0 (no)")
     bad = con.sql("SELECT count(*) FILTER (WHERE response IS NULL), count(*) FILTER (WHERE image IS NULL OR "
                   "participant IS NULL), count(*) FROM trials").fetchall()[0]
     info.rows = int(bad[2])
+    if bad[0] and bad[0] * 2 > bad[2]:
+        raise HumanDataError(f"{info.path}: {bad[0]} of {bad[2]} trial(s) have an empty response, most of the data; "
+                             f"if an empty response means no key press, use --empty-response no")
     if bad[0]:
-        info.warnings.append(f"trials: ignored {bad[0]} trial(s) without a yes/no response")
+        info.warnings.append(f"trials: ignored {bad[0]} trial(s) with an empty response "
+                             f"(use --empty-response no if it means no key press)")
     if bad[1]:
         info.warnings.append(f"trials: ignored {bad[1]} trial(s) without participant or image")
+    con.sql("ALTER TABLE trials DROP COLUMN raw_response")
     con.sql("DELETE FROM trials WHERE response IS NULL OR image IS NULL OR participant IS NULL")
     if not con.sql("SELECT count(*) FROM trials WHERE trial_type = 'target'").fetchall()[0][0]:
         types = [r[0] for r in con.sql("SELECT DISTINCT trial_type FROM trials ORDER BY 1 LIMIT 10").fetchall()]
         raise HumanDataError(f"{info.path}: no trial has trial_type 'target' (found: {', '.join(map(str, types))})")
+    if file_order:
+        rates = con.sql("SELECT avg(response) FILTER (WHERE presentation = 1), avg(response) FILTER "
+                        "(WHERE presentation >= 2), count(*) FILTER (WHERE presentation >= 2) FROM trials "
+                        "WHERE trial_type = 'target'").fetchall()[0]
+        if rates[2] and rates[0] is not None and rates[1] <= rates[0]:
+            raise HumanDataError(
+                f"{info.path}: the presentation order cannot be determined (no presentation, trial or time column) "
+                f"and the rows look out of order: in file order, repeats are called 'seen' no more often than first "
+                f"showings (hit rate {rates[1]:.2f} <= false-alarm rate {rates[0]:.2f}); add a presentation column "
+                f"(1 first showing, 2 repeat) or a trial/time column, or sort the rows by time")
 
 
 def exclusion_sql(exclusion: Exclusion) -> str:
@@ -460,21 +545,37 @@ def _finish_trials(con, info: HumanLoad, measure, exclusion: Exclusion) -> None:
         GROUP BY t.participant, t.image""")
     info.measure = canonical_measure(measure or DEFAULT_MEASURE)
     con.sql(f"""CREATE OR REPLACE TEMP VIEW human_staged AS
-        SELECT image, {measure_sql(info.measure)} AS human, hit, miss, fa, cr, n_participants
+        SELECT image, {measure_sql(info.measure)} AS human, hit, miss, fa, cr,
+               {observations_sql(info.measure)} AS observations, n_participants
         FROM (SELECT image, sum(hit) AS hit, sum(miss) AS miss, sum(fa) AS fa, sum(cr) AS cr,
                      count(DISTINCT participant) AS n_participants FROM trial_counts GROUP BY image)""")
     _finish_scores(con, info, "human_staged", range_check=False)
     info.rows = int(con.sql("SELECT count(*) FROM trials").fetchall()[0][0])
     info.has_trials = True
+    info.has_observations = True
     info.extra_columns = ["n_participants"]
+    _check_not_constant(con, info)
 
 
-def _load_trials(con, info: HumanLoad, id_column, measure, exclusion) -> None:
-    _stage_trials(con, info, id_column, raw_relation_sql(info.path), None)
+def _check_not_constant(con, info: HumanLoad) -> None:
+    """Stop when a measure derived from trials is the same for every image (a misread response
+    coding or order looks like this, and nothing could be correlated); warn for counts."""
+    row = con.sql("SELECT count(*), count(DISTINCT human), min(human) FROM human").fetchall()[0]
+    if row[0] > 1 and row[1] == 1:
+        message = f"the {info.measure} is {row[2]:.3g} for every image ({row[0]} images): nothing to correlate"
+        if not info.has_trials:  # published counts: say so; the correlations are null with this reason
+            info.warnings.append(f"human data: {message}")
+            return
+        raise HumanDataError(f"{info.path}: {message}; check the response coding ({info.response_coding}) and the "
+                             f"order ({info.order_source})")
+
+
+def _load_trials(con, info: HumanLoad, id_column, measure, exclusion, empty_response: str = "missing") -> None:
+    _stage_trials(con, info, id_column, raw_relation_sql(info.path), None, empty_response)
     _finish_trials(con, info, measure, exclusion)
 
 
-def _load_bids(con, info: HumanLoad, id_column, measure, exclusion) -> None:
+def _load_bids(con, info: HumanLoad, id_column, measure, exclusion, empty_response: str = "missing") -> None:
     root = Path(info.path)
     files = sorted(str(f) for f in root.glob("sub-*/**/*_beh.tsv"))
     if not files:
@@ -483,7 +584,7 @@ def _load_bids(con, info: HumanLoad, id_column, measure, exclusion) -> None:
               f"union_by_name = true, filename = true, nullstr = ['n/a', ''])")
     # the sub-<label> that starts the file name (not a folder of the root that happens to contain "sub-")
     participant = "regexp_extract(regexp_extract(replace(filename, '\\', '/'), '[^/]*$', 0), '^(sub-[^_]+)', 1)"
-    _stage_trials(con, info, id_column or "stim_file", source, participant)
+    _stage_trials(con, info, id_column or "stim_file", source, participant, empty_response)
     listed = root / "participants.tsv"
     if listed.exists():
         known = con.sql(f"SELECT count(*) FROM read_csv({lit(str(listed))}, delim = '\\t', header = true, "
@@ -505,10 +606,15 @@ def load_human(
     measure: str | None = None,
     exclusion: Exclusion | None = None,
     duplicates: str = "error",
+    empty_response: str = "missing",
 ) -> HumanLoad:
-    """Read human data into ``con``: temp table ``human`` (image, human, extra columns);
-    with trial data also ``trials``, ``participants`` and ``trial_counts``
-    (participant, image, hit, miss, fa, cr) for split-half analysis."""
+    """Read human data into ``con``: temp table ``human`` (image, human, extra columns; with
+    counts or trials also hit, miss, fa, cr and ``observations``, the trials behind each
+    image's measure); with trial data also ``trials``, ``participants`` and ``trial_counts``
+    (participant, image, hit, miss, fa, cr) for split-half analysis.
+
+    ``empty_response``: ``missing`` ignores trials with an empty response, ``no`` counts them
+    as "no" (no key press). Raises :class:`HumanDataError` (one line) on unusable data."""
     path = os.fspath(path)
     fmt = (format or "auto").lower()
     if fmt not in FORMATS:
@@ -537,9 +643,9 @@ def load_human(
     elif fmt == "counts":
         _load_counts(con, info, id_column, measure)
     elif fmt == "trials":
-        _load_trials(con, info, id_column, measure, exclusion or Exclusion())
+        _load_trials(con, info, id_column, measure, exclusion or Exclusion(), empty_response)
     else:
-        _load_bids(con, info, id_column, measure, exclusion or Exclusion())
+        _load_bids(con, info, id_column, measure, exclusion or Exclusion(), empty_response)
     return info
 
 
@@ -581,28 +687,8 @@ def read_human_scores_and_info(
     return table.set_column(table.schema.get_field_index("human"), "human", table["human"].cast(pa.float64())), info
 
 
-# ---------------------------------------------------------------------------
-# matching image ids
-
-
-MATCH_MODES = ("path", "name", "stem")
-
-
-def key_sql(column: str, mode: str) -> str:
-    """SQL normalising an id column to a match key: path, file name or stem."""
-    path = f"regexp_replace(replace({column}::VARCHAR, '\\', '/'), '^(\\./)+', '')"
-    if mode == "path":
-        return path
-    name = f"regexp_extract({path}, '[^/]*$', 0)"
-    if mode == "name":
-        return name
-    if mode == "stem":
-        return f"regexp_replace({name}, '\\.[^.]*$', '')"
-    raise ValueError(f"unknown match mode {mode!r}")
-
-
 __all__ = [
     "Exclusion", "FORMATS", "HumanDataError", "HumanLoad", "MATCH_MODES", "MEASURES", "key_sql", "load_human",
-    "read_human_scores", "read_human_scores_and_info", "detect_format",
+    "read_human_scores", "read_human_scores_and_info", "detect_format", "lit", "num", "q",
 ]
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from memscore.errors import UserError
 from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
 from memscore.storage.uris import Location
 
@@ -37,7 +38,7 @@ STALE_TEMPORARY_SECONDS = 3600.0
 died: a live run writes a part in seconds."""
 
 
-class CorruptPartError(ValueError):
+class CorruptPartError(UserError, ValueError):
     """A file in DEST that is named like a part cannot be read as Parquet (the message names it)."""
 
     def __init__(self, dest: Location, part: str, error: BaseException) -> None:

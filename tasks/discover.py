@@ -30,6 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from memscore.errors import UserError
 from memscore.storage.uris import Location, escape_path, needs_escape
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -47,7 +48,7 @@ LISTING_SCHEMA = pa.schema(
 )
 
 
-class SourceUnreadableError(RuntimeError):
+class SourceUnreadableError(UserError, RuntimeError):
     """SOURCE does not exist or cannot be listed."""
 
 

@@ -527,18 +527,6 @@ def test_malicious_weights_keep_the_warning_but_not_the_advice(tmp_path):
     assert "weights_only` set to `False" not in message and "Re-running" not in message
 
 
-def test_a_malicious_training_checkpoint_is_refused_in_one_line(tmp_path):
-    from memscore.tasks.train import TrainingError, load_checkpoint
-
-    (tmp_path / "checkpoints").mkdir()
-    _malicious_pickle(tmp_path / "checkpoints" / "last.pt", {"format": 1})
-    with pytest.raises(TrainingError) as caught:
-        load_checkpoint(open_location(str(tmp_path)))
-    message = str(caught.value)
-    assert "\n" not in message and "last.pt" in message and "Weights only load failed" in message
-    assert "Re-running" not in message
-
-
 def test_prune_removes_rows_of_deleted_files_of_that_source_only(tmp_path, photos, capsys):
     from memscore.flows.cli import main
     from memscore.tasks.discover import iter_listing

@@ -149,7 +149,12 @@ def test_trials_give_split_half_and_ceiling(tmp_path, capsys):
     assert {"spearman_mean", "pearson_mean", "spearman_brown", "spearman_sd"} <= set(sh)
     assert 0 < sh["spearman_mean"] < sh["spearman_brown"] < 1
     assert out["participants"]["excluded_ids"] == ["s0"]
-    assert out["fraction_of_ceiling"] == pytest.approx(out["spearman"]["rho"] / sh["spearman_brown"])
+    # the noise ceiling is sqrt(Spearman-Brown(mean split-half rho)); the old "fraction_of_ceiling"
+    # (rho / Spearman-Brown, not a fraction of a ceiling) is gone
+    assert "fraction_of_ceiling" not in out
+    ceiling = np.sqrt(2 * sh["spearman_mean"] / (1 + sh["spearman_mean"]))
+    assert out["noise_ceiling"]["spearman"]["ceiling"] == pytest.approx(ceiling)
+    assert out["fraction_of_noise_ceiling"]["spearman"]["value"] == pytest.approx(out["spearman"]["rho"] / ceiling)
 
 
 def test_sql_views_and_queries(lab, capsys):
@@ -268,12 +273,12 @@ def test_analyze_out_to_a_bucket(lab, capsys):
 
 def test_unwritable_out_fails_before_the_statistics(lab, capsys, monkeypatch):
     """A --out that cannot be written costs seconds, not a finished bootstrap; nothing is left behind."""
-    import memscore.flows.analyze
+    import memscore.tasks.analyze
 
     def no_analysis(*args, **kwargs):
         raise AssertionError("analysed although --out cannot be written")
 
-    monkeypatch.setattr(memscore.flows.analyze, "analyze_scores", no_analysis)
+    monkeypatch.setattr(memscore.tasks.analyze, "analyze_scores", no_analysis)
     blocker = lab["tmp"] / "in-the-way"
     blocker.write_text("x")
     assert main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "10000",

@@ -5,6 +5,7 @@ packages in the working folder neither shadow memscore nor are shadowed by it.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,8 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # Build from a copy: setuptools leaves build/ in the tree it builds, and stale files
+    # there would end up in later wheels.
+    tree = out / "src"
+    shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                              "sample-images", "sample-scores", ".memscore-cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(out), str(REPO)], check=True, cwd=out)
+                    "-w", str(out), str(tree)], check=True, cwd=out)
     (built,) = out.glob("memscore-*.whl")
     return built
 

@@ -1,6 +1,6 @@
 """The speed settings (models/speed.py) keep results within their documented tolerances.
 
-Tolerances (README, performance section): channels_last and BatchNorm folding keep
+Tolerances (docs/performance.md): channels_last and BatchNorm folding keep
 float32 scores within 1e-6 of the plain module (measured: ~2e-7); bf16 autocast
 within 2e-2 (measured: ~5e-3). No timings are asserted here.
 """

@@ -8,6 +8,7 @@ for one short epoch and score with what they wrote.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -244,16 +245,16 @@ def test_training_time_includes_writing_checkpoints(tmp_path, tiny_model, monkey
     """The card's train_seconds (compare's 'training time') counts checkpoint writes, slow for big models or buckets."""
     import time
 
-    import memscore.tasks.train as train_module
+    from memscore.tasks.train_run import RunFolder
 
     human, images = make_dataset(tmp_path, n=12)
-    real_save = train_module._save_torch
+    real_save = RunFolder.save_torch
 
-    def slow_save(out, name, obj):
+    def slow_save(run, name, obj):
         time.sleep(0.5)
-        return real_save(out, name, obj)
+        return real_save(run, name, obj)
 
-    monkeypatch.setattr(train_module, "_save_torch", slow_save)
+    monkeypatch.setattr(RunFolder, "save_torch", slow_save)
     result = train_model(config_for(tiny_model, human, images, tmp_path / "run", epochs=2, lr=0.0), log=lambda text: None)
     passes = sum(row.seconds for row in result.metrics)
     saves = 0.5 * (2 + 1)  # last.pt twice, model.pt once (lr 0: epoch 2 is no better)
@@ -537,6 +538,11 @@ def test_compare_runs_given_as_uris_and_bad_run_paths(tmp_path, tiny_model, caps
         rows = json.loads(capsys.readouterr().out)
         assert [r["weights"] for r in rows] == [first.weights_digest, second.weights_digest]
         assert rows[0]["model"] != rows[1]["model"]  # both folders are called 'run': labelled by their full path
+        # the second row: its Spearman minus the first's, with a paired interval (same images, same draws)
+        assert rows[0]["spearman_diff_vs_first"] is None
+        diff = rows[1]["spearman_diff_vs_first"]
+        if rows[0]["test_spearman"] is not None and rows[1]["test_spearman"] is not None:
+            assert diff == pytest.approx(rows[1]["test_spearman"] - rows[0]["test_spearman"], abs=1e-9)
         assert all(r["test_images"] == first.test["images"] and r["test_images_seen_in_training"] == 0 for r in rows)
     finally:
         fsspec.filesystem("memory").rm("/memscore-compare-test", recursive=True)
@@ -663,13 +669,14 @@ def test_kill_at_any_write_keeps_weights_and_card_consistent(tmp_path, tiny_mode
     from fsspec.implementations.memory import MemoryFileSystem
 
     import memscore.tasks.train as train_module
+    from memscore.storage import atomic
 
     human, images = make_dataset(tmp_path)
     real_spearman = train_module.spearman
     rhos = iter(())
 
     def validation_spearman(a, b):  # epoch-by-epoch validation values of our choosing
-        if sys._getframe(1).f_code.co_name == "train_model":
+        if sys._getframe(1).f_code.co_name == "evaluate":  # validation (the test split is scored elsewhere)
             return next(rhos)
         return real_spearman(a, b)
 
@@ -687,7 +694,7 @@ def test_kill_at_any_write_keeps_weights_and_card_consistent(tmp_path, tiny_mode
     fake_os = types.ModuleType("os")
     fake_os.__dict__.update(os.__dict__)
     fake_os.replace = lambda src, dst: (maybe_kill(str(dst)), real_replace(src, dst))[1]
-    monkeypatch.setattr(train_module, "os", fake_os)  # every local file lands by a rename
+    monkeypatch.setattr(atomic, "os", fake_os)  # every local file of a run lands by a rename there
     real_pipe, real_mv = MemoryFileSystem.pipe_file, MemoryFileSystem.mv
     monkeypatch.setattr(MemoryFileSystem, "pipe_file",  # in a bucket, by a PUT or a server-side move
                         lambda self, path, *a, **k: (maybe_kill(path), real_pipe(self, path, *a, **k))[1])
@@ -732,3 +739,27 @@ def test_kill_at_any_write_keeps_weights_and_card_consistent(tmp_path, tiny_mode
     finally:
         if fsspec.filesystem("memory").exists("/memscore-kill-test"):
             fsspec.filesystem("memory").rm("/memscore-kill-test", recursive=True)
+
+
+def test_a_malicious_checkpoint_in_out_is_refused_in_one_line(tmp_path, tiny_model):
+    """A checkpoints/last.pt whose pickle would run code is never executed: one-line TrainingError,
+    naming the file and the blocked call, without torch's advice to load it unsafely."""
+    import io
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    human, images = make_dataset(tmp_path)
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    buffer = io.BytesIO()
+    torch.save({"format": "memscore-checkpoint/1", "payload": Payload()}, buffer)
+    (out / "checkpoints" / "last.pt").write_bytes(buffer.getvalue())
+    with pytest.raises(TrainingError) as caught:
+        train_model(config_for(tiny_model, human, images, out, epochs=1), log=lambda text: None)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(out / "checkpoints" / "last.pt") in message and "posix.system" in message
+    assert "weights_only" not in message and "False" not in message
+    assert not (tmp_path / "pwned").exists()

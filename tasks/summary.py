@@ -1,0 +1,204 @@
+"""The text and Markdown summaries of an analysis result (the dict of
+:func:`memscore.tasks.analyze.analyze_scores`): what ``memscore analyze`` prints and
+what report.md and the Prefect artifact hold. Plain functions of the dict; no I/O.
+
+Undefined numbers print as ``n/a`` followed by the reason; every assumption the
+reader made (count columns, response coding, order source, exclusion rules) is
+stated in both forms.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _p(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2e}" if value < 1e-3 else f"{value:.3f}"
+
+
+def _ci(entry: dict[str, Any] | None) -> str:
+    if not entry or entry.get("ci_low") is None:
+        return "n/a"
+    return f"{_f(entry['ci_low'])}, {_f(entry['ci_high'])}"
+
+
+def _conf(result: dict[str, Any]) -> int | float:
+    value = result["bootstrap"]["confidence"] * 100
+    return int(round(value)) if abs(value - round(value)) < 1e-9 else round(value, 2)
+
+
+def assumptions(result: dict[str, Any]) -> list[str]:
+    """What the reader assumed about the human data, one line each (shared by text and Markdown)."""
+    lines = [f"human measure: {result['human_measure']} ({result['human_format']})"]
+    if result.get("count_columns"):
+        cols = result["count_columns"]
+        lines.append("count columns: " + ", ".join(f"{k} = {v}" for k, v in cols.items()))
+    if result.get("response_coding"):
+        lines.append(f"responses: {result['response_coding']}")
+    if result.get("order_source"):
+        lines.append(f"first showing vs repeat: {result['order_source']}")
+    part = result.get("participants")
+    if part:
+        rules = part["rules"]
+        lines.append(f"participants: {part['kept']} kept, {part['excluded']} excluded of {part['total']} "
+                     f"(rules: filler false-alarm rate > {rules['max_filler_fa']}, vigilance miss rate > "
+                     f"{rules['max_vigilance_miss']}; None = rule off)")
+    obs = result.get("observations") or {}
+    if obs.get("min") is not None:
+        lines.append(f"observations per image: min {obs['min']}, median {_f(obs['median'], 1)}, max {obs['max']}; "
+                     f"--min-observations {obs['min_observations']} dropped {obs['excluded']} image(s)")
+    return lines
+
+
+def _corr_line(name: str, entry: dict[str, Any], stat: str, conf: Any) -> str:
+    if entry.get(stat) is None:
+        return f"{name} = n/a ({entry.get('reason') or 'undefined'})"
+    return f"{name} = {_f(entry[stat])}  [{conf}% CI {_ci(entry)}]  p = {_p(entry['p_value'])}"
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """The plain-text summary, one statement per line."""
+    s, p, k = result["spearman"], result["pearson"], result.get("kendall")
+    conf = _conf(result)
+    several = len(result.get("models") or []) > 1
+    lines = [
+        f"{result.get('n_matched', result['n'])} images matched by {result['match']} "
+        f"({result['n_unmatched_scores']} scored image(s) without human data, "
+        f"{result['n_unmatched_human']} human image(s) without a score); {result['n']} analysed",
+        *assumptions(result),
+    ]
+    for m in result.get("models") or [{"model": result.get("model"), "spearman": s, "pearson": p, "kendall": k}]:
+        prefix = f"[{m['model']}] " if several else ""
+        lines.append(prefix + _corr_line("Spearman rho", m["spearman"], "rho", conf))
+        lines.append(prefix + _corr_line("Pearson r   ", m["pearson"], "r", conf))
+        if m.get("kendall") and m["kendall"].get("tau") is not None:
+            lines.append(prefix + f"Kendall tau-b = {_f(m['kendall']['tau'])}  p = {_p(m['kendall']['p_value'])}")
+    sh, nc = result.get("split_half"), result.get("noise_ceiling")
+    if sh:
+        lines.append(
+            f"split-half ({sh['splits_usable']} of {sh['splits']} splits usable, {sh['participants']} participants): "
+            f"Spearman {_f(sh['spearman_mean'])} (sd {_f(sh['spearman_sd'])}), Pearson {_f(sh['pearson_mean'])} "
+            f"(sd {_f(sh['pearson_sd'])}); Spearman-Brown reliability {_f(sh['spearman_brown'])} (Spearman), "
+            f"{_f(sh['pearson_brown'])} (Pearson)")
+    if nc:
+        c = nc["spearman"]
+        lines.append(f"noise ceiling (sqrt of the Spearman-Brown reliability): Spearman {_f(c['ceiling'])} "
+                     f"[{conf}% CI {_ci(c)}], Pearson {_f(nc['pearson']['ceiling'])}"
+                     + (f" ({c['reason']})" if c.get("reason") else ""))
+        for m in result.get("models") or []:
+            fr = (m.get("fraction_of_noise_ceiling") or {}).get("spearman") or {}
+            prefix = f"[{m['model']}] " if several else ""
+            value = _f(fr.get("value")) if fr.get("value") is not None else f"n/a ({fr.get('reason')})"
+            lines.append(f"{prefix}model rho as a fraction of the noise ceiling: {value} [{conf}% CI {_ci(fr)}]")
+    for c in result.get("comparisons") or []:
+        d = c["spearman_difference"]
+        if d["difference"] is None:
+            lines.append(f"{c['a']} - {c['b']}: Spearman difference n/a ({d['reason']})")
+        else:
+            lines.append(f"{c['a']} - {c['b']}: Spearman difference {_f(d['difference'])} [{conf}% CI {_ci(d)}] "
+                         f"p = {_p(d['p_value'])} (paired bootstrap, same images)")
+    if result.get("published_check"):
+        checks = ", ".join(f"{c} max |diff| {v:.1e}" for c, v in result["published_check"].items())
+        lines.append(f"published rates recomputed from the counts: {checks}")
+    for g in result.get("groups") or []:
+        if "spearman" in g and g["spearman"]["rho"] is not None:
+            lines.append(f"  group {g['group']}: n={g['n']}, rho={_f(g['spearman']['rho'])} "
+                         f"[{_ci(g['spearman'])}], r={_f(g['pearson']['r'])}")
+        elif "spearman" in g:
+            lines.append(f"  group {g['group']}: n={g['n']}, rho n/a ({g['spearman']['reason']})")
+        else:
+            lines.append(f"  group {g['group']}: n={g['n']} (too few images)")
+    for w in result.get("warnings") or []:
+        lines.append(f"warning: {w}")
+    return lines
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """report.md: the same content as :func:`summary_lines`, as Markdown tables."""
+    conf = _conf(result)
+    boot = result["bootstrap"]
+    score_column = result["score_column"]
+    score_column = ", ".join(score_column) if isinstance(score_column, list) else score_column
+    md = [
+        "# memscore analysis",
+        "",
+        f"- scores: `{result['scores']}` (column `{score_column}`)",
+        f"- human data: `{result['human']}` ({result['human_format']}, measure `{result['human_measure']}`)",
+        f"- images matched by {result['match']}: **{result.get('n_matched', result['n'])}**; unmatched: "
+        f"{result['n_unmatched_scores']} scored, {result['n_unmatched_human']} human; analysed: **{result['n']}**",
+        *[f"- {line}" for line in assumptions(result)[1:]],
+        "",
+        f"| model | statistic | value | {conf}% CI (bootstrap, {boot['resamples']} resamples) | p |",
+        "|---|---|---|---|---|",
+    ]
+    for m in result.get("models") or []:
+        for label, key, stat in (("Spearman rho", "spearman", "rho"), ("Pearson r", "pearson", "r")):
+            e = m[key]
+            value = _f(e[stat]) if e[stat] is not None else f"n/a ({e.get('reason')})"
+            md.append(f"| {m['model']} | {label} | {value} | {_ci(e).replace(', ', ' .. ')} | {_p(e['p_value'])} |")
+        if m.get("kendall") and m["kendall"].get("tau") is not None:
+            md.append(f"| {m['model']} | Kendall tau-b | {_f(m['kendall']['tau'])} | | {_p(m['kendall']['p_value'])} |")
+    if result.get("comparisons"):
+        md += ["", "## Paired model comparisons (same images, same bootstrap draws)", "",
+               f"| models | Spearman difference | {conf}% CI | p | Pearson difference | {conf}% CI | p |",
+               "|---|---|---|---|---|---|---|"]
+        for c in result["comparisons"]:
+            ds, dp = c["spearman_difference"], c["pearson_difference"]
+            md.append(f"| {c['a']} - {c['b']} | {_f(ds['difference'])} | {_ci(ds).replace(', ', ' .. ')} | "
+                      f"{_p(ds['p_value'])} | {_f(dp['difference'])} | {_ci(dp).replace(', ', ' .. ')} | "
+                      f"{_p(dp['p_value'])} |")
+    sh, nc = result.get("split_half"), result.get("noise_ceiling")
+    if sh:
+        md += ["", "## Human split-half reliability and noise ceiling", "",
+               f"{sh['splits_usable']} of {sh['splits']} random splits of {sh['participants']} participants usable: "
+               f"mean split-half Spearman {_f(sh['spearman_mean'])} (sd {_f(sh['spearman_sd'])}), Pearson "
+               f"{_f(sh['pearson_mean'])} (sd {_f(sh['pearson_sd'])}); Spearman-Brown reliability "
+               f"{_f(sh['spearman_brown'])} (Spearman), {_f(sh['pearson_brown'])} (Pearson)."]
+    if nc:
+        md += ["", "The noise ceiling is the square root of the Spearman-Brown reliability: the correlation a model "
+               "that knew each image's true memorability could expect with this (noisy) human measure.", "",
+               f"| | split-half r | reliability | noise ceiling | {conf}% CI |", "|---|---|---|---|---|"]
+        for key in ("spearman", "pearson"):
+            c = nc[key]
+            md.append(f"| {key} | {_f(c['split_half_r'])} | {_f(c['reliability'])} | "
+                      f"{_f(c['ceiling']) if c['ceiling'] is not None else 'n/a (' + str(c['reason']) + ')'} | "
+                      f"{_ci(c).replace(', ', ' .. ')} |")
+        md += ["", f"| model | fraction of the noise ceiling (Spearman) | {conf}% CI | (Pearson) | {conf}% CI |",
+               "|---|---|---|---|---|"]
+        for m in result.get("models") or []:
+            fr = m.get("fraction_of_noise_ceiling") or {}
+            fs, fp = fr.get("spearman") or {}, fr.get("pearson") or {}
+            md.append(f"| {m['model']} | {_f(fs.get('value'))} | {_ci(fs).replace(', ', ' .. ')} | "
+                      f"{_f(fp.get('value'))} | {_ci(fp).replace(', ', ' .. ')} |")
+    part = result.get("participants")
+    if part:
+        rules = part["rules"]
+        md += ["", "## Participant exclusion", "",
+               f"- rules: filler false-alarm rate > {rules['max_filler_fa']}; vigilance miss rate > "
+               f"{rules['max_vigilance_miss']} (None: rule off)",
+               f"- {part['total']} participants, {part['excluded']} excluded, {part['kept']} kept"
+               + (f" (excluded: {', '.join(map(str, part['excluded_ids'][:20]))}"
+                  f"{' ...' if len(part['excluded_ids']) > 20 else ''})" if part['excluded_ids'] else "")]
+    if result.get("groups"):
+        md += ["", "## Per group", "", "| group | n | Spearman rho | CI | Pearson r |", "|---|---|---|---|---|"]
+        for g in result["groups"]:
+            if "spearman" in g:
+                md.append(f"| {g['group']} | {g['n']} | {_f(g['spearman']['rho'])} | "
+                          f"{_ci(g['spearman']).replace(', ', ' .. ')} | {_f(g['pearson']['r'])} |")
+            else:
+                md.append(f"| {g['group']} | {g['n']} | n/a | | |")
+    if result.get("warnings"):
+        md += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
+    return "\n".join(md) + "\n"
+
+
+__all__ = ["assumptions", "summary_lines", "summary_markdown"]
