@@ -28,7 +28,6 @@ SIGTERM) is here too: :func:`worker_options`, used by every DataLoader memscore 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import multiprocessing
@@ -46,6 +45,7 @@ import fsspec
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from memscore.storage.transient import is_transient
 from memscore.storage.uris import escape_path
 
 Image.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a partial image
@@ -96,25 +96,6 @@ class ImageFailure:
 
 
 DEFAULT_READ_RETRY_DELAYS = (0.5, 2.0, 8.0, 30.0)
-_TRANSIENT_CODES = frozenset({
-    "Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
-    "ServiceUnavailable", "InternalError", "RequestLimitExceeded", "TooManyRequests", "503", "500", "502", "504",
-})
-_TRANSIENT_ERRNOS = frozenset({
-    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
-    errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE, errno.EAGAIN,
-})
-# botocore's HTTPClientError is the base of its connection-level errors (refused, closed,
-# timed out, a garbled response); aiohttp's and fsspec's equivalents beside it.
-_TRANSIENT_TYPE_NAMES = frozenset({
-    "HTTPClientError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-    "ProxyConnectionError", "ResponseStreamingError", "IncompleteRead", "ClientConnectorError", "ClientPayloadError",
-    "ServerDisconnectedError", "ServerTimeoutError", "ClientOSError", "FSTimeoutError",
-})
-_TRANSIENT_TEXT = re.compile(
-    r"connection (refused|reset|aborted)|timed? ?out|throttl|slow ?down|service unavailable|"
-    r"temporarily unavailable|too many requests|internal ?error|bad gateway|gateway timeout|"
-    r"cannot connect|could not connect|server disconnected", re.IGNORECASE)
 
 
 def read_retry_delays() -> tuple[float, ...]:
@@ -123,35 +104,6 @@ def read_retry_delays() -> tuple[float, ...]:
     if text is None:
         return DEFAULT_READ_RETRY_DELAYS
     return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether a read failure may pass by itself: refused, reset or timed-out connections,
-    throttling, HTTP 429 or 5xx (anywhere in the exception's chain). Missing files, denied
-    access and bad requests are not."""
-    seen: BaseException | None = error
-    depth = 0
-    while seen is not None and depth < 8:
-        if isinstance(seen, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-            return False
-        if isinstance(seen, (ConnectionError, TimeoutError)):
-            return True
-        if isinstance(seen, OSError) and seen.errno in _TRANSIENT_ERRNOS:
-            return True
-        response = getattr(seen, "response", None)
-        if isinstance(response, dict):
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            code = str(response.get("Error", {}).get("Code", ""))
-            if code in _TRANSIENT_CODES or (isinstance(status, int) and (status == 429 or status >= 500)):
-                return True
-        name = type(seen).__name__
-        if name in _TRANSIENT_TYPE_NAMES:
-            return True
-        if _TRANSIENT_TEXT.search(str(seen)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-        depth += 1
-    return False
 
 
 def read_bytes(fs: fsspec.AbstractFileSystem, fs_path: str) -> bytes:

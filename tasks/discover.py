@@ -15,6 +15,10 @@ SOURCE). A link to a folder that is already on the way down (a loop) is not
 followed. What is not followed is counted (:class:`DiscoveryCounts`): dangling
 links, loops, FIFOs, sockets and devices, and sub-folders that cannot be read.
 
+A listing that fails transiently (:func:`storage.transient.is_transient`: an
+outage, throttling) raises the original error, which the flow's storage retries
+try again; any other failure is :class:`SourceUnreadableError`, a user error.
+
 A name that is not valid UTF-8 is listed with its path escaped
 (:func:`storage.uris.escape_path`); the real name travels in the listing's
 ``fs_path`` column so that the file can still be read.
@@ -31,6 +35,7 @@ from typing import Any
 import pyarrow as pa
 
 from memscore.errors import UserError
+from memscore.storage.transient import is_transient
 from memscore.storage.uris import Location, escape_path, needs_escape
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -278,4 +283,6 @@ def iter_listing(source: Location, batch_rows: int = 10_000, counts: DiscoveryCo
     except SourceUnreadableError:
         raise
     except (OSError, PermissionError) as error:
+        if is_transient(error):  # an outage or throttling: the flow's storage retries try again
+            raise
         raise SourceUnreadableError(f"cannot list source {source.uri}: {error}") from error

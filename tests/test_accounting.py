@@ -388,6 +388,33 @@ def test_transient_read_failures_are_retried_within_the_run(photos, monkeypatch)
     assert isinstance(failure, ImageFailure) and not failure.transient and missing.calls == 1
 
 
+def test_a_transient_listing_failure_is_left_to_the_storage_retries():
+    from memscore.errors import find_user_error
+    from memscore.flows.score import _retry_storage_errors
+    from prefect.states import Failed
+
+    from memscore.storage.uris import Location
+    from memscore.tasks.discover import SourceUnreadableError, iter_listing
+
+    class Down:
+        protocol = "memory"
+
+        def exists(self, path):
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(ConnectionRefusedError) as caught:
+        list(iter_listing(Location(fs=Down(), root="/src", uri="memory://src")))
+    assert find_user_error(caught.value) is None
+    assert _retry_storage_errors(None, None, Failed(data=caught.value)) is True
+
+    class Denied(Down):
+        def exists(self, path):
+            raise PermissionError(13, "Access Denied")
+
+    with pytest.raises(SourceUnreadableError):
+        list(iter_listing(Location(fs=Denied(), root="/src", uri="memory://src")))
+
+
 def test_an_image_whose_last_failure_was_transient_is_planned_again(tmp_path, photos):
     from memscore.tasks.discover import iter_listing
     from memscore.tasks.plan import done_keys, plan_shards
