@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -30,6 +31,7 @@ from memscore.models.registry import get_model_spec, resolve_weights
 from memscore.models.speed import check_backend
 from memscore.storage.compact import drop_superseded_rows
 from memscore.storage.parts import remove_stale_temporaries, write_part_atomic
+from memscore.storage.runs import write_run_summary
 from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
 from memscore.storage.uris import Location, open_location
 from memscore.tasks.decode import start_worker_server
@@ -334,6 +336,7 @@ def score_archive(
     """
     logger = get_run_logger()
     started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     spec = get_model_spec(model)
     layers = spec.check_features(spec.default_features if features is None else features)
     ref = resolve_weights(spec, weights)
@@ -412,6 +415,12 @@ def score_archive(
     processed = summary.scored + summary.failed
     summary.images_per_second = processed / scoring_seconds if processed and scoring_seconds > 0 else 0.0
     logger.info("%s", summary.text())
+    try:  # provenance for `memscore report` (storage/runs.py); never fails a finished run
+        write_run_summary(dest, {**summary.as_dict(), "started_at": started_at,
+                                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 "scoring_seconds": round(scoring_seconds, 3)})
+    except Exception as error:  # noqa: BLE001
+        logger.warning("could not write the run summary to DEST/runs: %s", error)
     try:
         from prefect.artifacts import create_markdown_artifact
 
