@@ -232,6 +232,16 @@ def test_analyze_reads_a_folder_with_stale_rows_without_refusing_it(tmp_path):
         ("a.jpg", pytest.approx(0.9)), ("b.jpg", pytest.approx(0.2))]
 
 
+def test_the_report_reads_only_current_rows(tmp_path):
+    from memscore.tasks.report_data import connect, open_dest
+
+    dest = _stale_dest(tmp_path)
+    con = connect()
+    tables = open_dest(con, str(dest))
+    assert sorted(con.sql(f"SELECT path FROM {tables.scores_sql}").fetchall()) == [("a.jpg",), ("b.jpg",)]
+    assert con.sql(f"SELECT path FROM {tables.errors_sql}").fetchall() == [("c.jpg",)]
+
+
 # ---------------------------------------------------------------------------
 # 3 and 4. names that are not UTF-8; links, loops, special files, unreadable folders
 
