@@ -252,7 +252,7 @@ def _compare_one(candidate: Candidate, weights: str | None, location, items, tes
 
     from memscore.flows.cli import UserError
     from memscore.models.registry import load_model
-    from memscore.models.resmem_retrain import parameter_counts
+    from memscore.models.training import parameter_counts
     from memscore.tasks.stats import bootstrap_spearman, spearman
     from memscore.tasks.train import predict
     from memscore.tasks.train_data import HumanScoreDataset, make_loader

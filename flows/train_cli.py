@@ -96,7 +96,7 @@ def parse_freeze(text: str | None) -> list[str] | None:
 def run(args: argparse.Namespace) -> int:
     from memscore.flows.cli import UserError
     from memscore.models.registry import get_model_spec
-    from memscore.models.resmem_retrain import trainable_model
+    from memscore.models.registry import trainable_model
     from memscore.tasks.train import TrainConfig, TrainingError
 
     try:

@@ -25,6 +25,9 @@ the machine can reach download.pytorch.org, or found there), or from a local fil
 
 Exportable layers: ``alexnet`` (9216), ``resnet152`` (1000), ``segmentation``
 (1024), ``fc6``..``fc11``.
+
+Registered here: ``m3m`` (LR-ASPP) and ``m3m-deeplabv3``; no published weights:
+train them with ``memscore train``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from memscore.models.preprocess import resmem_transform
+from memscore.models.registry import ModelSpec, TrainRecipe, register
 from memscore.models.resmem import ResMem
+from memscore.models.weights import (
+    WeightsMismatchError,
+    WeightsNotFoundError,
+    load_into,
+    no_published_weights,
+    published_resmem_state,
+    read_weights_file,
+)
 
 SEG_CLASSES = 21  # PASCAL VOC classes of torchvision's segmentation weights
 SEG_DIM = 1024  # 64 channels x 4 x 4 after the reduction
@@ -89,11 +102,7 @@ def segmenter_state_dict(kind: str, path: str | os.PathLike[str] | None = None) 
 
     Raises :class:`models.weights.WeightsNotFoundError` with what to do when neither works.
     """
-    from memscore.models.weights import WeightsNotFoundError
-
     if path is not None:
-        from memscore.models.weights import read_weights_file
-
         file = Path(path).expanduser()
         if not file.is_file():
             raise WeightsNotFoundError(f"segmenter weights file not found: {file}")
@@ -188,9 +197,6 @@ def initial_m3m(
     Either may be None (random initialisation, for tests). fc6's segmentation
     columns start at zero so the untrained model reproduces ResMem.
     """
-    from memscore.models.registry import WeightsMismatchError
-    from memscore.models.resmem_retrain import load_into
-
     model = M3M(segmenter)
     if resmem_state is not None:
         state = {k: v for k, v in resmem_state.items() if not k.startswith("fc6.")}
@@ -211,3 +217,46 @@ def initial_m3m(
         load_into(model.segmenter, state, f"the segmenter weights (for {segmenter})")
     model.segmenter.requires_grad_(False)
     return model
+
+
+def _initial(options: dict) -> M3M:
+    """The recipe's start: ResMem weights and the pretrained segmenter (``init=published``), or random."""
+    published = options.get("init", "published") == "published"
+    kind = options.get("segmenter", "lraspp")
+    segmenter_state = None
+    if options.get("segmenter_weights") or published:
+        segmenter_state = segmenter_state_dict(kind, options.get("segmenter_weights"))
+    return initial_m3m(
+        kind,
+        resmem_state=published_resmem_state(options.get("resmem_weights")) if published else None,
+        segmenter_state=segmenter_state,
+    )
+
+
+def _spec(name: str, segmenter: str, build, note: str, description: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        description=description,
+        build=build,
+        default_weights=no_published_weights(name),
+        preprocess=resmem_transform,
+        input_size=227,
+        feature_layers=FEATURE_LAYERS,
+        default_features=DEFAULT_FEATURES,
+        source="after M3M (Needell & Bainbridge); you train it (memscore train), starting from ResMem's weights "
+               f"and torchvision's pretrained {segmenter} segmenter",
+        licence="yours; it starts from ResMem's non-commercial weights and torchvision's segmenter weights",
+        recipe=TrainRecipe(lambda options: _initial({**options, "segmenter": segmenter}), ("segmenter", "features"), note),
+    )
+
+
+M3M_LRASPP = register(_spec(
+    "m3m", "lraspp", m3m_lraspp,
+    "ResMem weights (ResNet-152 frozen), pretrained LR-ASPP segmenter (frozen), new segmentation convs",
+    "M3M: ResMem plus an LR-ASPP segmentation branch (train it: memscore train)",
+))
+M3M_DEEPLABV3 = register(_spec(
+    "m3m-deeplabv3", "deeplabv3", m3m_deeplabv3,
+    "as m3m with a DeepLabV3 ResNet-50 segmenter",
+    "M3M with a DeepLabV3 ResNet-50 segmentation branch (train it: memscore train)",
+))

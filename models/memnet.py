@@ -8,6 +8,9 @@ initialised from the published ResMem weights) followed by MemNet's head: fc6
 with a sigmoid. Input and preprocessing are ResMem's (227x227 in [0, 1]).
 
 Exportable layers: ``alexnet`` (9216), ``fc6`` (4096), ``fc7`` (4096).
+
+Registered here as ``memnet-baseline`` (alias ``memnet``); no published weights:
+train it with ``memscore train``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from memscore.models.preprocess import resmem_transform
+from memscore.models.registry import ModelSpec, TrainRecipe, register
 from memscore.models.resmem import AlexNetBranchMixin
+from memscore.models.weights import WeightsMismatchError, load_into, no_published_weights, published_resmem_state
 
 FEATURE_LAYERS: dict[str, int] = {"alexnet": 9216, "fc6": 4096, "fc7": 4096}
 DEFAULT_FEATURES: tuple[str, ...] = ("fc7",)
@@ -61,9 +67,6 @@ class MemNetBaseline(AlexNetBranchMixin, nn.Module):
 
 def initial_memnet(resmem_state: dict[str, torch.Tensor] | None = None) -> MemNetBaseline:
     """A baseline ready to train: conv1..conv5 from ResMem's published weights (if given), head random."""
-    from memscore.models.registry import WeightsMismatchError
-    from memscore.models.resmem_retrain import load_into
-
     model = MemNetBaseline()
     if resmem_state is not None:
         branch = {k: v for k, v in resmem_state.items() if k.startswith(BRANCH_PREFIXES)}
@@ -72,3 +75,26 @@ def initial_memnet(resmem_state: dict[str, torch.Tensor] | None = None) -> MemNe
         if missing:
             raise WeightsMismatchError(f"the ResMem weights lack AlexNet-branch tensors: {', '.join(missing[:5])}")
     return model
+
+
+def _initial(options: dict) -> MemNetBaseline:
+    published = options.get("init", "published") == "published"
+    return initial_memnet(published_resmem_state(options.get("resmem_weights")) if published else None)
+
+
+MEMNET_BASELINE = register(
+    ModelSpec(
+        name="memnet-baseline",
+        description="MemNet-style baseline: ResMem's AlexNet-style branch and an fc head (train it: memscore train)",
+        build=MemNetBaseline,
+        default_weights=no_published_weights("memnet-baseline"),
+        preprocess=resmem_transform,
+        input_size=227,
+        feature_layers=FEATURE_LAYERS,
+        default_features=DEFAULT_FEATURES,
+        aliases=("memnet",),
+        source="after MemNet (Khosla et al. 2015); you train it (memscore train), starting from ResMem's conv1..conv5",
+        licence="yours; it starts from ResMem's non-commercial weights",
+        recipe=TrainRecipe(_initial, (), "ResMem's AlexNet-branch weights, new fc6..fc8 head"),
+    )
+)

@@ -1,27 +1,61 @@
-"""The model registry: a model name maps to everything needed to run it.
+"""The model registry: a model name maps to everything needed to run and train it.
 
 A :class:`ModelSpec` says how to build the module (on the meta device, without
-random initialisation), where its default weights come from, its preprocessing
-and the layers it can export. Adding a model is one :func:`register` call beside
-its definition; the pipeline only ever asks :func:`get_model_spec` and
-:func:`load_model`.
+random initialisation), where its default weights come from (and their source
+and licence), its preprocessing, the layers it can export and, for models
+``memscore train`` can train, its :class:`TrainRecipe` (how the module starts,
+which parts stay frozen).
+
+As in timm, each model's own file registers its spec(s) with :func:`register`
+and ``models/__init__.py`` imports the model files; this module imports no model.
+Adding a model is one file plus one import line in ``models/__init__.py``. The
+pipeline only ever asks :func:`get_model_spec`, :func:`load_model` and
+:func:`trainable_model`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 
 from memscore.errors import UserError
-from memscore.models.weights import WeightsMismatchError, WeightsRef, local_weights, read_weights_file
+from memscore.models.weights import (
+    NoPublishedWeights,
+    WeightsMismatchError,
+    WeightsNotFoundError,
+    WeightsRef,
+    local_weights,
+    read_weights_file,
+)
+
+__all__ = [
+    "LoadedModel", "ModelSpec", "TrainRecipe", "UnknownModelError", "WeightsMismatchError", "available_models",
+    "build_with_weights", "get_model_spec", "load_model", "register", "resolve_weights", "trainable_model",
+]
 
 
 class UnknownModelError(UserError, ValueError):
     """No model is registered under that name."""
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How ``memscore train`` starts a model and what it trains.
+
+    ``initial(options)`` returns the starting module (``options`` is
+    ``TrainConfig.model_options()``: ``init`` = ``published`` | ``random``,
+    ``resmem_weights``, ``segmenter``, ``segmenter_weights``); ``frozen`` names the
+    child modules not trained by default (they are also kept in eval mode).
+    """
+
+    initial: Callable[[dict[str, Any]], nn.Module]
+    frozen: tuple[str, ...] = ()
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -37,6 +71,24 @@ class ModelSpec:
     feature_layers: dict[str, int]
     default_features: tuple[str, ...]
     aliases: tuple[str, ...] = field(default=())
+    source: str = ""  # where the architecture and weights come from (paper, package, URL)
+    licence: str = ""  # the weights' licence terms, in a few words
+    recipe: TrainRecipe | None = None  # None: `memscore train` cannot train it
+
+    def weights_status(self) -> str:
+        """``present: PATH``, ``absent: <what to do>`` or ``none published`` for the default weights.
+
+        The weights kinds of :mod:`memscore.models.weights` are only located (nothing is
+        read or hashed); any other ``default_weights`` callable is called.
+        """
+        if isinstance(self.default_weights, NoPublishedWeights):
+            return f"none published (train it: memscore train --model {self.name} ..., then --weights PATH)"
+        locate = getattr(self.default_weights, "locate", None)
+        try:
+            path = locate() if locate is not None else self.default_weights().path
+        except (WeightsNotFoundError, WeightsMismatchError) as error:
+            return f"absent: {error}"
+        return f"present: {path}"
 
     def check_features(self, layers: Sequence[str]) -> tuple[str, ...]:
         """Validate requested feature layers; raise ValueError naming the valid ones."""
@@ -80,13 +132,11 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def available_models() -> list[str]:
     """Names of the registered models."""
-    _load_builtin_models()
     return sorted({spec.name for spec in _REGISTRY.values()})
 
 
 def get_model_spec(name: str) -> ModelSpec:
     """The spec registered under ``name`` (case-insensitive)."""
-    _load_builtin_models()
     try:
         return _REGISTRY[name.lower()]
     except KeyError:
@@ -146,12 +196,10 @@ def load_model(name: str, weights: str | None = None, device: str | torch.device
     return LoadedModel(spec=spec, module=module, weights=ref, device=target)
 
 
-_builtins_loaded = False
-
-
-def _load_builtin_models() -> None:
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    _builtins_loaded = True
-    from memscore.models import builtin  # noqa: F401  (registers the built-in models)
+def trainable_model(name: str) -> TrainRecipe:
+    """The training recipe of a registered model; ValueError naming the trainable ones if it has none."""
+    spec = get_model_spec(name)
+    if spec.recipe is None:
+        trainable = dict.fromkeys(s.name for s in _REGISTRY.values() if s.recipe is not None)
+        raise ValueError(f"model {spec.name!r} cannot be trained; trainable: {', '.join(trainable)}")
+    return spec.recipe

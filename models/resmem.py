@@ -10,6 +10,11 @@ run through fc6..fc12 with a sigmoid. Parameter names match the state dict in th
 Exportable layers (see :data:`FEATURE_LAYERS`): ``alexnet`` (pool5, 9216),
 ``resnet152`` (ResNet-152 logits, 1000) and the hidden layers ``fc6``..``fc11``
 (after their ReLU; ``fc11`` is the last hidden layer, 256).
+
+Registered here: ``resmem`` (the published weights; fine-tuning keeps the
+ResNet-152 frozen, as ResMem was trained) and ``resmem-retrain`` (the same module
+started from the published weights with everything trainable, the seed's
+ResMemRetrain; no published weights of its own).
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet152
+
+from memscore.models.preprocess import resmem_transform
+from memscore.models.registry import ModelSpec, TrainRecipe, register
+from memscore.models.weights import load_into, no_published_weights, published_resmem_state, resmem_package_weights
 
 FEATURE_LAYERS: dict[str, int] = {
     "alexnet": 9216,
@@ -119,3 +128,48 @@ class ResMem(AlexNetBranchMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[0]
+
+
+def initial_resmem(options: dict) -> ResMem:
+    """ResMem ready to train: the published weights (or ``options['resmem_weights']``), or random with ``init=random``."""
+    model = ResMem()
+    if options.get("init", "published") == "published":
+        path = options.get("resmem_weights")
+        load_into(model, published_resmem_state(path), f"ResMem weights {path or '(resmem package)'}")
+    return model
+
+
+SOURCE = "Needell & Bainbridge 2021 (ResMem); weights: PyPI package resmem 1.1.6, resmem/model.pt"
+LICENCE = "non-commercial (ResMem Non-commercial License, University of Chicago)"
+
+RESMEM = register(
+    ModelSpec(
+        name="resmem",
+        description="ResMem (Needell & Bainbridge 2021), published weights from the resmem package",
+        build=ResMem,
+        default_weights=resmem_package_weights,
+        preprocess=resmem_transform,
+        input_size=227,
+        feature_layers=FEATURE_LAYERS,
+        default_features=DEFAULT_FEATURES,
+        source=SOURCE,
+        licence=LICENCE,
+        recipe=TrainRecipe(initial_resmem, ("features",), "published weights, ResNet-152 frozen"),
+    )
+)
+
+RESMEM_RETRAIN = register(
+    ModelSpec(
+        name="resmem-retrain",
+        description="ResMemRetrain: ResMem with its ResNet-152 retrained too (train it: memscore train)",
+        build=ResMem,
+        default_weights=no_published_weights("resmem-retrain"),
+        preprocess=resmem_transform,
+        input_size=227,
+        feature_layers=FEATURE_LAYERS,
+        default_features=DEFAULT_FEATURES,
+        source="ResMem's architecture; you train it (memscore train), starting from ResMem's weights",
+        licence="yours; it starts from ResMem's non-commercial weights",
+        recipe=TrainRecipe(initial_resmem, (), "published weights, everything trainable"),
+    )
+)

@@ -1,5 +1,11 @@
 """Where trained weights come from, how they are loaded, and their digest.
 
+What belongs here: every way a model finds its weights (a file shipped inside a
+PyPI package, a checkpoint in torch's hub cache, a file the user names, none at
+all), reading a weights file safely, and loading a state dict into a module with
+one-line errors. Model files describe their own weights with these helpers; this
+module imports no model.
+
 Weights are referred to by a :class:`WeightsRef`: a local file and the sha256 of
 its bytes. The digest goes into every output row, so a rerun with other weights
 is never mistaken for the same results. Hashing a large file costs a second or
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from memscore.errors import UserError
 
@@ -27,6 +34,10 @@ class WeightsNotFoundError(UserError, RuntimeError):
 
 class WeightsMismatchError(UserError, ValueError):
     """A weights file does not fit the model it was given to (or is no state dict at all)."""
+
+
+class ModelUnavailableError(WeightsNotFoundError):
+    """An optional package a model needs (timm for vitmem) is not installed."""
 
 
 @dataclass(frozen=True)
@@ -70,22 +81,101 @@ def file_digest(path: Path) -> str:
     return digest
 
 
-def resmem_package_weights() -> WeightsRef:
-    """The published ResMem weights shipped as ``resmem/model.pt`` by the ``resmem`` package.
+@dataclass(frozen=True)
+class PackageWeights:
+    """Weights shipped as a file inside an installed PyPI package (``resmem/model.pt``).
 
-    Found without importing the package (its import builds nothing we need).
+    Found without importing the package (importing it may build networks or
+    download). Call it for the :class:`WeightsRef`; :meth:`locate` only finds the file.
     """
-    spec = importlib.util.find_spec("resmem")
-    if spec is None or not spec.submodule_search_locations:
+
+    package: str
+    filename: str
+    extra: str  # memscore's pip extra that installs the package
+
+    def locate(self) -> Path:
+        """The file's path; :class:`WeightsNotFoundError` saying what to install when absent."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise WeightsNotFoundError(
+                f"{self.package} weights not found: the {self.package!r} package is not installed "
+                f"(pip install 'memscore[{self.extra}]'), or pass --weights PATH"
+            )
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / self.filename
+            if candidate.is_file():
+                return candidate
+        raise WeightsNotFoundError(f"the {self.package!r} package is installed but has no {self.filename}; reinstall it")
+
+    def __call__(self) -> WeightsRef:
+        path = self.locate()
+        return WeightsRef(path, file_digest(path))
+
+
+@dataclass(frozen=True)
+class HubCheckpoint:
+    """A checkpoint its authors publish for torch hub's cache: ``$TORCH_HOME/hub/checkpoints/<filename>``.
+
+    memscore never downloads it; when the file is absent the error says where to
+    put it. ``sha256_prefix`` is the hash prefix torch hub puts in the file name; a
+    file with another hash is refused (it is not the published checkpoint).
+    """
+
+    model: str
+    filename: str
+    url: str
+    sha256_prefix: str
+
+    def folder(self) -> Path:
+        """torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/...``)."""
+        return Path(torch.hub.get_dir()) / "checkpoints"
+
+    def locate(self) -> Path:
+        """The checkpoint's path; :class:`WeightsNotFoundError` saying where to put it when absent."""
+        candidate = self.folder() / self.filename
+        if not candidate.is_file():
+            raise WeightsNotFoundError(
+                f"{self.model} weights not found: download {self.url} into {self.folder()}/ "
+                "(or set TORCH_HOME), or pass --weights PATH"
+            )
+        return candidate
+
+    def __call__(self) -> WeightsRef:
+        path = self.locate()
+        ref = WeightsRef(path, file_digest(path))
+        if not ref.digest.startswith(f"sha256:{self.sha256_prefix}"):
+            raise WeightsMismatchError(
+                f"{path} is not the published checkpoint (its sha256 is {ref.digest[7:19]}..., "
+                f"the name says {self.sha256_prefix}...): download {self.url} again"
+            )
+        return ref
+
+
+@dataclass(frozen=True)
+class NoPublishedWeights:
+    """The ``default_weights`` of a model without published weights: a clear error naming the fix."""
+
+    model: str
+
+    def locate(self) -> Path:
         raise WeightsNotFoundError(
-            "ResMem weights not found: the 'resmem' package is not installed "
-            "(pip install 'memscore[resmem]'), or pass --weights PATH"
+            f"model {self.model!r} has no published weights: train one with "
+            f"`memscore train --model {self.model} ...` and pass its checkpoint with --weights PATH "
+            "(the exported model.pt, or any checkpoint the training wrote)"
         )
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / "model.pt"
-        if candidate.is_file():
-            return WeightsRef(candidate, file_digest(candidate))
-    raise WeightsNotFoundError("the 'resmem' package is installed but has no model.pt; reinstall it")
+
+    def __call__(self) -> WeightsRef:
+        self.locate()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def no_published_weights(name: str) -> NoPublishedWeights:
+    """A ``default_weights`` for models without published weights (see :class:`NoPublishedWeights`)."""
+    return NoPublishedWeights(name)
+
+
+resmem_package_weights = PackageWeights("resmem", "model.pt", "resmem")
+"""The published ResMem weights, ``resmem/model.pt`` of the ``resmem`` package (non-commercial licence)."""
 
 
 def local_weights(path: str | os.PathLike[str]) -> WeightsRef:
@@ -146,3 +236,19 @@ def read_weights_file(path: str | os.PathLike[str], what: str = "weights") -> tu
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsMismatchError(f"{what} {path} are not a PyTorch state dict")
     return state, trained_as
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str, strict: bool = True):
+    """``module.load_state_dict(state)``; tensors that do not fit are a one-line :class:`WeightsMismatchError`."""
+    try:
+        return module.load_state_dict(state, strict=strict)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        detail = next((line for line in lines if "size mismatch" in line), lines[-1] if lines else "")
+        raise WeightsMismatchError(f"{what} do not fit {type(module).__name__}: {detail[:300]}") from None
+
+
+def published_resmem_state(path: str | None = None) -> dict[str, torch.Tensor]:
+    """The published ResMem state dict (or one from ``path``): the starting point of every ResMem-based recipe."""
+    ref = local_weights(path) if path else resmem_package_weights()
+    return load_state_dict(ref, "ResMem weights")

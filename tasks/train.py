@@ -107,7 +107,8 @@ def loss_fn(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch
 
 def build_trainable(config: TrainConfig) -> tuple[nn.Module, tuple[str, ...]]:
     """The starting module and the names of its frozen children."""
-    from memscore.models.resmem_retrain import freeze, trainable_model
+    from memscore.models.registry import trainable_model
+    from memscore.models.training import freeze
 
     try:
         recipe = trainable_model(config.model)
@@ -201,7 +202,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: Callable[[t
     """One pass over the training loader: (mean loss, images trained on, {dataset index: why unreadable}).
 
     The mean loss is NaN when no image could be read."""
-    from memscore.models.resmem_retrain import set_train_mode
+    from memscore.models.training import set_train_mode
 
     set_train_mode(model)
     loss_sum, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per step
@@ -377,7 +378,7 @@ def train_model(
 
     Raises :class:`TrainingError` for data, options or an OUT that cannot work."""
     from memscore.models.devices import resolve_device
-    from memscore.models.resmem_retrain import parameter_counts
+    from memscore.models.training import parameter_counts
 
     config.check()
     device = resolve_device(config.device)

@@ -100,7 +100,7 @@ def test_a_checkpoint_names_the_model_it_was_trained_as(tmp_path):
 @pytest.mark.skipif(not HAS_RESMEM, reason="needs the resmem package's published weights")
 def test_memnet_starts_from_resmems_alexnet_branch():
     from memscore.models.memnet import initial_memnet
-    from memscore.models.resmem_retrain import published_resmem_state
+    from memscore.models.weights import published_resmem_state
 
     state = published_resmem_state()
     model = initial_memnet(state)
@@ -157,7 +157,7 @@ def test_untrained_m3m_reproduces_resmem_and_has_the_right_shapes():
     """fc6's segmentation columns start at zero: before training M3M predicts what ResMem predicts."""
     from memscore.models.m3m import initial_m3m
     from memscore.models.resmem import ResMem
-    from memscore.models.resmem_retrain import published_resmem_state
+    from memscore.models.weights import published_resmem_state
 
     from memscore.models.m3m import build_segmenter
 
@@ -207,8 +207,8 @@ def test_wrong_starting_weights_files_are_one_line_errors(tmp_path):
     """--resmem-weights / --segmenter-weights naming a wrong file: WeightsMismatchError (the CLI's one line)."""
     from memscore.models.m3m import build_segmenter, initial_m3m, segmenter_state_dict
     from memscore.models.memnet import MemNetBaseline
-    from memscore.models.registry import WeightsMismatchError
-    from memscore.models.resmem_retrain import TRAINABLE, published_resmem_state
+    from memscore.models.registry import WeightsMismatchError, trainable_model
+    from memscore.models.weights import published_resmem_state
 
     text = tmp_path / "scores.csv"
     text.write_text("image,score\na.jpg,0.5\n")
@@ -221,9 +221,9 @@ def test_wrong_starting_weights_files_are_one_line_errors(tmp_path):
         state = MemNetBaseline().state_dict()
     torch.save({k: torch.zeros(v.shape) for k, v in state.items() if not k.startswith(("fc6", "fc7"))}, memnet)
     with pytest.raises(WeightsMismatchError, match="do not fit"):
-        TRAINABLE["resmem-retrain"].initial({"init": "published", "resmem_weights": str(memnet)})
+        trainable_model("resmem-retrain").initial({"init": "published", "resmem_weights": str(memnet)})
     with pytest.raises(WeightsMismatchError):
-        TRAINABLE["m3m"].initial({"init": "published", "resmem_weights": str(memnet), "segmenter_weights": str(memnet)})
+        trainable_model("m3m").initial({"init": "published", "resmem_weights": str(memnet), "segmenter_weights": str(memnet)})
     with torch.device("meta"):
         deeplab = build_segmenter("deeplabv3").state_dict()
     with pytest.raises(WeightsMismatchError, match="segmenter weights .*do not fit"):

@@ -20,8 +20,7 @@ from torch import nn
 
 from memscore.models import registry
 from memscore.models.preprocess import resmem_transform
-from memscore.models.registry import ModelSpec
-from memscore.models.resmem_retrain import TRAINABLE, TrainableModel
+from memscore.models.registry import ModelSpec, TrainRecipe
 from memscore.tasks.train import (
     TrainConfig,
     TrainingError,
@@ -59,10 +58,8 @@ def tiny_model(monkeypatch):
     spec = ModelSpec(name="tiny-test", description="test stand-in", build=TinyMem,
                      default_weights=lambda: (_ for _ in ()).throw(RuntimeError("none")),
                      preprocess=resmem_transform, input_size=227, feature_layers={"pooled": 588},
-                     default_features=("pooled",))
-    registry._load_builtin_models()
+                     default_features=("pooled",), recipe=TrainRecipe(_tiny_initial, (), "test"))
     monkeypatch.setitem(registry._REGISTRY, "tiny-test", spec)
-    monkeypatch.setitem(TRAINABLE, "tiny-test", TrainableModel("tiny-test", _tiny_initial, (), "test"))
     return "tiny-test"
 
 
