@@ -32,7 +32,7 @@ from memscore.models.devices import defaults_for, resolve_device
 from memscore.models.registry import get_model_spec, resolve_weights
 from memscore.models.speed import check_backend
 from memscore.storage.compact import drop_superseded_rows
-from memscore.storage.parts import write_part_atomic
+from memscore.storage.parts import remove_stale_temporaries, write_part_atomic
 from memscore.storage.runs import write_run_summary
 from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
 from memscore.storage.uris import Location, open_location
@@ -67,15 +67,27 @@ class ScoreSummary:
     images_per_second: float = 0.0
     superseded_rows_removed: int = 0
     errors_by_reason: dict[str, int] = field(default_factory=dict)
+    failed_transient: int = 0  # of failed: store outages, timeouts, throttling; the next run tries them again
+    retried_after_transient: int = 0  # of the images scored now: their last try had failed transiently
+    not_followed: dict[str, int] = field(default_factory=dict)  # dangling links, loops, FIFOs, devices
+    unreadable_folders: int = 0
+    escaped_names: int = 0  # images whose path is not valid UTF-8 (stored escaped, see docs/output-format.md)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def text(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_reason.items())) or "none"
+        transient = f" ({self.failed_transient} transient: the next run tries them again)" if self.failed_transient else ""
+        retried = f" ({self.retried_after_transient} after a transient failure)" if self.retried_after_transient else ""
+        unseen = ""
+        if self.not_followed or self.unreadable_folders:
+            kinds = [f"{n} {kind}(s)" for kind, n in sorted(self.not_followed.items())]
+            kinds += [f"{self.unreadable_folders} unreadable folder(s)"] if self.unreadable_folders else []
+            unseen = "; not followed: " + ", ".join(kinds)
         return (
-            f"scored {self.scored}, skipped {self.skipped} (already in DEST), failed {self.failed}, "
-            f"ignored {self.ignored_files} non-image file(s); {self.images_per_second:.2f} images/s "
+            f"scored {self.scored}{retried}, skipped {self.skipped} (already in DEST), failed {self.failed}{transient}, "
+            f"ignored {self.ignored_files} non-image file(s){unseen}; {self.images_per_second:.2f} images/s "
             f"over {self.seconds:.1f} s on {self.device}; errors by reason: {reasons}"
         )
 
@@ -111,6 +123,7 @@ def plan_run(
 ) -> tuple[Plan, DiscoveryCounts]:
     """List SOURCE (streamed), anti-join what DEST holds, cut the rest into shards."""
     counts = DiscoveryCounts()
+    remove_stale_temporaries(dest)
     done = done_keys(dest, model, weights_digest, include_errors=not retry_errors)
     plan = plan_shards(iter_listing(src, counts=counts), done, shard_size)
     return plan, counts
@@ -203,7 +216,9 @@ def write_shard(dest: Location, run_id: str, shard_index: int, result: ShardResu
     reasons: dict[str, int] = {}
     for reason in result.errors.column("error").to_pylist():
         reasons[reason] = reasons.get(reason, 0) + 1
-    return {"scored": result.scores.num_rows, "failed": result.errors.num_rows, "errors_by_reason": reasons}
+    transient = sum(bool(t) for t in result.errors.column("transient").to_pylist())
+    return {"scored": result.scores.num_rows, "failed": result.errors.num_rows, "errors_by_reason": reasons,
+            "failed_transient": transient}
 
 
 @task(name="compact", **_storage_task)
@@ -392,7 +407,11 @@ def _run(logger, started, started_at, spec, ref, weights, src, dest, settings, d
         run_id=settings.run_id, source=src.uri, destination=dest.uri, model=spec.name, weights=ref.digest,
         device=device_label, backend=settings.backend, files_seen=counts.files, images_found=counts.images,
         ignored_files=counts.ignored, skipped=plan.already_done, shards=len(plan.shards),
+        retried_after_transient=plan.after_transient, not_followed=dict(counts.not_followed),
+        unreadable_folders=counts.unreadable_folders, escaped_names=counts.escaped_names,
     )
+    for line in counts.warnings():
+        logger.warning("%s", line)
     logger.info(
         "found %d image(s) (%d other file(s) ignored); %d already in DEST; scoring %d in %d shard(s) on %s",
         counts.images, counts.ignored, plan.already_done, plan.to_score, len(plan.shards), device_label,
@@ -402,6 +421,7 @@ def _run(logger, started, started_at, spec, ref, weights, src, dest, settings, d
     def account(written: dict[str, Any]) -> None:
         summary.scored += written["scored"]
         summary.failed += written["failed"]
+        summary.failed_transient += written.get("failed_transient", 0)
         for reason, n in written["errors_by_reason"].items():
             summary.errors_by_reason[reason] = summary.errors_by_reason.get(reason, 0) + n
         run_progress.advance(written["scored"] + written["failed"])

@@ -2,7 +2,10 @@
 
 With a query, prints its result as a table; without one, opens a prompt (end a
 statement with ';', quit with .quit or Ctrl-D). The views: scores (DEST/scores/*.parquet)
-and errors (DEST/errors/*.parquet; empty when no image failed).
+and errors (DEST/errors/*.parquet; empty when no image failed), each holding only the
+current row of every (uri, model, weights): the newest across both (storage/compact.py),
+so stale rows a killed or concurrent run left behind are never seen. A part that is no
+Parquet file is named in one line, with how to move it away.
 
 This is full DuckDB with the user's rights: COPY, ATTACH and read_csv/read_parquet
 reach any file the user can. ``--read-only`` locks the connection once the views
@@ -54,7 +57,8 @@ def connect(destination: str, storage_options: dict | None = None, read_only: bo
 
     from memscore.flows.cli import UserError
     from memscore.storage.human import lit
-    from memscore.storage.parts import duckdb_parts
+    from memscore.storage.compact import current_rows_sql
+    from memscore.storage.parts import CorruptPartError, check_parts_readable, duckdb_parts
     from memscore.storage.schema import ERRORS_DIR, ERRORS_SCHEMA, SCORES_DIR
     from memscore.storage.uris import open_location
 
@@ -70,13 +74,19 @@ def connect(destination: str, storage_options: dict | None = None, read_only: bo
     errors = duckdb_parts(con, dest, ERRORS_DIR)
     if not scores and not errors:
         raise UserError(f"{destination} has no scores/*.parquet or errors/*.parquet (is it a memscore output folder?)")
+    try:
+        check_parts_readable(con, dest, scores + errors)
+    except CorruptPartError as error:
+        raise UserError(str(error)) from None
+    # One current row per (uri, model, weights), the newest across scores and errors, even where a
+    # killed or concurrent run left stale rows that compaction has not removed yet.
     if scores:
-        con.sql(f"CREATE VIEW scores AS SELECT * FROM read_parquet([{', '.join(map(lit, scores))}], union_by_name = true)")
+        con.sql(f"CREATE VIEW scores AS SELECT * FROM {current_rows_sql(scores, errors, SCORES_DIR)}")
     else:
         con.sql("CREATE VIEW scores AS SELECT NULL::VARCHAR AS image_id, NULL::VARCHAR AS path, NULL::VARCHAR AS uri, "
                 "NULL::FLOAT AS score WHERE false")
     if errors:
-        con.sql(f"CREATE VIEW errors AS SELECT * FROM read_parquet([{', '.join(map(lit, errors))}], union_by_name = true)")
+        con.sql(f"CREATE VIEW errors AS SELECT * FROM {current_rows_sql(scores, errors, ERRORS_DIR)}")
     else:
         empty = ERRORS_SCHEMA.empty_table()
         con.register("_errors_empty", empty)
