@@ -1,4 +1,4 @@
-"""The Parquet schemas of memscore's outputs (see ARCHITECTURE.md).
+"""The Parquet schemas of memscore's outputs (columns and row keys: docs/output-format.md).
 
 DEST/scores/*.parquet holds one row per scored image; DEST/errors/*.parquet one
 row per image that could not be scored. Besides the contract columns, both carry
