@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("memscore.flows.analyze_cli", "compare scores with human memorability data (Spearman, bootstrap CIs, split-half)"),
     "sql": ("memscore.flows.sql_cli", "run DuckDB SQL over a memscore output folder (views scores and errors)"),
     "train": ("memscore.flows.train_cli", "train a model (m3m, resmem-retrain, memnet-baseline, ...) on your human data"),
+    "prune": ("memscore.flows.prune_cli", "remove from DEST the rows of files no longer in SOURCE (deleted or renamed)"),
     "compare": ("memscore.flows.compare_cli", "compare models on the same test images: Spearman with CI, size, speed"),
     "report": ("memscore.flows.report_cli", "write an offline HTML report of DEST: provenance, histograms, gallery, model vs human"),
 }

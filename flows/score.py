@@ -25,6 +25,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from memscore.errors import UserError
+from memscore.flows.dest_lock import hold_destination
+from memscore.flows.params import Backend, Decode, Device, Precision, StorageOptions, resolve_storage_options
 from memscore.models.devices import resolve_device
 from memscore.storage.schema import ERRORS_DIR
 from memscore.storage.uris import Location
@@ -112,7 +114,7 @@ def worker_device(device: str) -> str:
     return chosen
 
 
-@task(name="score-shard", cache_policy=NO_CACHE, persist_result=False)
+@task(name="score-shard", task_run_name="score-shard-{shard_index}", cache_policy=NO_CACHE, persist_result=False)
 def score_shard(
     shard_index: int,
     shard: Any,
@@ -128,7 +130,7 @@ def score_shard(
                                 progress, get_run_logger())
 
 
-@task(name="write-parts", **_storage_task)
+@task(name="write-parts", task_run_name="write-parts-{shard_index}", **_storage_task)
 def write_shard(dest: Location, run_id: str, shard_index: int, result: ShardResult) -> dict[str, Any]:
     """Write a shard's scores (and errors, if any) as atomic parts under DEST.
 
@@ -197,28 +199,33 @@ def summary_markdown(summary: ScoreSummary) -> str:
     return "\n".join(lines)
 
 
-@flow(name="score-archive", log_prints=True)
+@flow(
+    name="score-archive", log_prints=True, flow_run_name="{model}: {source} -> {destination}",
+    # The summary (a small JSON dict) is kept as the run's result, readable after a deployment run.
+    persist_result=True, result_serializer="json",
+)
 def score_archive(
     source: str,
     destination: str,
     model: str = "resmem",
     weights: str | None = None,
-    device: str = "auto",
+    device: Device = "auto",
     batch_size: int | None = None,
     workers: int | None = None,
     shard_size: int | None = None,
     features: list[str] | None = None,
     max_pixels: int | None = None,
     retry_errors: bool = False,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptions | None = None,
     show_progress: bool = False,
     dask_address: str | None = None,
-    precision: str = "auto",
+    precision: Precision = "auto",
     channels_last: bool | None = None,
     fold_batchnorm: bool | None = None,
     compile_model: bool = False,
-    decode: str = "auto",
-    backend: str = "torch",
+    decode: Decode = "auto",
+    backend: Backend = "torch",
+    storage_options_secret: str | None = None,
 ) -> dict[str, Any]:
     """Score every image under ``source`` with ``model``; write Parquet under ``destination``.
 
@@ -234,7 +241,9 @@ def score_archive(
         features: layers to export as ``feat_<layer>`` columns; [] for none.
         max_pixels: larger images are refused as decompression bombs (default: PIL's limit).
         retry_errors: also rescore images that failed in an earlier run.
-        storage_options: passed to fsspec for both SOURCE and DEST (credentials, endpoint).
+        storage_options: passed to fsspec for both SOURCE and DEST (endpoint, region, ...);
+            no credentials: keys such as key, secret or token are refused, because
+            parameters are stored in Prefect's database (use storage_options_secret).
         show_progress: draw a progress bar on the terminal.
         dask_address: run the shard tasks on this Dask scheduler (``tcp://host:8786``)
             through prefect-dask; the device, batch size and decode workers are then
@@ -248,17 +257,27 @@ def score_archive(
             CUDA) or ``auto`` (device on CUDA, workers elsewhere).
         backend: ``torch`` (the reference) or ``onnxruntime`` (CPU and float32 only;
             needs ``memscore[onnx]``; the model is exported to ONNX once and cached).
+        storage_options_secret: name of a Prefect Secret block holding a JSON object of
+            fsspec options with the credentials (merged into storage_options), e.g.
+            ``{"key": "...", "secret": "..."}``; default: the worker's environment.
+
+    Returns:
+        The run's summary (counts, images/s, errors by reason) as a dict; it is also
+        the flow run's persisted result (JSON), readable after a deployment run.
     """
     logger = get_run_logger()
     request = ScoreRequest(
         source=source, destination=destination, model=model, weights=weights, device=device,
         batch_size=batch_size, workers=workers, shard_size=shard_size, features=features, max_pixels=max_pixels,
-        retry_errors=retry_errors, storage_options=storage_options, show_progress=show_progress,
+        retry_errors=retry_errors, storage_options=resolve_storage_options(storage_options, storage_options_secret),
+        show_progress=show_progress,
         dask_address=dask_address, precision=precision, channels_last=channels_last,
         fold_batchnorm=fold_batchnorm, compile_model=compile_model, decode=decode, backend=backend,
     )
     steps = pipeline.PipelineSteps(plan_run=plan_run, score_shard=score_shard, write_shard=write_shard,
-                                   compact=compact, run_shards=_score_on_dask, run_progress=_RunProgress, log=logger)
+                                   compact=compact, run_shards=_score_on_dask, run_progress=_RunProgress, log=logger,
+                                   # one run at a time per DEST (with a Prefect server; flows/dest_lock.py)
+                                   hold_destination=lambda uri: hold_destination(uri, logger))
     summary = pipeline.run_score(request, steps)
     try:
         from prefect.artifacts import create_markdown_artifact
@@ -300,8 +319,9 @@ def _score_on_dask(
 ) -> None:
     """Run every shard's score and write tasks on the Dask cluster at ``address``.
 
-    Each shard's parts are written by the worker that scored it (results do not
-    travel through this process); this process only collects the counts.
+    Each shard's parts are written by a ``write-parts`` task on the cluster; Dask
+    picks its worker (the scored table may move between workers, not through this
+    process); this process only collects the counts.
     """
     from prefect_dask import DaskTaskRunner
 

@@ -105,6 +105,13 @@ def check_source(source: str, storage_options: dict | None) -> None:
     check(source, storage_options)
 
 
+def check_destination(destination: str, storage_options: dict | None) -> None:
+    """Raise DestinationUnwritableError unless DEST can be written (:func:`tasks.pipeline.check_destination`)."""
+    from memscore.tasks.pipeline import check_destination as check
+
+    check(destination, storage_options)
+
+
 def profile_api_url() -> str | None:
     """The name of the active Prefect profile when it sets ``PREFECT_API_URL`` (``prefect config
     set PREFECT_API_URL=...``), else None. Read from the profiles file without importing Prefect:
@@ -183,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
     if args.weights:  # a user's file: check it fits the model before any run starts
         build_with_weights(spec, weights)
     check_source(args.source, storage_options)
+    check_destination(args.destination, storage_options)
+    check_destination(args.destination, storage_options)
     if args.dask_address:
         try:
             import prefect_dask  # noqa: F401
@@ -220,9 +229,15 @@ def run(args: argparse.Namespace) -> int:
     if wants_flow(args):
         from dataclasses import asdict
 
+        from memscore.flows.params import keep_in_process, split_secrets
         from memscore.flows.score import score_archive
+        from memscore.tasks.checks import check_prefect_api
 
-        summary = score_archive(**asdict(request))
+        check_prefect_api()  # seconds, not a minute of retries and a traceback
+        # Credentials stay in this process: flow parameters are stored in Prefect's database.
+        public_options, secret_options = split_secrets(storage_options)
+        summary = score_archive(**{**asdict(request), "storage_options": public_options},
+                                storage_options_secret=keep_in_process(secret_options))
     else:
         summary = run_plain(request)
     if args.json:

@@ -2,7 +2,17 @@
 
 With a query, prints its result as a table; without one, opens a prompt (end a
 statement with ';', quit with .quit or Ctrl-D). The views: scores (DEST/scores/*.parquet)
-and errors (DEST/errors/*.parquet; empty when no image failed).
+and errors (DEST/errors/*.parquet; empty when no image failed), each holding only the
+current row of every (uri, model, weights): the newest across both (storage/compact.py),
+so stale rows a killed or concurrent run left behind are never seen. A part that is no
+Parquet file is named in one line, with how to move it away.
+
+This is full DuckDB with the user's rights: COPY, ATTACH and read_csv/read_parquet
+reach any file the user can. ``--read-only`` locks the connection once the views
+exist: DuckDB's ``enable_external_access=false`` with ``allowed_paths`` set to the
+part files the views read, then ``lock_configuration=true``, so queries can read
+the views (and build in-memory tables) but any other file, extension or database
+is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +24,13 @@ EPILOG = """examples:
   memscore sql ./photos-scores "SELECT path, score FROM scores ORDER BY score DESC LIMIT 10"
   memscore sql ./photos-scores "SELECT stage, error, count(*) FROM errors GROUP BY ALL"
   memscore sql ./photos-scores --csv "SELECT path, score FROM scores" > scores.csv
-  memscore sql ./photos-scores          # interactive prompt"""
+  memscore sql ./photos-scores --read-only "SELECT ..."   # no other file can be read or written
+  memscore sql ./photos-scores          # interactive prompt
+
+--csv writes list columns (feat_<layer>) as '[0.1, 0.2, ...]' text; unnest them in
+SQL for one value a cell, e.g. SELECT path, unnest(feat_fc11) FROM scores.
+memscore sql is full DuckDB: COPY, ATTACH and the read_* functions reach any
+file you can; --read-only refuses everything but the views."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,15 +40,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", action="store_true", help="print the whole result as CSV instead of a table")
     parser.add_argument("--storage-options", default=None, metavar="JSON",
                         help="fsspec options when DEST is a URI (s3://, gs://, ...), as JSON")
+    parser.add_argument("--read-only", action="store_true",
+                        help="refuse every file but DEST's parts (no COPY, ATTACH, read_csv of other paths, "
+                             "INSTALL); for shared machines")
 
 
-def connect(destination: str, storage_options: dict | None = None):
-    """A DuckDB connection with views ``scores`` and ``errors`` over DEST (a folder or a URI)."""
+def connect(destination: str, storage_options: dict | None = None, read_only: bool = False):
+    """A DuckDB connection with views ``scores`` and ``errors`` over DEST (a folder or a URI).
+
+    With ``read_only`` the connection can afterwards reach only the part files of
+    the views (DuckDB ``allowed_paths`` + ``enable_external_access=false``, then
+    ``lock_configuration``): COPY, ATTACH, INSTALL and reads of any other path raise
+    ``duckdb.PermissionException``.
+    """
     import duckdb
 
     from memscore.flows.cli import UserError
     from memscore.storage.human import lit
-    from memscore.storage.parts import duckdb_parts
+    from memscore.storage.compact import current_rows_sql
+    from memscore.storage.parts import CorruptPartError, check_parts_readable, duckdb_parts
     from memscore.storage.schema import ERRORS_DIR, ERRORS_SCHEMA, SCORES_DIR
     from memscore.storage.uris import open_location
 
@@ -48,17 +74,27 @@ def connect(destination: str, storage_options: dict | None = None):
     errors = duckdb_parts(con, dest, ERRORS_DIR)
     if not scores and not errors:
         raise UserError(f"{destination} has no scores/*.parquet or errors/*.parquet (is it a memscore output folder?)")
+    try:
+        check_parts_readable(con, dest, scores + errors)
+    except CorruptPartError as error:
+        raise UserError(str(error)) from None
+    # One current row per (uri, model, weights), the newest across scores and errors, even where a
+    # killed or concurrent run left stale rows that compaction has not removed yet.
     if scores:
-        con.sql(f"CREATE VIEW scores AS SELECT * FROM read_parquet([{', '.join(map(lit, scores))}], union_by_name = true)")
+        con.sql(f"CREATE VIEW scores AS SELECT * FROM {current_rows_sql(scores, errors, SCORES_DIR)}")
     else:
         con.sql("CREATE VIEW scores AS SELECT NULL::VARCHAR AS image_id, NULL::VARCHAR AS path, NULL::VARCHAR AS uri, "
                 "NULL::FLOAT AS score WHERE false")
     if errors:
-        con.sql(f"CREATE VIEW errors AS SELECT * FROM read_parquet([{', '.join(map(lit, errors))}], union_by_name = true)")
+        con.sql(f"CREATE VIEW errors AS SELECT * FROM {current_rows_sql(scores, errors, ERRORS_DIR)}")
     else:
         empty = ERRORS_SCHEMA.empty_table()
         con.register("_errors_empty", empty)
         con.sql("CREATE VIEW errors AS SELECT * FROM _errors_empty")
+    if read_only:
+        con.sql(f"SET allowed_paths = [{', '.join(map(lit, scores + errors))}]")
+        con.sql("SET enable_external_access = false")
+        con.sql("SET lock_configuration = true")
     return con
 
 
@@ -102,7 +138,18 @@ def run_query(con, query: str, max_rows: int = 40, csv: bool = False) -> str:
 
         import pyarrow.csv as pacsv
 
-        table = rel.to_arrow_table()
+        nested = [name for name, kind in zip(rel.columns, rel.types) if str(kind).endswith("]") or
+                  str(kind).upper().startswith(("STRUCT", "MAP", "UNION"))]
+        if nested:  # CSV has no lists: write them as DuckDB's text of the value, '[0.1, 0.2]'
+            def quoted(name: str) -> str:
+                return '"' + name.replace('"', '""') + '"'
+
+            rel = rel.project(", ".join(
+                f"CAST({quoted(n)} AS VARCHAR) AS {quoted(n)}" if n in nested else quoted(n) for n in rel.columns))
+        try:
+            table = rel.to_arrow_table()
+        except duckdb.Error as error:
+            raise UserError(str(error).splitlines()[0]) from error
         buffer = io.BytesIO()
         pacsv.write_csv(table, buffer)
         return buffer.getvalue().decode().rstrip("\n")
@@ -142,7 +189,7 @@ def interactive(con, max_rows: int) -> int:
 def run(args: argparse.Namespace) -> int:
     from memscore.flows.cli import parse_storage_options
 
-    con = connect(args.destination, parse_storage_options(args.storage_options))
+    con = connect(args.destination, parse_storage_options(args.storage_options), read_only=args.read_only)
     if args.query is None:
         return interactive(con, args.max_rows)
     print(run_query(con, args.query, args.max_rows, args.csv))

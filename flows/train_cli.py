@@ -18,7 +18,8 @@ import sys
 
 EPILOG = """trainable models: resmem (published weights, ResNet-152 frozen), resmem-retrain
 (everything trainable), memnet-baseline (AlexNet-style branch + fc head), m3m and
-m3m-deeplabv3 (ResMem + segmentation branch; segmenter and ResNet-152 frozen).
+m3m-deeplabv3 (ResMem + segmentation branch; segmenter and ResNet-152 frozen), resmem-retrain-aim,
+aim-resnet18 and its twin resnet18-nomem (AiM memory; docs/aim.md).
 
 examples:
   memscore train --model m3m --human lamem/splits/train_1.txt --images lamem/images \\

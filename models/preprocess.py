@@ -5,9 +5,11 @@ PIL ``convert('RGB')``, resize to 256x256 (bilinear, PIL's own resampling),
 center crop 227, to a tensor in [0, 1] with no mean/std normalisation.
 
 :func:`to_rgb` is the only place where odd image modes are handled: 16-bit and
-32-bit greyscale are scaled down to 8 bits (a plain ``convert`` would clip them to
-white); everything else goes through PIL's ``convert('RGB')`` like the reference
-(alpha is dropped, palettes and CMYK are converted). The transforms here return
+32-bit integer greyscale are scaled down to 8 bits (a plain ``convert`` would clip
+them to white); everything else goes through PIL's ``convert('RGB')`` like the
+reference (alpha is dropped, palettes and CMYK are converted; 32-bit float images,
+mode ``F``, are clipped to 0..255 and truncated, exactly as the official ``resmem``
+package's ``img.convert('RGB')`` does, so a float image in [0, 1] comes out nearly black). The transforms here return
 ``uint8`` tensors ``[3, H, W]``; :func:`to_model_input` makes the float batch,
 bit-identical to torchvision's ``ToTensor``.
 """
@@ -37,11 +39,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
             array = np.clip(array.astype(np.float64) * (255.0 / scale), 0, 255)
         else:
             array = array.astype(np.uint32) >> 8
-        return Image.fromarray(array.astype(np.uint8), mode="L").convert("RGB")
-    if image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        top = float(np.nanmax(array)) if array.size else 1.0
-        array = np.clip(np.nan_to_num(array) * (255.0 if top <= 1.0 else 1.0), 0, 255)
         return Image.fromarray(array.astype(np.uint8), mode="L").convert("RGB")
     return image.convert("RGB")
 

@@ -191,6 +191,29 @@ def load_state_dict(ref: WeightsRef, what: str = "weights") -> dict[str, torch.T
     return read_weights_file(ref.path, what)[0]
 
 
+_TORCH_ISSUE = ("Please file an issue with the following so that we can make `weights_only=True` compatible "
+                "with your use case:")
+_TORCH_ADVICE = ("In PyTorch", "Re-running", "weights_only", "Check the documentation", "Do it only", "You can use")
+
+
+def load_error_message(error: BaseException, what: str) -> str:
+    """One line for a file ``torch.load(weights_only=True)`` refused or could not read.
+
+    A file holding pickled code keeps torch's warning and what it found (``Weights only load
+    failed: ... unsupported GLOBAL posix.system ...``) but not torch's advice to load it with
+    ``weights_only=False``, which would run that code."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        found = [line for line in lines[1:] if not line.startswith(_TORCH_ADVICE)]
+        detail = " ".join(found).replace(_TORCH_ISSUE, "").strip()[:300]
+        if "global" in detail.lower():  # a pickled function or class: code that would run on load
+            return (f"{what} refused: the file holds pickled code, which memscore never loads "
+                    f"(Weights only load failed: {detail})")
+        return f"{what} are not a PyTorch state dict: {type(error).__name__}: {detail or lines[0][:200]}"
+    detail = (lines or [""])[0][:200]
+    return f"{what} are not a PyTorch state dict: {type(error).__name__}: {detail}"
+
+
 def read_weights_file(path: str | os.PathLike[str], what: str = "weights") -> tuple[dict[str, torch.Tensor], str | None]:
     """(state dict, the model a memscore checkpoint says it was trained as, else None).
 
@@ -204,8 +227,7 @@ def read_weights_file(path: str | os.PathLike[str], what: str = "weights") -> tu
         except RuntimeError:  # not a zip-format file: mmap is unsupported there
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - unpickling, zip and format errors of a wrong file
-        detail = (str(error).strip().splitlines() or [""])[0][:200]
-        raise WeightsMismatchError(f"{what} {path} are not a PyTorch state dict: {type(error).__name__}: {detail}") from None
+        raise WeightsMismatchError(load_error_message(error, f"{what} {path}")) from None
     trained_as = None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         meta = state.get("memscore")

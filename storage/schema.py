@@ -1,9 +1,12 @@
-"""The Parquet schemas of memscore's outputs (see ARCHITECTURE.md).
+"""The Parquet schemas of memscore's outputs (columns and row keys: docs/output-format.md).
 
 DEST/scores/*.parquet holds one row per scored image; DEST/errors/*.parquet one
 row per image that could not be scored. Besides the contract columns, both carry
 ``source_version`` (the store's version tag of the file when it was read: size
-and mtime locally, ETag on object stores), which makes reruns incremental.
+and mtime locally, ETag on object stores), which makes reruns incremental. Error
+rows carry ``transient`` (true when the failure was a store outage, a timeout or
+throttling that retries within the run did not outlast: the next run tries again).
+docs/output-format.md describes every column.
 """
 
 from __future__ import annotations
@@ -47,7 +50,18 @@ ERRORS_SCHEMA = pa.schema(
         pa.field("size_bytes", pa.int64()),
         pa.field("source_version", pa.string()),
         pa.field("failed_at", TIMESTAMP, nullable=False),
+        pa.field("transient", pa.bool_()),
     ]
+)
+
+# Error types of failures that may pass by themselves (a store outage, a timeout, throttling):
+# an image whose newest row is one of these is scored again by the next run. Rows written
+# before the ``transient`` column existed are judged by their ``error`` against this list.
+TRANSIENT_ERRORS = (
+    "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "ConnectionAbortedError",
+    "BrokenPipeError", "TimeoutError", "ClientConnectorError", "ClientOSError", "ServerDisconnectedError",
+    "ServerTimeoutError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+    "HTTPClientError", "ConnectionClosedError", "ResponseStreamingError", "FSTimeoutError",
 )
 
 ERROR_STAGES = ("read", "decode", "model")

@@ -7,6 +7,7 @@ A location is opened once into an (filesystem, root path) pair with
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,45 @@ class Location:
         root = self.root.rstrip("/") + "/"
         norm = path.replace(os.sep, "/") if self.is_local else path
         return norm[len(root):] if norm.startswith(root) else norm
+
+
+_ESCAPED_BYTE = re.compile(r"\\x([0-9a-f]{2})")
+
+
+def escape_path(path: str) -> str:
+    """``path`` as stored in DEST: unchanged when it is valid UTF-8; otherwise (a file name in
+    another encoding, e.g. Latin-1 from an old ZIP, which Python lists with surrogate escapes)
+    every backslash becomes ``\\x5c`` and every byte that is not part of valid UTF-8 becomes
+    ``\\xNN`` (two lower-case hex digits). :func:`unescape_path` reverses it."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", "surrogateescape")
+        return raw.replace(b"\\", b"\\x5c").decode("utf-8", "backslashreplace")
+
+
+def needs_escape(path: str) -> bool:
+    """True when ``path`` is not valid UTF-8 (holds surrogate escapes) and :func:`escape_path` changes it."""
+    try:
+        path.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def unescape_path(stored: str) -> bytes:
+    """The file name bytes of a path that :func:`escape_path` escaped (``os.fsdecode`` of the
+    result opens the file). Use it on paths that hold ``\\x``: a valid UTF-8 name with a literal
+    ``\\xNN`` in it is stored unchanged and would be changed by this."""
+    out = bytearray()
+    position = 0
+    for match in _ESCAPED_BYTE.finditer(stored):
+        out += stored[position:match.start()].encode("utf-8")
+        out.append(int(match.group(1), 16))
+        position = match.end()
+    out += stored[position:].encode("utf-8")
+    return bytes(out)
 
 
 def open_location(uri: str, storage_options: dict[str, Any] | None = None) -> Location:

@@ -3,7 +3,20 @@
 Runs inside DataLoader workers. A file that cannot be read, is empty, is not an
 image, is truncated, or exceeds the pixel limit (PIL's decompression-bomb guard)
 becomes an :class:`ImageFailure` with the stage (``read`` or ``decode``), the
-error type and a message; a partly decoded image is never scored.
+error type and a message; a partly decoded image is never scored. A file PIL
+cannot identify is described by what its first bytes are (``looks like a PDF
+document``), not by a memory address.
+
+A read that fails for a reason that may pass (refused or reset connections,
+timeouts, throttling, HTTP 429 and 5xx: :func:`is_transient`) is tried again
+after 0.5, 2, 8 and 30 seconds (``MEMSCORE_READ_RETRY_DELAYS``, comma-separated
+seconds; empty for no retries); if it still fails its error row says
+``transient`` and the next run scores the image again.
+
+The pixel limit (``max_pixels``, ``--max-pixels``) is PIL's limit too: it is set
+as ``Image.MAX_IMAGE_PIXELS`` around every open, in whatever process decodes, so
+it works in both directions (PIL's own default, 89,478,485 pixels, no longer
+fires first).
 
 With ``device_jpeg`` (``decode='device'``, see :mod:`tasks.device_decode`) a plain
 JPEG is not decoded here: the worker checks its header and passes its bytes on as
@@ -19,14 +32,21 @@ import hashlib
 import io
 import multiprocessing
 import os
+import re
 import signal
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import fsspec
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from memscore.storage.transient import is_transient
+from memscore.storage.uris import escape_path
 
 Image.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a partial image
 
@@ -72,18 +92,123 @@ class ImageFailure:
     error: str
     message: str
     size_bytes: int | None = None
+    transient: bool = False  # a store outage, timeout or throttling: the next run tries again
+
+
+DEFAULT_READ_RETRY_DELAYS = (0.5, 2.0, 8.0, 30.0)
+
+
+def read_retry_delays() -> tuple[float, ...]:
+    """Seconds to wait before each new try of a transiently failed read (``MEMSCORE_READ_RETRY_DELAYS``)."""
+    text = os.environ.get("MEMSCORE_READ_RETRY_DELAYS")
+    if text is None:
+        return DEFAULT_READ_RETRY_DELAYS
+    return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+
+
+def read_bytes(fs: fsspec.AbstractFileSystem, fs_path: str) -> bytes:
+    """The file's bytes; transient failures (:func:`is_transient`) are tried again after
+    :func:`read_retry_delays`; the last failure is raised."""
+    delays = read_retry_delays()
+    for attempt in range(len(delays) + 1):
+        try:
+            return fs.cat_file(fs_path)
+        except Exception as error:  # noqa: BLE001 - classified below
+            if attempt == len(delays) or not is_transient(error):
+                raise
+            if hasattr(fs, "invalidate_cache"):
+                fs.invalidate_cache()
+            time.sleep(delays[attempt])
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """PIL's decompression-bomb limit set to ``max_pixels`` (unchanged when None) for the block;
+    its warning (between the limit and twice it) is an error, as memscore's own check is."""
+    previous = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"%PDF", "a PDF document"),
+    (0, b"PK\x03\x04", "a ZIP archive (or an Office/EPUB document)"),
+    (0, b"\x1f\x8b", "a gzip archive"),
+    (0, b"Rar!", "a RAR archive"),
+    (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (0, b"8BPS", "a Photoshop document (PSD)"),
+    (0, b"\xff\x0a", "a JPEG XL image"),
+    (0, b"\x00\x00\x00\x0cJXL ", "a JPEG XL image"),
+    (0, b"II*\x00", "a TIFF file"),
+    (0, b"MM\x00*", "a TIFF file"),
+    (0, b"\xff\xd8\xff", "a JPEG file"),
+    (0, b"\x89PNG", "a PNG file"),
+    (0, b"GIF8", "a GIF file"),
+    (0, b"BM", "a BMP file"),
+    (0, b"OggS", "an Ogg media file"),
+    (0, b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
+    (0, b"ID3", "an MP3 audio file"),
+)
+_FTYP_BRANDS = {
+    b"heic": "a HEIC image", b"heix": "a HEIC image", b"hevc": "a HEIC image", b"heim": "a HEIC image",
+    b"heis": "a HEIC image", b"mif1": "a HEIF image", b"msf1": "a HEIF image", b"avif": "an AVIF image",
+    b"avis": "an AVIF image", b"qt  ": "a QuickTime video", b"crx ": "a Canon CR3 raw photo",
+}
+
+
+def describe_bytes(data: bytes) -> str:
+    """What the first bytes of a file say it is, e.g. ``a HEIC image``, ``text (UTF-8)``."""
+    if not data:
+        return "an empty file"
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        return _FTYP_BRANDS.get(data[8:12], "an MP4/ISO media file")
+    if data[:4] == b"RIFF" and len(data) >= 12:
+        return {b"WEBP": "a WebP file", b"WAVE": "a WAV audio file", b"AVI ": "an AVI video"}.get(
+            data[8:12], "a RIFF file")
+    for offset, magic, kind in _SIGNATURES:
+        if data[offset:offset + len(magic)] == magic:
+            return kind
+    head = data[:512].lstrip()
+    lowered = head[:100].lower()
+    if lowered.startswith((b"<svg", b"<?xml")) and b"<svg" in data[:2048].lower():
+        return "an SVG drawing (vector graphics, not a raster image)"
+    if lowered.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    if lowered.startswith(b"<?xml"):
+        return "an XML document"
+    try:
+        head.decode("utf-8")
+        return "text (UTF-8)"
+    except UnicodeDecodeError:
+        return "unknown binary data"
+
+
+_ADDRESS = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 def decode_image(data: bytes, max_pixels: int | None) -> Image.Image:
-    """Decode ``data`` completely; raise on empty, corrupt, truncated or oversized input."""
+    """Decode ``data`` completely; raise on empty, corrupt, truncated or oversized input.
+
+    ``max_pixels`` is the limit both here and in PIL (:func:`pixel_limit`); a file PIL cannot
+    identify raises ``UnidentifiedImageError`` naming what the bytes look like.
+    """
     if not data:
         raise EmptyFileError("file is empty (0 bytes)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with pixel_limit(max_pixels):
         try:
             image = Image.open(io.BytesIO(data))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise DecompressionBombError(str(error)) from None
+        except UnidentifiedImageError:
+            raise UnidentifiedImageError(
+                f"not an image PIL can read: the file looks like {describe_bytes(data)}") from None
         if max_pixels is not None and image.width * image.height > max_pixels:
             raise DecompressionBombError(
                 f"image has {image.width * image.height} pixels ({image.width}x{image.height}), "
@@ -107,9 +232,9 @@ def load_one(
     comes back undecoded, as an :class:`EncodedImage`.
     """
     try:
-        data = fs.cat_file(fs_path)
+        data = read_bytes(fs, fs_path)
     except Exception as error:  # noqa: BLE001 - any read failure becomes an error row
-        return ImageFailure(index, "read", type(error).__name__, _message(error))
+        return ImageFailure(index, "read", type(error).__name__, _message(error), transient=is_transient(error))
     image_id = hashlib.sha256(data).hexdigest()
     if device_jpeg:
         size = device_jpeg_header(data, max_pixels)
@@ -146,8 +271,7 @@ def device_jpeg_header(data: bytes, max_pixels: int | None) -> tuple[int, int] |
     if not data.rstrip(b"\0 \r\n").endswith(_JPEG_EOI):
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pixel_limit(max_pixels):
             with Image.open(io.BytesIO(data)) as image:
                 if image.format != "JPEG" or image.mode not in ("RGB", "L"):
                     return None
@@ -160,8 +284,11 @@ def device_jpeg_header(data: bytes, max_pixels: int | None) -> tuple[int, int] |
 
 
 def _message(error: BaseException) -> str:
+    """One line (at most 500 characters) for an error row: no memory addresses, and any file
+    name that is not valid UTF-8 escaped as paths are (:func:`storage.uris.escape_path`)."""
     text = str(error).strip() or repr(error)
-    return text.splitlines()[0][:500]
+    text = _ADDRESS.sub("the file", text.splitlines()[0])
+    return escape_path(text)[:500]
 
 
 class ShardDataset(torch.utils.data.Dataset):

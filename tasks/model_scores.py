@@ -9,10 +9,11 @@ from typing import Any
 
 import duckdb
 
+from memscore.storage.compact import current_rows_sql
 from memscore.storage.human import HumanDataError, find_column
 from memscore.storage.parts import duckdb_parts, list_parts
 from memscore.storage.relations import lit, num, parquet_files_sql, q, table_file_sql
-from memscore.storage.schema import SCORES_DIR
+from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
 from memscore.storage.uris import Location, open_location
 from memscore.tasks.analysis_options import AnalysisError, AnalysisOptions
 
@@ -39,10 +40,24 @@ def scores_relation_sql(path: str, con: duckdb.DuckDBPyConnection | None = None,
         files = list_parts(location, folder)
         if not files:
             raise AnalysisError(f"no Parquet files under {p / folder if folder else p} (expected a memscore output folder)")
-        return parquet_files_sql(files)
+        return parquet_files_sql(files) if not folder else _current_sql(files, list_parts(location, ERRORS_DIR))
     if not p.exists():
         raise AnalysisError(f"scores not found: {path}")
     return table_file_sql(path)
+
+
+def _current_sql(scores: list[str], errors: list[str], con: duckdb.DuckDBPyConnection | None = None) -> str:
+    """SQL reading a memscore folder's scores: the current row of each (uri, model, weights) only
+    (:func:`storage.compact.current_rows_sql`), so stale rows (a run killed during compaction, two
+    runs at once) never look like duplicates. Parts without memscore's key and time columns
+    (written by another tool) are read as they are."""
+    try:
+        described = (con or duckdb).sql(f"DESCRIBE SELECT * FROM {parquet_files_sql(scores)}").fetchall()
+    except duckdb.Error:
+        return parquet_files_sql(scores)  # load_scores reports what cannot be read
+    if not {"uri", "model", "weights", "run_id", "scored_at"} <= {row[0] for row in described}:
+        return parquet_files_sql(scores)
+    return current_rows_sql(scores, errors, SCORES_DIR)
 
 
 def _scores_folder(location: Location) -> str:
@@ -62,7 +77,7 @@ def _remote_scores_relation_sql(uri: str, con: duckdb.DuckDBPyConnection | None,
             if not files:
                 raise AnalysisError(f"no Parquet files under {location.full_uri(location.join(folder))} "
                                     "(expected a memscore output folder)")
-            return parquet_files_sql(files)
+            return parquet_files_sql(files) if not folder else _current_sql(files, duckdb_parts(con, location, ERRORS_DIR), con)
         if not location.fs.isfile(location.root):
             raise AnalysisError(f"scores not found: {uri}")
     except AnalysisError:
@@ -157,8 +172,15 @@ def load_scores(con: duckdb.DuckDBPyConnection, path: str, options: AnalysisOpti
     dup = con.sql("SELECT count(*), list(image ORDER BY image)[1:3] FROM (SELECT image FROM model_scores "
                   "GROUP BY image, model HAVING count(*) > 1)").fetchall()[0]
     if dup[0]:
+        hint = "choose an id column that is unique"
+        if "uri" in columns and id_col != "uri":
+            sources = con.sql(f"SELECT count(DISTINCT uri) FROM {rel} {cond}").fetchall()[0][0]
+            images = con.sql("SELECT count(DISTINCT image) FROM model_scores").fetchall()[0][0]
+            if sources > images:  # one path, several full URIs: several SOURCEs scored into one DEST
+                hint = ("the folder holds several SOURCEs whose relative paths repeat (see the uri column); "
+                        "score each SOURCE into its own DEST, or --id-column uri")
         raise AnalysisError(f"{path}: {dup[0]} image id(s) appear more than once in the scores of one model "
-                            f"(e.g. {', '.join(dup[1])}); choose an id column that is unique")
+                            f"(e.g. {', '.join(dup[1])}); {hint}")
     names = [r[0] for r in con.sql("SELECT DISTINCT model FROM model_scores ORDER BY 1").fetchall()]
     return {"path": path, "id_column": id_col, "score_column": score_cols[0] if len(score_cols) == 1 else score_cols,
             "rows": int(row[0]), "images": int(n), "extra_columns": keep, "models": names}

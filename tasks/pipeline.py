@@ -19,6 +19,7 @@ import multiprocessing
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -54,15 +55,27 @@ class ScoreSummary:
     images_per_second: float = 0.0
     superseded_rows_removed: int = 0
     errors_by_reason: dict[str, int] = field(default_factory=dict)
+    failed_transient: int = 0  # of failed: store outages, timeouts, throttling; the next run tries them again
+    retried_after_transient: int = 0  # of the images scored now: their last try had failed transiently
+    not_followed: dict[str, int] = field(default_factory=dict)  # dangling links, loops, FIFOs, devices
+    unreadable_folders: int = 0
+    escaped_names: int = 0  # images whose path is not valid UTF-8 (stored escaped, see docs/output-format.md)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def text(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_reason.items())) or "none"
+        transient = f" ({self.failed_transient} transient: the next run tries them again)" if self.failed_transient else ""
+        retried = f" ({self.retried_after_transient} after a transient failure)" if self.retried_after_transient else ""
+        unseen = ""
+        if self.not_followed or self.unreadable_folders:
+            kinds = [f"{n} {kind}(s)" for kind, n in sorted(self.not_followed.items())]
+            kinds += [f"{self.unreadable_folders} unreadable folder(s)"] if self.unreadable_folders else []
+            unseen = "; not followed: " + ", ".join(kinds)
         return (
-            f"scored {self.scored}, skipped {self.skipped} (already in DEST), failed {self.failed}, "
-            f"ignored {self.ignored_files} non-image file(s); {self.images_per_second:.2f} images/s "
+            f"scored {self.scored}{retried}, skipped {self.skipped} (already in DEST), failed {self.failed}{transient}, "
+            f"ignored {self.ignored_files} non-image file(s){unseen}; {self.images_per_second:.2f} images/s "
             f"over {self.seconds:.1f} s on {self.device}; errors by reason: {reasons}"
         )
 
@@ -109,23 +122,29 @@ def new_run_id() -> str:
 
 
 def check_source(source: str, storage_options: dict | None) -> None:
-    """Raise :class:`tasks.discover.SourceUnreadableError` unless SOURCE is a folder we can list."""
-    from memscore.tasks.discover import SourceUnreadableError, is_s3, iter_s3_objects
+    """Raise :class:`tasks.discover.SourceUnreadableError` unless SOURCE is a folder we can list
+    (:func:`tasks.checks.check_source`)."""
+    from memscore.tasks import checks
+    from memscore.tasks.discover import SourceUnreadableError
 
     try:
         location = open_location(source, storage_options)
-        if is_s3(location.fs):
-            # One ListObjectsV2 call of one key (fs.isdir would list the whole prefix).
-            next(iter(iter_s3_objects(location, page_size=1)), None)
-            return
-        is_folder = location.fs.isdir(location.root)
     except (ImportError, ValueError) as error:
         raise SourceUnreadableError(f"cannot open source {source}: {error}") from None
-    except OSError as error:
-        raise SourceUnreadableError(f"cannot read source {source}: {error}") from None
-    if not is_folder:
-        exists = location.fs.exists(location.root)
-        raise SourceUnreadableError(f"source {'is not a folder' if exists else 'not found'}: {source}")
+    checks.check_source(location, source)
+
+
+def check_destination(destination: str, storage_options: dict | None) -> None:
+    """Raise :class:`tasks.checks.DestinationUnwritableError` unless DEST can be written (a probe
+    object, deleted again; :func:`tasks.checks.check_destination`)."""
+    from memscore.tasks.checks import DestinationUnwritableError
+    from memscore.tasks.checks import check_destination as probe
+
+    try:
+        location = open_location(destination, storage_options)
+    except (ImportError, ValueError) as error:
+        raise DestinationUnwritableError(f"cannot open destination {destination}: {error}") from None
+    probe(location, destination)
 
 
 def check_request(request: ScoreRequest) -> None:
@@ -134,7 +153,8 @@ def check_request(request: ScoreRequest) -> None:
 
     Raises: :class:`models.registry.UnknownModelError`, ValueError (layers, backend options),
     :class:`models.weights.WeightsNotFoundError`, :class:`models.registry.WeightsMismatchError`,
-    :class:`tasks.discover.SourceUnreadableError`, :class:`models.devices.DeviceUnavailableError`,
+    :class:`tasks.discover.SourceUnreadableError`, :class:`tasks.checks.DestinationUnwritableError`,
+    :class:`models.devices.DeviceUnavailableError`,
     :class:`models.onnx_runtime.BackendUnavailableError`.
     """
     from memscore.models.devices import resolve_device
@@ -147,6 +167,7 @@ def check_request(request: ScoreRequest) -> None:
     if request.weights:  # a user's file: check it fits the model before any run starts
         build_with_weights(spec, weights)
     check_source(request.source, request.storage_options)
+    check_destination(request.destination, request.storage_options)
     if not request.dask_address:  # on a Dask cluster the device is resolved on the workers
         device = resolve_device(request.device)
         if request.backend != "torch":
@@ -161,7 +182,10 @@ def plan_run(
     src: Location, dest: Location, model: str, weights_digest: str, shard_size: int, retry_errors: bool
 ) -> tuple[Plan, DiscoveryCounts]:
     """List SOURCE (streamed), anti-join what DEST holds, cut the rest into shards."""
+    from memscore.storage.parts import remove_stale_temporaries
+
     counts = DiscoveryCounts()
+    remove_stale_temporaries(dest)
     done = done_keys(dest, model, weights_digest, include_errors=not retry_errors)
     plan = plan_shards(iter_listing(src, counts=counts), done, shard_size)
     return plan, counts
@@ -228,7 +252,9 @@ def write_shard(dest: Location, run_id: str, shard_index: int, result: Any) -> d
     reasons: dict[str, int] = {}
     for reason in result.errors.column("error").to_pylist():
         reasons[reason] = reasons.get(reason, 0) + 1
-    return {"scored": result.scores.num_rows, "failed": result.errors.num_rows, "errors_by_reason": reasons}
+    transient = sum(bool(t) for t in result.errors.column("transient").to_pylist())
+    return {"scored": result.scores.num_rows, "failed": result.errors.num_rows, "errors_by_reason": reasons,
+            "failed_transient": transient}
 
 
 def compact(dest: Location) -> int:
@@ -271,6 +297,7 @@ class PipelineSteps:
     run_shards: ShardRunner | None = None
     run_progress: Callable[[int], RunProgress] = _NoRunProgress
     log: logging.Logger | logging.LoggerAdapter = logger
+    hold_destination: Callable[[str], AbstractContextManager[Any]] = lambda uri: nullcontext()
 
 
 def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> ScoreSummary:
@@ -289,11 +316,9 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
     from memscore.models.registry import get_model_spec, resolve_weights
     from memscore.models.speed import check_backend
     from memscore.tasks.device_decode import resolve_decode
-    from memscore.tasks.progress import ProgressReporter
     from memscore.tasks.score import ScoreSettings
 
     steps = steps or PipelineSteps()
-    log = steps.log
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     spec = get_model_spec(request.model)
@@ -331,14 +356,36 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
     )
     src = open_location(request.source, request.storage_options)
     dest = open_location(request.destination, request.storage_options)
+    # Before any image is scored, and not retried: a missing SOURCE, bucket or credentials stays missing.
+    from memscore.tasks.checks import check_destination as probe_destination
+    from memscore.tasks.checks import check_source as list_source
 
+    list_source(src, request.source)
+    probe_destination(dest, request.destination)
+    with steps.hold_destination(dest.uri):
+        return _run(request, steps, started, started_at, spec, ref, src, dest, settings, defaults, shard_device,
+                    device_label)
+
+
+def _run(request: ScoreRequest, steps: PipelineSteps, started: float, started_at: str, spec: Any, ref: Any,
+         src: Location, dest: Location, settings: Any, defaults: Any, shard_device: str, device_label: str
+         ) -> ScoreSummary:
+    """The run's body once its checks passed and it holds DEST (plan, score, write, compact, summary)."""
+    from memscore.storage.schema import ERRORS_DIR
+    from memscore.tasks.progress import ProgressReporter
+
+    log = steps.log
     plan, counts = steps.plan_run(src, dest, spec.name, ref.digest, request.shard_size or defaults.shard_size,
                                   request.retry_errors)
     summary = ScoreSummary(
         run_id=settings.run_id, source=src.uri, destination=dest.uri, model=spec.name, weights=ref.digest,
         device=device_label, backend=settings.backend, files_seen=counts.files, images_found=counts.images,
         ignored_files=counts.ignored, skipped=plan.already_done, shards=len(plan.shards),
+        retried_after_transient=plan.after_transient, not_followed=dict(counts.not_followed),
+        unreadable_folders=counts.unreadable_folders, escaped_names=counts.escaped_names,
     )
+    for line in counts.warnings():
+        log.warning("%s", line)
     log.info(
         "found %d image(s) (%d other file(s) ignored); %d already in DEST; scoring %d in %d shard(s) on %s",
         counts.images, counts.ignored, plan.already_done, plan.to_score, len(plan.shards), device_label,
@@ -348,9 +395,12 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
     def account(written: dict[str, Any]) -> None:
         summary.scored += written["scored"]
         summary.failed += written["failed"]
+        summary.failed_transient += written.get("failed_transient", 0)
         for reason, n in written["errors_by_reason"].items():
             summary.errors_by_reason[reason] = summary.errors_by_reason.get(reason, 0) + n
         run_progress.advance(written["scored"] + written["failed"])
+        if request.dask_address:  # the shards ran elsewhere: the terminal bar advances as their parts land
+            progress.advance(written["scored"] + written["failed"])
 
     progress = ProgressReporter(total=plan.to_score, enabled=request.show_progress)
     scoring_started = time.perf_counter()
@@ -370,6 +420,10 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
     processed = summary.scored + summary.failed
     summary.images_per_second = processed / scoring_seconds if processed and scoring_seconds > 0 else 0.0
     log.info("%s", summary.text())
+    if summary.failed:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors_by_reason.items(), key=lambda kv: -kv[1]))
+        log.warning("%d image(s) could not be scored (%s); details in %s/%s", summary.failed, reasons,
+                    summary.destination.rstrip("/"), ERRORS_DIR)
     try:  # provenance for `memscore report` (storage/runs.py); never fails a finished run
         from memscore.storage.runs import write_run_summary
 

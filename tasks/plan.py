@@ -1,9 +1,14 @@
 """Plan: skip what DEST already holds, cut the rest into shards.
 
-The listing from :mod:`tasks.discover` is anti-joined in DuckDB against the keys
-already in DEST (same path, source version, model and weights; scored, or failed
-unless errors are to be retried). What is left is cut into shards of
-``shard_size`` images, in path order so that shard contents are reproducible.
+The listing from :mod:`tasks.discover` is anti-joined in DuckDB against the
+images DEST already holds for this model and weights: those whose current row
+(the newest of their key ``(uri, model, weights)``, see :mod:`storage.compact`)
+is for the same ``source_version`` and is a score, or an error that is not
+transient (unless errors are to be retried). An image whose newest row is a
+transient failure (a store outage, a timeout) is planned again. Keys use the
+full URI, so images of another SOURCE in the same DEST never count as done.
+What is left is cut into shards of ``shard_size`` images, in path order so that
+shard contents are reproducible.
 """
 
 from __future__ import annotations
@@ -15,38 +20,54 @@ import duckdb
 import pyarrow as pa
 
 from memscore.storage.parts import read_columns
-from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
+from memscore.storage.schema import ERRORS_DIR, SCORES_DIR, TRANSIENT_ERRORS
 from memscore.storage.uris import Location
 from memscore.tasks.discover import LISTING_SCHEMA
 
-_KEY_COLUMNS = ["path", "source_version", "model", "weights"]
+_SCORE_COLUMNS = ["uri", "source_version", "model", "weights", "run_id", "scored_at"]
+_ERROR_COLUMNS = ["uri", "source_version", "model", "weights", "run_id", "failed_at", "error", "transient"]
+_DONE_SCHEMA = pa.schema([("uri", pa.string()), ("source_version", pa.string()), ("transient", pa.bool_())])
 
 
 @dataclass
 class Plan:
-    """What a run will score: the shards, and how many images were already done."""
+    """What a run will score: the shards, how many images were already done, and how many
+    of those to score had failed transiently before (they are scored again)."""
 
     shards: list[pa.Table]
     already_done: int
     to_score: int
+    after_transient: int = 0
 
 
 def done_keys(dest: Location, model: str, weights: str, include_errors: bool = True) -> pa.Table:
-    """(path, source_version) pairs DEST already holds for this model and weights."""
-    tables = []
-    for folder in (SCORES_DIR, ERRORS_DIR) if include_errors else (SCORES_DIR,):
-        table = read_columns(dest, folder, _KEY_COLUMNS)
-        if table is not None:
-            tables.append(table.select(_KEY_COLUMNS))
-    if not tables:
-        return pa.table({name: pa.array([], pa.string()) for name in ("path", "source_version")})
-    keys = pa.concat_tables(tables)
+    """The images DEST holds for this model and weights, one row per ``uri``: its current row's
+    ``source_version`` and ``transient`` (true: the newest row is a transient failure, which is
+    not done; false: a score, or an error that counts as done). With ``include_errors`` False,
+    images whose newest row is an error are left out (``--retry-errors``)."""
     con = duckdb.connect()
-    con.register("keys", keys)
-    return con.sql(
-        "SELECT DISTINCT path, source_version FROM keys WHERE model = $model AND weights = $weights",
-        params={"model": model, "weights": weights},
-    ).to_arrow_table()
+    selects = []
+    scores = read_columns(dest, SCORES_DIR, _SCORE_COLUMNS)
+    if scores is not None:
+        con.register("score_rows", scores)
+        selects.append("SELECT uri, source_version, scored_at AS read_at, run_id, 1 AS rank, false AS transient, "
+                       "false AS is_error FROM score_rows WHERE model = $model AND weights = $weights")
+    errors = read_columns(dest, ERRORS_DIR, _ERROR_COLUMNS)
+    if errors is not None:
+        con.register("error_rows", errors)
+        known = ", ".join("'" + name + "'" for name in TRANSIENT_ERRORS)
+        selects.append(f"SELECT uri, source_version, failed_at AS read_at, run_id, 0 AS rank, "
+                       f"coalesce(transient, error IN ({known})) AS transient, true AS is_error "
+                       f"FROM error_rows WHERE model = $model AND weights = $weights")
+    if not selects:
+        return _DONE_SCHEMA.empty_table()
+    current = f"""
+        SELECT uri, source_version, transient, is_error FROM ({' UNION ALL '.join(selects)})
+        QUALIFY row_number() OVER (PARTITION BY uri ORDER BY read_at DESC, run_id DESC, rank DESC) = 1
+    """
+    keep = "" if include_errors else "WHERE NOT is_error"
+    return con.sql(f"SELECT uri, source_version, transient FROM ({current}) {keep}",
+                   params={"model": model, "weights": weights}).to_arrow_table().cast(_DONE_SCHEMA)
 
 
 def plan_shards(
@@ -54,21 +75,33 @@ def plan_shards(
     done: pa.Table,
     shard_size: int,
 ) -> Plan:
-    """Anti-join the listing against ``done`` and cut the rest into shards."""
+    """Anti-join the listing against ``done`` (:func:`done_keys`) and cut the rest into shards."""
     if shard_size < 1:
         raise ValueError("shard size must be at least 1")
     con = duckdb.connect()
     reader = pa.RecordBatchReader.from_batches(LISTING_SCHEMA, iter(listing))
     con.register("listing_stream", reader)
     con.sql("CREATE TABLE listing AS SELECT * FROM listing_stream")
+    if "uri" not in done.column_names:
+        if done.num_rows:
+            raise ValueError("done keys need a uri column (see done_keys)")
+        done = _DONE_SCHEMA.empty_table()
+    if "transient" not in done.column_names:  # a plain (uri, source_version) table: all done
+        done = done.append_column("transient", pa.array([False] * done.num_rows, pa.bool_()))
     con.register("done", done)
     total = con.sql("SELECT count(*) FROM listing").fetchall()[0][0]
     todo = con.sql(
         """
         SELECT l.* FROM listing AS l
-        ANTI JOIN done AS d ON l.path = d.path AND l.source_version = d.source_version
+        ANTI JOIN (SELECT * FROM done WHERE NOT transient) AS d
+            ON l.uri = d.uri AND l.source_version = d.source_version
         ORDER BY l.path
         """
     ).to_arrow_table()
+    after_transient = con.sql(
+        "SELECT count(*) FROM listing AS l SEMI JOIN (SELECT * FROM done WHERE transient) AS d "
+        "ON l.uri = d.uri AND l.source_version = d.source_version"
+    ).fetchall()[0][0]
     shards = [todo.slice(start, shard_size) for start in range(0, todo.num_rows, shard_size)]
-    return Plan(shards=shards, already_done=total - todo.num_rows, to_score=todo.num_rows)
+    return Plan(shards=shards, already_done=total - todo.num_rows, to_score=todo.num_rows,
+                after_transient=after_transient)

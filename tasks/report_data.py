@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 
 from memscore.errors import UserError
+from memscore.storage.compact import current_rows_sql
 from memscore.storage.human import lit, q
 from memscore.storage.parts import duckdb_parts
 from memscore.storage.runs import read_run_summaries
@@ -83,7 +84,13 @@ def open_dest(con: duckdb.DuckDBPyConnection, dest: str, storage_options: dict[s
     missing = {"path", "model", "score"} - set(columns)
     if missing:
         raise ReportError(f"{dest}: the scores parts lack column(s) {', '.join(sorted(missing))}")
-    return DestTables(location, scores_sql, rel(errors) if errors else None, len(scores), len(errors), columns)
+    errors_sql = rel(errors) if errors else None
+    if {"uri", "model", "weights", "run_id", "scored_at"} <= set(columns):
+        # Only the current row of each (uri, model, weights): never the stale rows a killed or
+        # concurrent run left before compaction (storage/compact.py).
+        scores_sql = current_rows_sql(scores, errors, SCORES_DIR)
+        errors_sql = current_rows_sql(scores, errors, ERRORS_DIR) if errors else None
+    return DestTables(location, scores_sql, errors_sql, len(scores), len(errors), columns)
 
 
 def models_in(con: duckdb.DuckDBPyConnection, tables: DestTables) -> list[str]:

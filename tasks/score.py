@@ -108,7 +108,10 @@ def score_images(
     paths = shard.column("path").to_pylist()
     uris = shard.column("uri").to_pylist()
     versions = shard.column("source_version").to_pylist()
-    fs_paths = [source.fs._strip_protocol(uri) for uri in uris]
+    raw_paths = shard.column("fs_path").to_pylist() if "fs_path" in shard.column_names else [None] * len(uris)
+    # A name that is not valid UTF-8 is escaped in ``uri``; its real path travels as bytes.
+    fs_paths = [raw.decode("utf-8", "surrogateescape") if raw is not None else source.fs._strip_protocol(uri)
+                for raw, uri in zip(raw_paths, uris)]
     device_jpeg = resolve_decode(settings.decode, model.device, model.spec.preprocess) == "device"
     dataset = ShardDataset(source.fs, fs_paths, model.spec.preprocess, settings.max_pixels, device_jpeg)
     layers = settings.features
@@ -217,6 +220,7 @@ def _errors_table(failures, paths, uris, versions, model, settings, now) -> pa.T
         "size_bytes": [f.size_bytes for f in failures],
         "source_version": [versions[f.index] for f in failures],
         "failed_at": [now] * n,
+        "transient": [f.transient for f in failures],
     }
     return pa.Table.from_pydict(data, schema=ERRORS_SCHEMA)
 

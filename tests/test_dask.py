@@ -65,7 +65,7 @@ def _rows(destination: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_dask_cluster_gives_the_same_rows_as_one_process(dask_cluster, tmp_path, photos, prefect_api):
+def test_dask_cluster_gives_the_same_rows_as_one_process(dask_cluster, tmp_path, photos, prefect_api, monkeypatch):
     from memscore.flows.score import score_archive
 
     source = tmp_path / "archive"
@@ -75,8 +75,20 @@ def test_dask_cluster_gives_the_same_rows_as_one_process(dask_cluster, tmp_path,
     (source / "broken.png").write_bytes(b"\x89PNG broken")
     common = dict(device="cpu", workers=0, shard_size=1, features=["fc11"])
 
+    import memscore.flows.score as score_module
+    from memscore.tasks.progress import ProgressReporter
+
+    advanced: list[int] = []
+
+    class RecordingBar(ProgressReporter):  # the terminal bar: it stayed at 0 with dask_address
+        def advance(self, images: int) -> None:
+            advanced.append(images)
+            super().advance(images)
+
     local = score_archive(str(source), str(tmp_path / "local"), **common)
-    on_dask = score_archive(str(source), str(tmp_path / "dask"), dask_address=dask_cluster, **common)
+    monkeypatch.setattr(score_module, "ProgressReporter", RecordingBar)
+    on_dask = score_archive(str(source), str(tmp_path / "dask"), dask_address=dask_cluster, show_progress=True, **common)
+    assert sum(advanced) == 3 and len(advanced) == 3  # one advance per shard as its part lands
 
     for summary in (local, on_dask):
         assert (summary["scored"], summary["failed"], summary["shards"]) == (2, 1, 3)

@@ -21,6 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import free_port, stop_process_group
+from test_dask import dask_cluster  # noqa: F401 - fixture
+from test_s3 import s3_server  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -178,18 +180,18 @@ def test_prefect_yaml_entrypoints_pool_and_schedule():
 
     config = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = {(d["entrypoint"], d["name"]): d for d in config["deployments"]}
+    # Module paths, not file paths: Dask workers import the flow's tasks by module.
     assert set(deployments) == {
-        ("flows/score.py:score_archive", "default"),
-        ("flows/score.py:score_archive", "nightly"),
-        ("flows/analyze.py:analyze", "default"),
+        ("memscore.flows.score:score_archive", "default"),
+        ("memscore.flows.score:score_archive", "nightly"),
+        ("memscore.flows.analyze:analyze", "default"),
     }
     for (entrypoint, _), deployment in deployments.items():
         assert deployment["work_pool"]["name"] == "memscore"
-        path, function = entrypoint.split(":")
-        if (REPO / path).is_file():
-            module = importlib.import_module("memscore." + path.removesuffix(".py").replace("/", "."))
-            assert hasattr(getattr(module, function), "fn"), f"{entrypoint} is not a Prefect flow"
-    nightly = deployments[("flows/score.py:score_archive", "nightly")]
+        module_name, function = entrypoint.split(":")
+        module = importlib.import_module(module_name)
+        assert hasattr(getattr(module, function), "fn"), f"{entrypoint} is not a Prefect flow"
+    nightly = deployments[("memscore.flows.score:score_archive", "nightly")]
     assert [s["active"] for s in nightly["schedules"]] == [False]
 
 
@@ -200,7 +202,8 @@ def test_storage_retries_skip_hopeless_failures_and_summary_markdown():
     from memscore.tasks.discover import SourceNotFoundError, SourceUnreadableError
 
     assert _retry_storage_errors(None, None, Failed(data=OSError(5, "503 Slow Down"))) is True
-    assert _retry_storage_errors(None, None, Failed(data=SourceUnreadableError("cannot list"))) is True
+    # Errors the user must fix (memscore.errors.UserError) are never retried; transient OSErrors are.
+    assert _retry_storage_errors(None, None, Failed(data=SourceUnreadableError("cannot list"))) is False
     assert _retry_storage_errors(None, None, Failed(data=SourceNotFoundError("source not found"))) is False
 
     summary = ScoreSummary(run_id="r1", source="s3://a/b", destination="s3://c/d", model="resmem",
@@ -209,3 +212,125 @@ def test_storage_retries_skip_hopeless_failures_and_summary_markdown():
     text = summary_markdown(summary)
     assert "| scored | 3 |" in text and "| failed | 2 |" in text
     assert "| EmptyFileError | 1 |" in text and "s3://c/d/errors/*.parquet" in text
+
+
+def _run_deployment(env, cwd, *params, timeout=420) -> subprocess.CompletedProcess:
+    """`prefect deployment run score-archive/default --param ... --watch`; returns the finished process."""
+    args = [*PREFECT, "deployment", "run", "score-archive/default"]
+    for param in params:
+        args += ["--param", param]
+    return subprocess.run([*args, "--watch", "--watch-timeout", str(timeout - 60)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _flow_run_result(env, flow_run_id: str) -> dict:
+    """The persisted result of a flow run, read back through Prefect's client (as a user would)."""
+    code = ("import json, sys\nfrom prefect.client.orchestration import get_client\n"
+            "with get_client(sync_client=True) as client:\n"
+            "    print(json.dumps(client.read_flow_run(sys.argv[1]).state.result()))\n")
+    result = subprocess.run([sys.executable, "-c", code, flow_run_id], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_deployment_runs_on_dask_and_on_s3_and_refuses_bad_parameters(prefect_server, dask_cluster, s3_server,
+                                                                       tmp_path, photos):
+    """The issue's combinations on a real server and process worker: a deployment run with
+    dask_address, one from an S3 bucket into another, `device=gpu` and credentials refused at
+    creation, the summary as the persisted result, readable run names, no secret stored."""
+    import s3fs
+
+    endpoint, _ = s3_server
+    aws = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {**prefect_server, **aws}
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        env.pop(name, None)
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": endpoint},
+                           skip_instance_cache=True)
+    fs.mkdir("deploy-src")
+    fs.mkdir("deploy-out")
+    for name in ("astronaut", "coffee"):
+        buffer = __import__("io").BytesIO()
+        photos[name].save(buffer, "JPEG")
+        fs.pipe_file(f"deploy-src/archive/{name}.jpg", buffer.getvalue())
+    source = tmp_path / "archive"
+    source.mkdir()
+    photos["chelsea"].save(source / "chelsea.jpg", "JPEG")
+    photos["rocket"].save(source / "rocket.png", "PNG")
+    (source / "broken.jpg").write_bytes(b"not a jpeg")
+
+    _prefect(env, "work-pool", "create", "memscore", "--type", "process")
+    _prefect(env, "--no-prompt", "deploy", "--name", "score-archive/default", timeout=240)
+    (deployment,) = _api(env, "/deployments/filter")
+    assert deployment["entrypoint"] == "memscore.flows.score:score_archive"
+
+    # Refused when the run is created (the server checks the parameter schema): no flow run, no worker needed.
+    common = [f"source={source}", f"destination={tmp_path / 'never'}"]
+    for bad in ("device=gpu", 'storage_options={"secret": "s3cr3t-value"}'):
+        refused = _run_deployment(env, tmp_path, *common, bad, timeout=120)
+        assert refused.returncode != 0, refused.stdout[-2000:]
+        assert "validation" in (refused.stdout + refused.stderr).lower(), refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert _api(env, "/flow_runs/filter") == []
+
+    worker_log = tmp_path / "worker.log"
+    worker = None
+    try:
+        with open(worker_log, "wb") as out:
+            worker = subprocess.Popen(
+                [*PREFECT, "worker", "start", "--pool", "memscore", "--limit", "1"],
+                env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        on_dask = _run_deployment(env, tmp_path, f"source={source}", f"destination={tmp_path / 'dask-out'}",
+                                  "device=cpu", "features=[]", f"dask_address={dask_cluster}", "shard_size=1")
+        assert on_dask.returncode == 0, f"{on_dask.stdout[-4000:]}\nworker:\n{_tail(worker_log)}"
+        on_s3 = _run_deployment(env, tmp_path, "source=s3://deploy-src/archive",
+                                "destination=s3://deploy-out/memscore", "device=cpu", "workers=0", "features=[]")
+        assert on_s3.returncode == 0, f"{on_s3.stdout[-4000:]}\nworker:\n{_tail(worker_log)}"
+    finally:
+        stop_process_group(worker)
+
+    scores = pq.read_table(tmp_path / "dask-out" / "scores")
+    assert sorted(scores.column("path").to_pylist()) == ["chelsea.jpg", "rocket.png"]
+    assert pq.read_table(tmp_path / "dask-out" / "errors").column("path").to_pylist() == ["broken.jpg"]
+    fs.invalidate_cache()
+    s3_paths = []
+    for key in fs.find("deploy-out/memscore/scores"):
+        with fs.open(key, "rb") as handle:
+            s3_paths += pq.read_table(handle).column("path").to_pylist()
+    assert sorted(s3_paths) == ["astronaut.jpg", "coffee.jpg"]
+
+    runs = sorted(_api(env, "/flow_runs/filter"), key=lambda r: r["created"])
+    assert [r["state_type"] for r in runs] == ["COMPLETED", "COMPLETED"]
+    assert runs[0]["name"] == f"resmem: {source} -> {tmp_path / 'dask-out'}"
+    assert runs[1]["name"] == "resmem: s3://deploy-src/archive -> s3://deploy-out/memscore"
+    dask_summary = _flow_run_result(env, runs[0]["id"])
+    assert (dask_summary["scored"], dask_summary["failed"], dask_summary["shards"]) == (2, 1, 3)
+    assert "dask" in dask_summary["device"]
+    s3_summary = _flow_run_result(env, runs[1]["id"])
+    assert (s3_summary["scored"], s3_summary["failed"]) == (2, 0)
+    task_names = {t["name"] for t in _api(env, "/task_runs/filter")}
+    assert {"score-shard-0", "score-shard-1", "score-shard-2", "write-parts-0"} <= task_names
+    logs = " ".join(entry["message"] for entry in _api(env, "/logs/filter", {"limit": 200}))
+    assert "1 image(s) could not be scored (UnidentifiedImageError: 1)" in logs
+    assert "holding concurrency limit memscore-dest-" in logs
+
+    # memscore score against this server with credentials in --storage-options: they reach
+    # the flow through the process, never the server's database.
+    cli_env = {**env, "PYTHONPATH": str(REPO)}
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        cli_env.pop(name)
+    options = json.dumps({"key": "testing", "secret": "s3cr3t-memscore-value", "client_kwargs": {"endpoint_url": endpoint}})
+    cli = subprocess.run([sys.executable, "-m", "memscore.flows.cli", "score", "s3://deploy-src/archive", "--out",
+                          str(tmp_path / "cli-out"), "--device", "cpu", "--features", "none", "--no-progress",
+                          "--workers", "0", "--storage-options", options],
+                         env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    stored = _api(env, "/flow_runs/filter")
+    assert len(stored) == 3
+    everything = json.dumps(stored)
+    assert "s3cr3t-memscore-value" not in everything and '"testing"' not in everything
+    cli_run = next(r for r in stored if r["parameters"].get("storage_options_secret"))
+    assert cli_run["parameters"]["storage_options"] == {"client_kwargs": {"endpoint_url": endpoint}}

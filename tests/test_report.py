@@ -70,7 +70,7 @@ def write_dest(dest: Path, archive: Path, paths: list[str], scores: np.ndarray, 
             "stage": [e[1] for e in errors], "error": [e[2] for e in errors],
             "message": [f"cannot {e[1]} {e[0]}" for e in errors], "run_id": [run_id] * m, "model": [model] * m,
             "weights": ["ab" * 32] * m, "size_bytes": pa.array([10] * m, pa.int64()), "source_version": ["v"] * m,
-            "failed_at": pa.array([t0] * m, pa.timestamp("us", tz="UTC")),
+            "failed_at": pa.array([t0] * m, pa.timestamp("us", tz="UTC")), "transient": [False] * m,
         }, schema=ERRORS_SCHEMA)
         pq.write_table(err, dest / "errors" / f"part-{run_id}-000000.parquet")
 

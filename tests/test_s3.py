@@ -334,3 +334,42 @@ def test_analyze_out_to_an_s3_bucket_with_storage_options(s3, s3_server, tmp_pat
     assert main(["analyze", "--scores", dest, "--human", lamem, "--bootstrap", "0",
                  "--out", "s3://memscore-no-such-bucket/r1", "--storage-options", options]) == 1
     assert "memscore: error: cannot write s3://memscore-no-such-bucket/r1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bucket_failures_are_one_line_before_scoring(s3, tmp_path, photos, capsys, monkeypatch):
+    """Missing DEST bucket, missing credentials, an endpoint nobody answers: one
+    `memscore: error:` line each, before any model runs (they were 60-219 line tracebacks)."""
+    import s3fs
+
+    from memscore.flows.cli import main
+
+    fs, _ = s3
+    fs.mkdir("oneline-src")
+    fs.pipe_file("oneline-src/p/a.jpg", _jpeg(photos["astronaut"]))
+    common = ["--device", "cpu", "--features", "none", "--no-progress", "--workers", "0"]
+
+    def one_line(args) -> str:
+        s3fs.S3FileSystem.clear_instance_cache()
+        assert main(["score", *args, *common]) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    assert one_line(["s3://oneline-src/p", "--out", "s3://no-such-bucket/x"]) == (
+        "memscore: error: cannot write destination s3://no-such-bucket/x: The specified bucket does not exist")
+    assert one_line(["s3://no-such-bucket/p", "--out", str(tmp_path / "o")]).startswith(
+        "memscore: error: source not found: s3://no-such-bucket/p")
+    with monkeypatch.context() as m:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            m.delenv(name)
+        m.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        m.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        line = one_line(["s3://oneline-src/p", "--out", str(tmp_path / "o")])
+        assert line.startswith("memscore: error: cannot read source s3://oneline-src/p: Unable to locate credentials")
+        assert "worker's environment" in line
+    with monkeypatch.context() as m:
+        m.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+        line = one_line(["s3://oneline-src/p", "--out", str(tmp_path / "o")])
+        assert line.startswith("memscore: error: cannot read source s3://oneline-src/p: Could not connect to the endpoint URL")
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,108 @@
+"""Checks run before any image is scored: SOURCE listable, DEST writable, the Prefect API reachable.
+
+Each failure raises one error type with a one-line message, so the CLI prints
+``memscore: error: ...`` and a deployment run fails at once, without the retries
+meant for flaky storage (missing buckets, credentials and endpoints do not heal
+by retrying). Used by the ``score-archive`` flow and by ``memscore score``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from memscore.errors import UserError
+from memscore.storage.uris import Location
+from memscore.tasks.discover import SourceNotFoundError, SourceUnreadableError, is_s3, iter_s3_objects
+
+CREDENTIALS_HINT = ("credentials belong in the worker's environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                    "AWS_PROFILE, an IAM role) or in a Prefect Secret block named by storage_options_secret")
+
+
+class DestinationUnwritableError(UserError, RuntimeError):
+    """DEST cannot be written (a file in the way, no such bucket, no permission, no credentials)."""
+
+
+class PrefectApiUnreachableError(UserError, RuntimeError):
+    """PREFECT_API_URL is set but nothing answers there."""
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    if "credential" in line.lower() and "NoCredentials" in type(error).__name__:
+        line += f" ({CREDENTIALS_HINT})"
+    return line
+
+
+def check_source(location: Location, uri: str) -> None:
+    """Raise unless SOURCE is a folder (or prefix) that can be listed.
+
+    Raises:
+        SourceNotFoundError: it does not exist or is a file.
+        SourceUnreadableError: it cannot be listed (credentials, endpoint, permission).
+    """
+    try:
+        if is_s3(location.fs):
+            # One ListObjectsV2 call of one key (fs.isdir would list the whole prefix).
+            next(iter(iter_s3_objects(location, page_size=1)), None)
+            return
+        is_folder = location.fs.isdir(location.root)
+        exists = is_folder or location.fs.exists(location.root)
+    except SourceUnreadableError:
+        raise
+    except FileNotFoundError as error:
+        raise SourceNotFoundError(f"source not found: {uri} ({_one_line(error)})") from None
+    except Exception as error:  # noqa: BLE001 - botocore/gcsfs/adlfs raise their own types: one line each
+        raise SourceUnreadableError(f"cannot read source {uri}: {_one_line(error)}") from None
+    if not is_folder:
+        raise SourceNotFoundError(f"source {'is not a folder' if exists else 'not found'}: {uri}")
+
+
+def check_destination(location: Location, uri: str) -> None:
+    """Raise :class:`DestinationUnwritableError` now, before any image is scored, unless DEST can be written.
+
+    Writes and deletes an empty probe object (``.memscore-write-probe-<uuid>``;
+    a local folder is created, as the first part would create it).
+    """
+    probe_name = f".memscore-write-probe-{uuid.uuid4().hex}"
+    try:
+        if location.is_local:
+            os.makedirs(location.root, exist_ok=True)
+            probe = os.path.join(location.root, probe_name)
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        else:
+            probe = location.join(probe_name)
+            location.fs.pipe_file(probe, b"")
+            location.fs.rm_file(probe)
+    except Exception as error:  # noqa: BLE001 - a file in the way, no bucket, no credentials: one line
+        raise DestinationUnwritableError(f"cannot write destination {uri}: {_one_line(error)}") from None
+
+
+def check_prefect_api(timeout_s: float = 5.0) -> None:
+    """Raise :class:`PrefectApiUnreachableError` if PREFECT_API_URL is set and nothing answers there.
+
+    Any HTTP answer counts as reachable (authentication is Prefect's business);
+    only a refused or timed-out connection fails, after ``timeout_s`` seconds
+    instead of Prefect's own minute of retries.
+    """
+    import httpx
+    from prefect.context import get_settings_context
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=timeout_s)
+    except httpx.TransportError as error:
+        origin = ("the environment" if os.environ.get("PREFECT_API_URL")
+                  else f"Prefect profile '{get_settings_context().profile.name}'")
+        raise PrefectApiUnreachableError(
+            f"the Prefect API at {url} (PREFECT_API_URL, from {origin}) cannot be reached "
+            f"({type(error).__name__}); start it (prefect server start) or run without a server: "
+            "unset PREFECT_API_URL, or `prefect config unset PREFECT_API_URL` if `prefect config set` wrote it "
+            "into the profile"
+        ) from None

@@ -1,0 +1,193 @@
+"""The score flow as Prefect users see it: typed choices, descriptions, secrets kept out of
+parameters, one-line failures before scoring, one run per DEST, and `memscore sql` options."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _schema():
+    from prefect.utilities.callables import parameter_schema
+
+    from memscore.flows.score import score_archive
+
+    return parameter_schema(score_archive).model_dump()["properties"]
+
+
+def test_choice_parameters_are_enums_and_every_parameter_has_a_description():
+    props = _schema()
+    assert props["precision"]["enum"] == ["auto", "fp32", "bf16", "fp16"]
+    assert props["decode"]["enum"] == ["auto", "workers", "device"]
+    assert props["backend"]["enum"] == ["torch", "onnxruntime"]
+    device = props["device"]["anyOf"]
+    assert device[0]["enum"] == ["auto", "cpu", "cuda", "mps"] and device[1]["pattern"] == "^cuda:[0-9]+$"
+    assert not [name for name, p in props.items() if not p.get("description")]
+
+
+def test_the_schema_refuses_gpu_and_credentials_as_the_server_does():
+    """Prefect's server validates a deployment run's parameters against this schema (jsonschema)."""
+    import jsonschema
+
+    schema = {"type": "object", "properties": _schema()}
+    good = {"device": "cuda:1", "precision": "fp16", "storage_options": {"endpoint_url": "http://x", "anon": True}}
+    jsonschema.validate(good, schema)
+    for bad in ({"device": "gpu"}, {"precision": "fp64"}, {"decode": "gpu"}, {"backend": "tensorrt"},
+                {"storage_options": {"secret": "s"}}, {"storage_options": {"AWS_SECRET_ACCESS_KEY": "s"}},
+                {"storage_options": {"token": "t"}}, {"storage_options": {"account_key": "k"}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
+def test_split_secrets_keeps_nested_shape_and_refuse_names_every_secret():
+    from memscore.flows.params import SecretInParametersError, refuse_secrets, resolve_storage_options, split_secrets
+    from memscore.flows.params import keep_in_process
+
+    options = {"anon": False, "key": "AKIA", "client_kwargs": {"endpoint_url": "http://h", "aws_session_token": "t"}}
+    public, secret = split_secrets(options)
+    assert public == {"anon": False, "client_kwargs": {"endpoint_url": "http://h"}}
+    assert secret == {"key": "AKIA", "client_kwargs": {"aws_session_token": "t"}}
+    with pytest.raises(SecretInParametersError, match="key, client_kwargs.aws_session_token"):
+        refuse_secrets(options)
+    assert refuse_secrets(public) == public
+    ref = keep_in_process(secret)
+    assert "AKIA" not in ref
+    assert resolve_storage_options(public, ref) == options
+
+
+def _cli(args, env_extra=None, timeout=240):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "memscore.flows.cli", *args], env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    return result, time.monotonic() - started
+
+
+def test_dest_that_is_a_file_fails_in_one_line_before_scoring(tmp_path, photos):
+    (tmp_path / "photos").mkdir()
+    photos["astronaut"].save(tmp_path / "photos" / "a.jpg")
+    (tmp_path / "taken").write_text("a file where DEST should be")
+    result, _ = _cli(["score", str(tmp_path / "photos"), "--out", str(tmp_path / "taken"), "--device", "cpu",
+                      "--features", "none", "--no-progress"], {"PREFECT_API_URL": ""})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"memscore: error: cannot write destination {tmp_path / 'taken'}: "
+                                                  f"[Errno 17] File exists: '{tmp_path / 'taken'}'"]
+
+
+def test_prefect_api_url_down_is_one_line_in_seconds(tmp_path, photos):
+    (tmp_path / "photos").mkdir()
+    photos["astronaut"].save(tmp_path / "photos" / "a.jpg")
+    url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    result, seconds = _cli(["score", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--device", "cpu",
+                            "--features", "none", "--no-progress"], {"PREFECT_API_URL": url})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith(f"memscore: error: the Prefect API at {url} (PREFECT_API_URL, from the environment) "
+                               "cannot be reached")
+    assert "unset PREFECT_API_URL" in lines[0] and "prefect config set" in lines[0]
+    assert not (tmp_path / "out" / "scores").exists()
+    assert seconds < 60  # Prefect's own retries took 72 s before the check
+
+
+def test_a_missing_source_fails_the_flow_at_once_with_its_type(tmp_path, prefect_api):
+    from memscore.flows.score import score_archive
+    from memscore.tasks.discover import SourceNotFoundError
+
+    started = time.monotonic()
+    with pytest.raises(SourceNotFoundError, match="not found"):
+        score_archive(str(tmp_path / "nowhere"), str(tmp_path / "out"), device="cpu", features=[])
+    assert time.monotonic() - started < 30  # no task retries (2 + 8 + 30 s of backoff)
+
+
+def test_flow_call_refuses_credentials_in_storage_options(tmp_path, prefect_api):
+    from prefect.exceptions import ParameterTypeError
+
+    from memscore.flows.score import score_archive
+
+    with pytest.raises(ParameterTypeError, match="credentials"):
+        score_archive(str(tmp_path), str(tmp_path / "out"), storage_options={"secret": "s3cr3t"})
+
+
+def test_one_run_per_destination_holds_a_concurrency_limit(prefect_api):
+    import logging
+
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    from memscore.flows.dest_lock import hold_destination, limit_name
+
+    assert limit_name("s3://b/out/") == limit_name("s3://b/out") != limit_name("s3://b/out2")
+    name = limit_name("/data/out-lock-test")
+    with hold_destination("/data/out-lock-test", logging.getLogger("test")) as held:
+        assert held == name
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        assert (limit.limit, limit.active_slots) == (1, 1)
+        with pytest.raises(TimeoutError):  # a second run on the same DEST waits
+            with concurrency(name, occupy=1, timeout_seconds=2, strict=True):
+                pass
+    with concurrency(name, occupy=1, timeout_seconds=10, strict=True):  # free again once the first ends
+        pass
+
+
+@pytest.fixture
+def scores_folder(tmp_path) -> Path:
+    folder = tmp_path / "dest"
+    (folder / "scores").mkdir(parents=True)
+    pq.write_table(pa.table({"image_id": ["i1", "i2"], "path": ['a "q".jpg', "b.jpg"], "score": [0.25, 0.75],
+                             "feat_fc11": [[0.5, 1.5], [2.0]]}),
+                   folder / "scores" / "part-20260101T000000Z-aaaaaaaa-000000.parquet")
+    return folder
+
+
+def test_sql_csv_writes_feature_lists_as_text(scores_folder):
+    import csv
+    import io
+
+    from memscore.flows.cli import main
+
+    out = io.StringIO()
+    import contextlib
+
+    with contextlib.redirect_stdout(out):
+        assert main(["sql", str(scores_folder), "--csv", "SELECT path, feat_fc11 FROM scores ORDER BY path"]) == 0
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert rows == [["path", "feat_fc11"], ['a "q".jpg', "[0.5, 1.5]"], ["b.jpg", "[2.0]"]]
+
+
+def test_sql_read_only_refuses_other_files(scores_folder, tmp_path, capsys):
+    from memscore.flows.cli import main
+
+    (tmp_path / "private.csv").write_text("x\n1\n")
+    assert main(["sql", str(scores_folder), "--read-only", "SELECT count(*) AS n FROM scores"]) == 0
+    assert "2" in capsys.readouterr().out
+    for query in (f"COPY scores TO '{tmp_path / 'copy.csv'}'", f"ATTACH '{tmp_path / 'other.db'}'",
+                  f"SELECT * FROM read_csv('{tmp_path / 'private.csv'}')", "SET enable_external_access = true"):
+        assert main(["sql", str(scores_folder), "--read-only", query]) == 1, query
+        assert "memscore: error:" in capsys.readouterr().err
+    assert not (tmp_path / "copy.csv").exists() and not (tmp_path / "other.db").exists()
+    # Without --read-only it is full DuckDB (documented).
+    assert main(["sql", str(scores_folder), f"SELECT * FROM read_csv('{tmp_path / 'private.csv'}')"]) == 0
+
+
+def test_storage_options_secret_names_a_prefect_secret_block(prefect_api):
+    from prefect.blocks.system import Secret
+
+    from memscore.flows.params import resolve_storage_options
+
+    Secret(value={"key": "k1", "client_kwargs": {"aws_session_token": "t1"}}).save("memscore-test-s3", overwrite=True)
+    assert resolve_storage_options({"anon": False, "client_kwargs": {"endpoint_url": "http://h"}}, "memscore-test-s3") == {
+        "anon": False, "key": "k1", "client_kwargs": {"endpoint_url": "http://h", "aws_session_token": "t1"}}
+    with pytest.raises(ValueError, match="no Prefect Secret block named 'memscore-no-such-block'"):
+        resolve_storage_options(None, "memscore-no-such-block")
