@@ -277,7 +277,8 @@ def score_archive(
     steps = pipeline.PipelineSteps(plan_run=plan_run, score_shard=score_shard, write_shard=write_shard,
                                    compact=compact, run_shards=_score_on_dask, run_progress=_RunProgress, log=logger,
                                    # one run at a time per DEST (with a Prefect server; flows/dest_lock.py)
-                                   hold_destination=lambda uri: hold_destination(uri, logger))
+                                   hold_destination=lambda uri: hold_destination(uri, logger),
+                                   progress_bar=_progress_bar)
     summary = pipeline.run_score(request, steps)
     try:
         from prefect.artifacts import create_markdown_artifact
@@ -287,6 +288,11 @@ def score_archive(
     except Exception as error:  # noqa: BLE001 - an artifact must never fail a finished run
         logger.warning("could not create the summary artifact: %s", error)
     return summary.as_dict()
+
+
+def _progress_bar(total: int, enabled: bool) -> ProgressReporter:
+    """The terminal progress bar of a run (this module's ProgressReporter, looked up when called)."""
+    return ProgressReporter(total=total, enabled=enabled)
 
 
 def _api_url_for_workers():

@@ -298,6 +298,7 @@ class PipelineSteps:
     run_progress: Callable[[int], RunProgress] = _NoRunProgress
     log: logging.Logger | logging.LoggerAdapter = logger
     hold_destination: Callable[[str], AbstractContextManager[Any]] = lambda uri: nullcontext()
+    progress_bar: Callable[[int, bool], Any] | None = None  # (total, enabled) -> a tasks.progress.ProgressReporter
 
 
 def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> ScoreSummary:
@@ -402,7 +403,8 @@ def _run(request: ScoreRequest, steps: PipelineSteps, started: float, started_at
         if request.dask_address:  # the shards ran elsewhere: the terminal bar advances as their parts land
             progress.advance(written["scored"] + written["failed"])
 
-    progress = ProgressReporter(total=plan.to_score, enabled=request.show_progress)
+    make_bar = steps.progress_bar or (lambda total, enabled: ProgressReporter(total=total, enabled=enabled))
+    progress = make_bar(plan.to_score, request.show_progress)
     scoring_started = time.perf_counter()
     try:
         if request.dask_address and plan.shards:
