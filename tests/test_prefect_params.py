@@ -145,8 +145,13 @@ def test_one_run_per_destination_holds_a_concurrency_limit(prefect_api):
 def scores_folder(tmp_path) -> Path:
     folder = tmp_path / "dest"
     (folder / "scores").mkdir(parents=True)
-    pq.write_table(pa.table({"image_id": ["i1", "i2"], "path": ['a "q".jpg', "b.jpg"], "score": [0.25, 0.75],
-                             "feat_fc11": [[0.5, 1.5], [2.0]]}),
+    import datetime
+
+    when = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    pq.write_table(pa.table({"image_id": ["i1", "i2"], "path": ['a "q".jpg', "b.jpg"],
+                             "uri": [f"file://{folder}/a.jpg", f"file://{folder}/b.jpg"], "model": ["resmem"] * 2,
+                             "weights": ["sha256:00"] * 2, "score": [0.25, 0.75], "feat_fc11": [[0.5, 1.5], [2.0]],
+                             "run_id": ["20260101T000000Z-aaaaaaaa"] * 2, "scored_at": [when, when]}),
                    folder / "scores" / "part-20260101T000000Z-aaaaaaaa-000000.parquet")
     return folder
 
