@@ -175,6 +175,9 @@ def check_backend_options(args: argparse.Namespace, device) -> None:
 def run(args: argparse.Namespace) -> int:
     from memscore.flows.cli import UserError, parse_storage_options
 
+    from memscore.tasks.child_guard import guard_children
+
+    guard_children()  # the temporary Prefect API and the decode workers end with this run, even on SIGKILL
     storage_options = parse_storage_options(args.storage_options)
     # Fail fast on what needs no orchestrator: unknown model or layers, missing weights, bad device.
     from memscore.models.devices import resolve_device
