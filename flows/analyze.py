@@ -26,6 +26,7 @@ from memscore.tasks.analyze import (  # noqa: F401 - the analysis API, importabl
     write_outputs,
 )
 from memscore.tasks.summary import summary_lines, summary_markdown  # noqa: F401
+from memscore.flows.params import StorageOptions, resolve_storage_options
 
 HumanFormat = Literal["auto", "lamem", "table", "counts", "trials", "bids"]
 MatchMode = Literal["auto", "path", "name", "stem"]
@@ -63,7 +64,8 @@ if flow is not None:
         min_observations: int = 0,
         empty_response: EmptyResponse = "missing",
         out: str | None = None,
-        storage_options: dict[str, Any] | None = None,
+        storage_options: StorageOptions | None = None,
+        storage_options_secret: str | None = None,
     ) -> dict[str, Any]:
         """Model scores vs human memorability: correlations with bootstrap intervals, paired
         model differences, split-half reliability and the noise ceiling; the summary becomes
@@ -95,14 +97,19 @@ if flow is not None:
                 trials; applies to the model correlations and the split-half alike).
             empty_response: an empty response in trial data is missing (ignored) or "no" (no key press).
             out: write joined.parquet, stats.json and report.md to this folder or URI.
-            storage_options: fsspec options (credentials, endpoint) for URIs.
+            storage_options: fsspec options for URIs without credentials (endpoint, region,
+                anon): keys that look like secrets are refused, since parameters are stored in
+                Prefect's database (use storage_options_secret or the worker's environment).
+            storage_options_secret: name of a Prefect Secret block holding a JSON object of
+                fsspec options with the credentials, merged into storage_options at run time.
         """
         options = AnalysisOptions(
             id_column=id_column, human_id_column=human_id_column, score_column=score_column,
             human_column=human_column, human_measure=human_measure, human_format=human_format, match=match,
             bootstrap=bootstrap, splits=splits, seed=seed, confidence=confidence, group_column=group_column,
             model=model, max_filler_fa=max_filler_fa, max_vigilance_miss=max_vigilance_miss,
-            min_observations=min_observations, empty_response=empty_response, storage_options=storage_options,
+            min_observations=min_observations, empty_response=empty_response,
+            storage_options=resolve_storage_options(storage_options, storage_options_secret),
         )
         result = run_analysis(scores, human, options, out)
         create_markdown_artifact(markdown=summary_markdown(result), key="memscore-analysis",

@@ -133,9 +133,14 @@ def run(args: argparse.Namespace) -> int:
             from memscore.flows.analyze import analyze
 
             # every option reaches the flow: the same fields as AnalysisOptions, by name
+            from memscore.flows.params import keep_in_process, split_secrets
+
             params = {f.name: getattr(options, f.name) for f in dataclasses.fields(AnalysisOptions)
                       if f.name not in ("kendall_max_n", "min_group_size")}
-            result = analyze(args.scores, args.human, out=args.out, **params)
+            # Credentials stay in this process: flow parameters are stored in Prefect's database.
+            public_options, secret_options = split_secrets(params.pop("storage_options"))
+            result = analyze(args.scores, args.human, out=args.out, storage_options=public_options,
+                             storage_options_secret=keep_in_process(secret_options), **params)
         else:
             result = run_analysis(args.scores, args.human, options, args.out)
     except HumanDataError as error:

@@ -192,9 +192,6 @@ def run(args: argparse.Namespace) -> int:
     weights = resolve_weights(spec, args.weights)
     if args.weights:  # a user's file: check it fits the model before any run starts
         build_with_weights(spec, weights)
-    check_source(args.source, storage_options)
-    check_destination(args.destination, storage_options)
-    check_destination(args.destination, storage_options)
     if args.dask_address:
         try:
             import prefect_dask  # noqa: F401
@@ -204,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         if args.backend != "torch":
             check_backend_options(args, device)
+    # Then the storage, once every option is known to work (a refused option leaves nothing behind).
+    check_source(args.source, storage_options)
+    check_destination(args.destination, storage_options)
 
     from memscore.tasks.pipeline import ScoreRequest
 

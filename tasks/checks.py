@@ -62,23 +62,43 @@ def check_source(location: Location, uri: str) -> None:
 def check_destination(location: Location, uri: str) -> None:
     """Raise :class:`DestinationUnwritableError` now, before any image is scored, unless DEST can be written.
 
-    Writes and deletes an empty probe object (``.memscore-write-probe-<uuid>``;
-    a local folder is created, as the first part would create it).
+    Writes and deletes an empty probe object (``.memscore-write-probe-<uuid>``). A local
+    folder that does not exist yet is created for the probe and removed again (the first
+    part creates it), so a check leaves nothing behind.
     """
     probe_name = f".memscore-write-probe-{uuid.uuid4().hex}"
     try:
         if location.is_local:
+            created = _missing_folders(location.root)
             os.makedirs(location.root, exist_ok=True)
             probe = os.path.join(location.root, probe_name)
             with open(probe, "wb"):
                 pass
             os.remove(probe)
+            for folder in created:  # deepest first; one another process filled meanwhile stays
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
         else:
             probe = location.join(probe_name)
             location.fs.pipe_file(probe, b"")
             location.fs.rm_file(probe)
     except Exception as error:  # noqa: BLE001 - a file in the way, no bucket, no credentials: one line
         raise DestinationUnwritableError(f"cannot write destination {uri}: {_one_line(error)}") from None
+
+
+def _missing_folders(path: str) -> list[str]:
+    """The folders of ``path`` that do not exist yet, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while path and not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
 
 
 def check_prefect_api(timeout_s: float = 5.0) -> None:

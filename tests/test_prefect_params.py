@@ -196,3 +196,38 @@ def test_storage_options_secret_names_a_prefect_secret_block(prefect_api):
         "anon": False, "key": "k1", "client_kwargs": {"endpoint_url": "http://h", "aws_session_token": "t1"}}
     with pytest.raises(ValueError, match="no Prefect Secret block named 'memscore-no-such-block'"):
         resolve_storage_options(None, "memscore-no-such-block")
+
+
+def test_analyze_flow_keeps_credentials_out_of_its_parameters(tmp_path, prefect_api):
+    """The analyze flow refuses secret-looking storage options as a parameter, and
+    `memscore analyze --prefect --storage-options` passes credentials by an in-process
+    reference: the flow run stored in Prefect's database holds no secret."""
+    import asyncio
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ParameterTypeError
+
+    from memscore.flows.analyze import analyze
+    from memscore.flows.cli import main
+
+    with pytest.raises(ParameterTypeError, match="credentials"):
+        analyze("scores.csv", "human.csv", storage_options={"secret": "s3cr3t"})
+    names = [f"img{i}.jpg" for i in range(6)]
+    (tmp_path / "scores.csv").write_text("path,score\n" + "".join(f"{n},{i / 10}\n" for i, n in enumerate(names)))
+    (tmp_path / "human.csv").write_text("path,memorability\n" + "".join(f"{n},{(i % 4) / 5}\n" for i, n in enumerate(names)))
+    secret = "AKIA-MEMSCORE-TEST-SECRET"
+    assert main(["analyze", "--scores", str(tmp_path / "scores.csv"), "--human", str(tmp_path / "human.csv"),
+                 "--human-column", "memorability", "--bootstrap", "0", "--prefect",
+                 "--storage-options", json.dumps({"key": secret, "anon": False})]) == 0
+
+    async def stored_parameters():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(limit=20)
+            return [run.parameters for run in runs if run.parameters.get("scores") == str(tmp_path / "scores.csv")]
+
+    stored = asyncio.run(stored_parameters())
+    assert stored, "the analyze flow run was not recorded"
+    text = json.dumps(stored)
+    assert secret not in text and '"key"' not in text
+    assert stored[0]["storage_options"] == {"anon": False}
