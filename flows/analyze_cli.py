@@ -104,6 +104,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefect", action="store_true", help="run as the Prefect flow 'analyze' (adds a Markdown artifact)")
 
 
+def human_measure(text: str | None) -> str | None:
+    """``--human-measure`` as the flows' choice: aliases (crr, hr, ...) become canonical names
+    (corrected_recognition, hit_rate, ...); an unknown name is a UserError. None stays None."""
+    from memscore.flows.cli import UserError
+    from memscore.storage.stats import canonical_measure
+
+    if text is None:
+        return None
+    try:
+        return canonical_measure(text)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -112,14 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from memscore.tasks.analyze import AnalysisOptions, run_analysis
     from memscore.tasks.summary import summary_lines
 
-    from memscore.storage.stats import canonical_measure
-
-    measure = args.human_measure
-    if measure is not None:  # aliases (crr, hr, ...) become the flow's choices (corrected_recognition, ...)
-        try:
-            measure = canonical_measure(measure)
-        except ValueError as error:
-            raise UserError(str(error)) from None
+    measure = human_measure(args.human_measure)
     options = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, score_column=args.score_column,
         human_column=args.human_column, human_measure=measure, human_format=args.human_format,

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from memscore.flows.analyze import AnalysisOptions
+    from memscore.flows.analyze_cli import human_measure
     from memscore.flows.cli import UserError, parse_storage_options
     from memscore.flows.report import ReportOptions, build_report
     from memscore.storage.human import HumanDataError
@@ -81,14 +82,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"memscore report needs {package} for {what}: pip install 'memscore[report]'") from None
     storage_options = parse_storage_options(args.storage_options)
     memory_limit = None if args.memory_limit.lower() == "none" else args.memory_limit
-    measure = args.human_measure
-    if measure is not None:  # aliases (crr, hr, ...) as memscore analyze takes them
-        from memscore.storage.stats import canonical_measure
-
-        try:
-            measure = canonical_measure(measure)
-        except ValueError as error:
-            raise UserError(str(error)) from None
+    measure = human_measure(args.human_measure)  # aliases (crr, hr, ...) as memscore analyze takes them
     analysis = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, human_column=args.human_column,
         human_measure=measure, human_format=args.human_format, match=args.match,
