@@ -1,6 +1,6 @@
 """Writing a file whole or not at all, locally or in a bucket.
 
-Locally a file is written under a hidden temporary name (``.<random>.inprogress``)
+Locally a file is written under a hidden temporary name (``.<name>.<random>.inprogress``)
 in its target folder, flushed to disk (fsync) and renamed over the target, so a
 reader or a run killed at any moment sees the old file or the new one, never half
 of one. On object stores the finished bytes go up in one PUT, which becomes
@@ -36,7 +36,8 @@ def local_temporary(location: Location, name: str) -> Iterator[str]:
     target = location.join(name)
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".", suffix=TEMPORARY_SUFFIX, dir=folder)
+    # .<name>.<random>.inprogress: hidden from readers, and names what it will become
+    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=TEMPORARY_SUFFIX, dir=folder)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

@@ -5,7 +5,7 @@ Each scored shard becomes one part ``DEST/scores/part-<run>-<shard>.parquet`` (a
 not at all: locally to a hidden temporary name and then renamed; on object
 stores as a single PUT of the finished bytes. Readers glob ``*.parquet`` and so
 never see a partial part, and a run killed at any moment loses only the shards
-it had in flight. Temporaries left by a killed run (``.<name>.<hex>.inprogress``)
+it had in flight. Temporaries left by a killed run (``.<name>.<random>.inprogress``)
 are removed by a later run once they are older than :data:`STALE_TEMPORARY_SECONDS`.
 
 A file in ``DEST/scores`` or ``DEST/errors`` that is named like a part but is no
@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import os
 import time
-import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memscore.errors import UserError
+from memscore.storage import atomic
 from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
 from memscore.storage.uris import Location
 
@@ -98,27 +98,18 @@ def remove_stale_temporaries(dest: Location, older_than_s: float = STALE_TEMPORA
 
 def write_part_atomic(dest: Location, folder: str, name: str, table: pa.Table) -> str:
     """Write ``table`` as ``DEST/folder/name`` so that no reader sees a partial file."""
-    target = dest.join(folder, name)
-    if dest.is_local:
-        dest.fs.makedirs(dest.join(folder), exist_ok=True)
-        temporary = dest.join(folder, f".{name}.{uuid.uuid4().hex}.inprogress")
-        try:
-            pq.write_table(table, temporary, compression="zstd")
-            with open(temporary, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-    else:
+    def to_bytes() -> bytes:
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
-        # One PUT of the finished bytes (s3fs switches to a multipart upload only
-        # past its chunk size, and that too becomes visible only when complete):
-        # readers see the whole object or nothing. A retried PUT overwrites the
-        # same key with the same bytes, so retries never duplicate rows.
-        dest.fs.pipe_file(target, buffer.getvalue())
-    return target
+        return buffer.getvalue()
+
+    # Locally a temporary renamed into place; on object stores one PUT of the finished bytes
+    # (s3fs switches to a multipart upload only past its chunk size, and that too becomes
+    # visible only when complete): readers see the whole object or nothing. A retried PUT
+    # overwrites the same key with the same bytes, so retries never duplicate rows.
+    atomic.write_with(dest, f"{folder}/{name}",
+                      lambda temporary: pq.write_table(table, temporary, compression="zstd"), to_bytes)
+    return dest.join(folder, name)
 
 
 def is_part_name(name: str) -> bool:
