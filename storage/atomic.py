@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -72,23 +73,26 @@ def write_with(location: Location, name: str, write: Callable[[str], None], to_b
         location.fs.pipe_file(location.join(name), to_bytes())
 
 
-def remove_temporaries(location: Location, folders: tuple[str, ...] = ("",)) -> int:
+def remove_temporaries(location: Location, folders: tuple[str, ...] = ("",), older_than_s: float | None = None) -> int:
     """Delete the hidden ``*.inprogress`` files a killed writer left in these folders of a
-    local location; return how many. Buckets have none (one PUT per file)."""
+    local location (with ``older_than_s``: only those last modified more than that many seconds
+    ago, since younger ones may belong to a writer still at work); return how many. Buckets have none (one PUT per file)."""
     if not location.is_local:
         return 0
     removed = 0
+    now = time.time()
     for folder in folders:
-        path = location.join(folder)
         try:
-            names = os.listdir(path)
+            entries = list(os.scandir(location.join(folder)))
         except OSError:
             continue
-        for name in names:
-            if name.startswith(".") and name.endswith(TEMPORARY_SUFFIX):
-                try:
-                    os.unlink(os.path.join(path, name))
+        for entry in entries:
+            if not (entry.name.startswith(".") and entry.name.endswith(TEMPORARY_SUFFIX)):
+                continue
+            try:
+                if older_than_s is None or now - entry.stat(follow_symlinks=False).st_mtime > older_than_s:
+                    os.unlink(entry.path)
                     removed += 1
-                except OSError:
-                    pass
+            except OSError:
+                pass  # gone already, or not ours to remove
     return removed

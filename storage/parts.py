@@ -16,8 +16,6 @@ naming the file and how to move it away, never a traceback.
 from __future__ import annotations
 
 import io
-import os
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -74,26 +72,7 @@ def remove_stale_temporaries(dest: Location, older_than_s: float = STALE_TEMPORA
     """Delete ``.inprogress`` temporaries of killed runs in DEST/scores and DEST/errors (local DEST
     only; object stores get no temporaries); return how many. Younger ones may belong to a run
     writing right now and are left alone."""
-    if not dest.is_local:
-        return 0
-    removed = 0
-    now = time.time()
-    for folder in (SCORES_DIR, ERRORS_DIR):
-        base = dest.join(folder)
-        try:
-            entries = list(os.scandir(base))
-        except OSError:
-            continue
-        for entry in entries:
-            if not (entry.name.startswith(".") and entry.name.endswith(".inprogress")):
-                continue
-            try:
-                if now - entry.stat(follow_symlinks=False).st_mtime > older_than_s:
-                    os.unlink(entry.path)
-                    removed += 1
-            except OSError:
-                pass  # gone already, or not ours to remove
-    return removed
+    return atomic.remove_temporaries(dest, (SCORES_DIR, ERRORS_DIR), older_than_s)
 
 
 def write_part_atomic(dest: Location, folder: str, name: str, table: pa.Table) -> str:
