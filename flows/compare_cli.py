@@ -177,7 +177,6 @@ def test_set(args: argparse.Namespace, candidates: list[Candidate], storage_opti
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     import pyarrow as pa
 
     from memscore.flows.cli import UserError, parse_storage_options

@@ -113,7 +113,7 @@ def split_half_counts_sql(counts: str, assign: str, splits: int, packed: bool = 
     one sum per split instead of four.
     """
     cols = ("hit", "miss", "fa", "cr")
-    mask = f"((coalesce(m.mask, 0::UBIGINT) >> {{k}}::UBIGINT) & 1::UBIGINT)::BIGINT"
+    mask = "((coalesce(m.mask, 0::UBIGINT) >> {k}::UBIGINT) & 1::UBIGINT)::BIGINT"
     parts = []
     for start in range(0, splits, 64):
         stop = min(splits, start + 64)
