@@ -26,7 +26,6 @@ from prefect.cache_policies import NO_CACHE
 
 from memscore.errors import UserError
 from memscore.flows.dest_lock import hold_destination
-from memscore.flows.params import Backend, Decode, Device, Precision, StorageOptions, resolve_storage_options
 from memscore.models.devices import resolve_device
 from memscore.storage.schema import ERRORS_DIR
 from memscore.storage.uris import Location
@@ -200,80 +199,24 @@ def summary_markdown(summary: ScoreSummary) -> str:
 
 
 @flow(
-    name="score-archive", log_prints=True, flow_run_name="{model}: {source} -> {destination}",
+    name="score-archive", log_prints=True, flow_run_name="{request.model}: {request.source} -> {request.destination}",
     # The summary (a small JSON dict) is kept as the run's result, readable after a deployment run.
     persist_result=True, result_serializer="json",
 )
-def score_archive(
-    source: str,
-    destination: str,
-    model: str = "resmem",
-    weights: str | None = None,
-    device: Device = "auto",
-    batch_size: int | None = None,
-    workers: int | None = None,
-    shard_size: int | None = None,
-    features: list[str] | None = None,
-    max_pixels: int | None = None,
-    retry_errors: bool = False,
-    storage_options: StorageOptions | None = None,
-    show_progress: bool = False,
-    dask_address: str | None = None,
-    precision: Precision = "auto",
-    channels_last: bool | None = None,
-    fold_batchnorm: bool | None = None,
-    compile_model: bool = False,
-    decode: Decode = "auto",
-    backend: Backend = "torch",
-    storage_options_secret: str | None = None,
-) -> dict[str, Any]:
-    """Score every image under ``source`` with ``model``; write Parquet under ``destination``.
+def score_archive(request: ScoreRequest) -> dict[str, Any]:
+    """Score every image under ``request.source`` with ``request.model``; write Parquet under
+    ``request.destination``.
 
     Args:
-        source: folder or fsspec URI with images (searched recursively).
-        destination: folder or fsspec URI for ``scores/`` and ``errors/`` parts.
-        model: registered model name (``memscore models`` lists them).
-        weights: weights file; default: the model's published weights.
-        device: auto, cpu, cuda, cuda:N or mps.
-        batch_size: images per forward pass (default depends on the device).
-        workers: DataLoader worker processes for reading and decoding.
-        shard_size: images per shard (one task run and one Parquet part each).
-        features: layers to export as ``feat_<layer>`` columns; [] for none.
-        max_pixels: larger images are refused as decompression bombs (default: PIL's limit).
-        retry_errors: also rescore images that failed in an earlier run.
-        storage_options: passed to fsspec for both SOURCE and DEST (endpoint, region, ...);
-            no credentials: keys such as key, secret or token are refused, because
-            parameters are stored in Prefect's database (use storage_options_secret).
-        show_progress: draw a progress bar on the terminal.
-        dask_address: run the shard tasks on this Dask scheduler (``tcp://host:8786``)
-            through prefect-dask; the device, batch size and decode workers are then
-            resolved on each Dask worker. Without it, shards run here, one after another.
-        precision: auto (fp32 on CPU, fp16 autocast on CUDA), fp32, bf16 or fp16.
-        channels_last: channels_last memory format (default: on for CPU and CUDA).
-        fold_batchnorm: fold BatchNorm into the convolutions (default: on).
-        compile_model: torch.compile the model (slow to start; off by default).
-        decode: where JPEGs are decoded: ``workers`` (PIL in the DataLoader workers, the
-            reference), ``device`` (a batch at a time on the model's device, nvJPEG on
-            CUDA) or ``auto`` (device on CUDA, workers elsewhere).
-        backend: ``torch`` (the reference) or ``onnxruntime`` (CPU and float32 only;
-            needs ``memscore[onnx]``; the model is exported to ONNX once and cached).
-        storage_options_secret: name of a Prefect Secret block holding a JSON object of
-            fsspec options with the credentials (merged into storage_options), e.g.
-            ``{"key": "...", "secret": "..."}``; default: the worker's environment.
+        request: what to score, where to write and how (:class:`tasks.pipeline.ScoreRequest`:
+            every option with its type, default and description; the UI's form is built from it).
+            A dict of its fields is accepted too (a deployment run's parameters).
 
     Returns:
         The run's summary (counts, images/s, errors by reason) as a dict; it is also
         the flow run's persisted result (JSON), readable after a deployment run.
     """
     logger = get_run_logger()
-    request = ScoreRequest(
-        source=source, destination=destination, model=model, weights=weights, device=device,
-        batch_size=batch_size, workers=workers, shard_size=shard_size, features=features, max_pixels=max_pixels,
-        retry_errors=retry_errors, storage_options=resolve_storage_options(storage_options, storage_options_secret),
-        show_progress=show_progress,
-        dask_address=dask_address, precision=precision, channels_last=channels_last,
-        fold_batchnorm=fold_batchnorm, compile_model=compile_model, decode=decode, backend=backend,
-    )
     steps = pipeline.PipelineSteps(plan_run=plan_run, score_shard=score_shard, write_shard=write_shard,
                                    compact=compact, run_shards=_score_on_dask, run_progress=_RunProgress, log=logger,
                                    # one run at a time per DEST (with a Prefect server; flows/dest_lock.py)

@@ -42,51 +42,39 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="SOURCE", help="folder or fsspec URI (s3://, gs://, az://, memory://, file://)")
-    parser.add_argument("--out", "-o", dest="destination", metavar="DEST", required=True, help="output folder or URI")
-    parser.add_argument("--model", default="resmem", help="model name (default: resmem; see `memscore models`)")
-    parser.add_argument("--weights", default=None, metavar="PATH", help="weights file (default: the model's published weights)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch-size", type=_positive, default=None, metavar="N", help="images per forward pass (default: 16 on CPU, 256 on CUDA)")
-    parser.add_argument("--workers", type=_non_negative, default=None, metavar="N", help="DataLoader workers that read and decode (default: from the CPU count)")
-    parser.add_argument("--shard-size", type=_positive, default=None, metavar="N", help="images per shard/Parquet part (default: 256 on CPU, 4096 on CUDA)")
-    parser.add_argument("--features", default=None, metavar="LAYER[,LAYER]", help="feature layers to export as feat_<layer> (default for resmem: resnet152,fc11; 'none' for none)")
-    parser.add_argument("--max-pixels", type=_positive, default=None, metavar="N", help="refuse larger images as decompression bombs (default: PIL's limit, 89478485)")
-    parser.add_argument("--retry-errors", action="store_true", help="also rescore images that failed in an earlier run")
-    parser.add_argument("--storage-options", default=None, metavar="JSON", help="fsspec options for SOURCE and DEST, as JSON")
-    parser.add_argument("--dask-address", default=None, metavar="tcp://HOST:PORT", help="run the shards on this existing Dask scheduler (needs memscore[dask]); device and batch defaults are then resolved on each worker")
+    """The options of ``memscore score``: defaults, choices and help come from
+    :class:`tasks.pipeline.ScoreRequest` (:func:`flows.params.add_field_option`)."""
+    from memscore.flows.params import add_field_option as option
+    from memscore.flows.params import non_negative, positive
+    from memscore.tasks.pipeline import ScoreRequest as R
+
+    parser.add_argument("source", metavar="SOURCE", help=R.model_fields["source"].description)
+    option(parser, ["--out", "-o"], R, "destination", metavar="DEST", required=True, default=None)
+    option(parser, "--model", R, "model")
+    option(parser, "--weights", R, "weights", metavar="PATH")
+    option(parser, "--device", R, "device")
+    option(parser, "--batch-size", R, "batch_size", type=positive, metavar="N")
+    option(parser, "--workers", R, "workers", type=non_negative, metavar="N")
+    option(parser, "--shard-size", R, "shard_size", type=positive, metavar="N")
+    option(parser, "--features", R, "features", metavar="LAYER[,LAYER]",
+           help=R.model_fields["features"].description.replace("[] for none", "'none' for none"))
+    option(parser, "--max-pixels", R, "max_pixels", type=positive, metavar="N")
+    option(parser, "--retry-errors", R, "retry_errors", action="store_true")
+    parser.add_argument("--storage-options", default=None, metavar="JSON",
+                        help="fsspec options for SOURCE and DEST, as JSON (credentials included: they stay in this "
+                             "process, never in a flow parameter)")
+    option(parser, "--dask-address", R, "dask_address", metavar="tcp://HOST:PORT")
     parser.add_argument("--prefect", action="store_true",
                         help="run as the Prefect flow 'score-archive' (the default for buckets, Dask and when "
                              "PREFECT_API_URL is set; local jobs otherwise run without a Prefect server)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="auto: fp32 on CPU (the reference), fp16 autocast on CUDA (measured: Spearman 0.99997 with fp32)")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="channels_last memory format (default: on for CPU and CUDA)")
-    parser.add_argument("--fold-batchnorm", action=argparse.BooleanOptionalAction, default=None,
-                        help="fold BatchNorm into the convolutions (default: on; scores move by ~1e-7)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (minutes to start on a small CPU)")
-    parser.add_argument("--decode", choices=("auto", "workers", "device"), default="auto",
-                        help="where JPEGs are decoded: workers (PIL, the reference), device (a batch at a time with "
-                             "torchvision; nvJPEG on CUDA), auto: device on CUDA, workers elsewhere")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                        help="what runs the model: torch (the reference) or onnxruntime (CPU, fp32; needs "
-                             "memscore[onnx]; exported once to ONNX and cached; scores within ~4e-7 of torch)")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+    option(parser, "--precision", R, "precision")
+    option(parser, "--channels-last", R, "channels_last", action=argparse.BooleanOptionalAction)
+    option(parser, "--fold-batchnorm", R, "fold_batchnorm", action=argparse.BooleanOptionalAction)
+    option(parser, "--compile", R, "compile_model", action="store_true")
+    option(parser, "--decode", R, "decode")
+    option(parser, "--backend", R, "backend")
 
 
 def parse_features(text: str | None) -> list[str] | None:
@@ -167,7 +155,7 @@ def check_backend_options(args: argparse.Namespace, device) -> None:
     from memscore.models.speed import check_backend
 
     try:
-        check_backend(args.backend, device, args.precision, args.compile)
+        check_backend(args.backend, device, args.precision, args.compile_model)
     except (ValueError, BackendUnavailableError) as error:
         raise UserError(str(error)) from None
 
@@ -179,12 +167,13 @@ def run(args: argparse.Namespace) -> int:
 
     guard_children()  # the temporary Prefect API and the decode workers end with this run, even on SIGKILL
     storage_options = parse_storage_options(args.storage_options)
+    features = parse_features(args.features)
+    request = build_request(args, features, storage_options)  # a refused value: one line, before anything else
     # Fail fast on what needs no orchestrator: unknown model or layers, missing weights, bad device.
     from memscore.models.devices import resolve_device
     from memscore.models.registry import build_with_weights, get_model_spec, resolve_weights
 
     spec = get_model_spec(args.model)
-    features = parse_features(args.features)
     try:
         spec.check_features(spec.default_features if features is None else features)
     except ValueError as error:
@@ -205,42 +194,12 @@ def run(args: argparse.Namespace) -> int:
     check_source(args.source, storage_options)
     check_destination(args.destination, storage_options)
 
-    from memscore.tasks.pipeline import ScoreRequest
-
-    request = ScoreRequest(
-        source=args.source,
-        destination=args.destination,
-        model=args.model,
-        weights=args.weights,
-        device=args.device,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        shard_size=args.shard_size,
-        features=features,
-        max_pixels=args.max_pixels,
-        retry_errors=args.retry_errors,
-        storage_options=storage_options,
-        show_progress=not args.no_progress,
-        dask_address=args.dask_address,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        fold_batchnorm=args.fold_batchnorm,
-        compile_model=args.compile,
-        decode=args.decode,
-        backend=args.backend,
-    )
     if wants_flow(args):
-        from dataclasses import asdict
-
-        from memscore.flows.params import keep_in_process, split_secrets
         from memscore.flows.score import score_archive
         from memscore.tasks.checks import check_prefect_api
 
         check_prefect_api()  # seconds, not a minute of retries and a traceback
-        # Credentials stay in this process: flow parameters are stored in Prefect's database.
-        public_options, secret_options = split_secrets(storage_options)
-        summary = score_archive(**{**asdict(request), "storage_options": public_options},
-                                storage_options_secret=keep_in_process(secret_options))
+        summary = score_archive(request)
     else:
         summary = run_plain(request)
     if args.json:
@@ -253,6 +212,25 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def build_request(args: argparse.Namespace, features: list[str] | None, storage_options: dict | None) -> ScoreRequest:
+    """The :class:`tasks.pipeline.ScoreRequest` of these arguments (a refused value: a one-line UserError).
+
+    Credentials in ``--storage-options`` stay in this process (:func:`tasks.params.storage_fields`):
+    the request, which the flow stores as its parameter, holds only their reference.
+    """
+    from memscore.tasks.params import storage_fields
+    from memscore.tasks.pipeline import ScoreRequest
+
+    return ScoreRequest(
+        source=args.source, destination=args.destination, model=args.model, weights=args.weights,
+        device=args.device, batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
+        features=features, max_pixels=args.max_pixels, retry_errors=args.retry_errors,
+        show_progress=not args.no_progress, dask_address=args.dask_address, precision=args.precision,
+        channels_last=args.channels_last, fold_batchnorm=args.fold_batchnorm, compile_model=args.compile_model,
+        decode=args.decode, backend=args.backend, **storage_fields(storage_options),
+    )
 
 
 def run_plain(request: ScoreRequest) -> dict:

@@ -18,7 +18,7 @@ import logging
 import multiprocessing
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -26,8 +26,11 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from pydantic import ConfigDict, Field
+
 from memscore.storage.uris import Location, open_location
 from memscore.tasks.discover import DiscoveryCounts, iter_listing
+from memscore.tasks.params import Backend, Decode, Device, Parameters, Precision, StorageOptionsField, StorageSecretField
 from memscore.tasks.plan import Plan, done_keys, plan_shards
 
 logger = logging.getLogger("memscore.score")
@@ -80,36 +83,51 @@ class ScoreSummary:
         )
 
 
-@dataclass(frozen=True)
-class ScoreRequest:
-    """Everything a scoring run is asked to do (the flow's and the CLI's parameters).
+class ScoreRequest(Parameters):
+    """Everything a scoring run is asked to do: the ``score-archive`` flow's one parameter, what
+    ``memscore score`` and ``memscore.score()`` build. Each option's type, default and
+    description is written here only (the CLI's options and the flow's form are read off it).
 
-    ``source``/``destination`` are folders or fsspec URIs; ``features`` None means the
-    model's default layers, () none; ``batch_size``/``workers``/``shard_size`` None take
-    the device's defaults (:func:`models.devices.defaults_for`); ``max_pixels`` None is
-    PIL's limit. See :func:`flows.score.score_archive` for each option.
+    ``batch_size``/``workers``/``shard_size`` None take the device's defaults
+    (:func:`models.devices.defaults_for`), decided where the shards run.
     """
 
-    source: str
-    destination: str
-    model: str = "resmem"
-    weights: str | None = None
-    device: str = "auto"
-    batch_size: int | None = None
-    workers: int | None = None
-    shard_size: int | None = None
-    features: Sequence[str] | None = None
-    max_pixels: int | None = None
-    retry_errors: bool = False
-    storage_options: dict[str, Any] | None = None
-    show_progress: bool = False
-    dask_address: str | None = None
-    precision: str = "auto"
-    channels_last: bool | None = None
-    fold_batchnorm: bool | None = None
-    compile_model: bool = False
-    decode: str = "auto"
-    backend: str = "torch"
+    model_config = ConfigDict(frozen=True)
+
+    source: str = Field(description="folder or fsspec URI with the images, searched recursively "
+                                    "(s3://, gs://, az://, memory://, file://)")
+    destination: str = Field(description="folder or fsspec URI for the scores/ and errors/ Parquet parts")
+    model: str = Field("resmem", description="registered model name (`memscore models` lists them)")
+    weights: str | None = Field(None, description="weights file (default: the model's published weights)")
+    device: Device = Field("auto", description="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    batch_size: int | None = Field(None, ge=1, description="images per forward pass (default: 16 on CPU, 256 on CUDA)")
+    workers: int | None = Field(None, ge=0, description="DataLoader worker processes that read and decode "
+                                                        "(default: from the CPU count)")
+    shard_size: int | None = Field(None, ge=1, description="images per shard: one task run and one Parquet part "
+                                                           "each (default: 256 on CPU, 4096 on CUDA)")
+    features: list[str] | None = Field(None, description="layers to export as feat_<layer> columns (default: the "
+                                                         "model's, for resmem resnet152 and fc11; [] for none)")
+    max_pixels: int | None = Field(None, ge=1, description="refuse larger images as decompression bombs "
+                                                           "(default: PIL's limit, 89478485)")
+    retry_errors: bool = Field(False, description="also rescore images that failed in an earlier run")
+    storage_options: StorageOptionsField = None
+    storage_options_secret: StorageSecretField = None
+    show_progress: bool = Field(False, description="draw a progress bar on the terminal")
+    dask_address: str | None = Field(None, description="run the shard tasks on this Dask scheduler "
+                                     "(tcp://host:8786) through prefect-dask (needs memscore[dask]); the device, "
+                                     "batch size and decode workers are then resolved on each Dask worker")
+    precision: Precision = Field("auto", description="auto: fp32 on CPU (the reference), fp16 autocast on CUDA "
+                                                     "(measured: Spearman 0.99997 with fp32); fp32, bf16 or fp16")
+    channels_last: bool | None = Field(None, description="channels_last memory format (default: on for CPU and CUDA)")
+    fold_batchnorm: bool | None = Field(None, description="fold BatchNorm into the convolutions (default: on; "
+                                                          "scores move by ~1e-7)")
+    compile_model: bool = Field(False, description="torch.compile the model (minutes to start on a small CPU)")
+    decode: Decode = Field("auto", description="where JPEGs are decoded: workers (PIL in the DataLoader workers, the "
+                                               "reference), device (a batch at a time with torchvision, nvJPEG on "
+                                               "CUDA), auto: device on CUDA, workers elsewhere")
+    backend: Backend = Field("torch", description="what runs the model: torch (the reference) or onnxruntime (CPU, "
+                                                  "fp32; needs memscore[onnx]; exported once to ONNX and cached; "
+                                                  "scores within ~4e-7 of torch)")
 
 
 def new_run_id() -> str:
@@ -161,6 +179,7 @@ def check_request(request: ScoreRequest) -> None:
     from memscore.models.registry import build_with_weights, get_model_spec, resolve_weights
     from memscore.models.speed import check_backend
 
+    request = request.resolved()  # the credentials named by storage_options_secret, in this process
     spec = get_model_spec(request.model)
     spec.check_features(spec.default_features if request.features is None else request.features)
     weights = resolve_weights(spec, request.weights)
@@ -320,6 +339,7 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
     from memscore.tasks.score import ScoreSettings
 
     steps = steps or PipelineSteps()
+    request = request.resolved()  # the credentials named by storage_options_secret, in this process
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     spec = get_model_spec(request.model)
