@@ -14,6 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from memscore.tasks.analysis_options import AnalyzeRequest
 
 EPILOG = """human data formats (--human-format; auto picks one from the file):
   lamem   'image_name score' per line (LaMem splits)
@@ -39,10 +43,10 @@ what each number is: docs/analysis.md"""
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+    """argparse type: 0 or more (:func:`flows.params.non_negative`)."""
+    from memscore.flows.params import non_negative
+
+    return non_negative(text)
 
 
 def _rate_or_none(text: str) -> float | None:
@@ -55,52 +59,40 @@ def _rate_or_none(text: str) -> float | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scores", required=True, metavar="PATH",
-                        help="memscore output folder, or a Parquet/CSV file with an id and a score column "
-                             "(a local path or a URI: s3://, gs://, az://, ...)")
-    parser.add_argument("--human", required=True, metavar="PATH",
-                        help="human memorability data (file or BIDS folder; a local path or a URI)")
-    parser.add_argument("--id-column", default=None, metavar="COL",
-                        help="image id column, both sides unless --human-id-column (default: first of path, "
-                             "image_id, image_name, image, filename)")
-    parser.add_argument("--human-id-column", default=None, metavar="COL", help="image id column of the human data")
-    parser.add_argument("--score-column", action="append", default=None, metavar="COL",
-                        help="model score column (default: score, resmem, ...); repeat it or separate names by "
-                             "commas to compare several columns pairwise")
-    parser.add_argument("--human-column", default=None, metavar="COL", help="a ready human score column")
-    parser.add_argument("--human-measure", default=None, metavar="MEASURE",
-                        help="measure derived from counts or trials: hit_rate (default), false_alarm_rate, "
-                             "corrected_recognition, miss_rate")
-    parser.add_argument("--human-format", default="auto", choices=["auto", "lamem", "table", "counts", "trials", "bids"])
-    parser.add_argument("--match", default="auto", choices=["auto", "path", "name", "stem"],
-                        help="match images by relative path, file name or file name without extension "
-                             "(default auto: the most specific that matches the most images)")
-    parser.add_argument("--bootstrap", type=_non_negative, default=1000, metavar="N",
-                        help="bootstrap resamples over images for the intervals (default 1000; 0: none)")
-    parser.add_argument("--splits", type=_non_negative, default=25, metavar="N",
-                        help="random split halves of participants for split-half consistency (default 25)")
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of resamples and splits (default 0)")
-    parser.add_argument("--confidence", type=float, default=0.95, metavar="P", help="interval coverage (default 0.95)")
-    parser.add_argument("--group-column", "--group-by", dest="group_column", default=None, metavar="COL",
-                        help="also report the statistics per value of this column (human data or scores), "
-                             "e.g. MemCat's category")
-    parser.add_argument("--model", default=None, metavar="NAME", help="use only this model's scores of a memscore folder")
-    parser.add_argument("--max-filler-fa", type=_rate_or_none, default=0.5, metavar="RATE",
-                        help="exclude participants whose filler false-alarm rate is above RATE (default 0.5; none: off)")
-    parser.add_argument("--max-vigilance-miss", type=_rate_or_none, default=0.5, metavar="RATE",
-                        help="exclude participants whose vigilance miss rate is above RATE (default 0.5; none: off)")
-    parser.add_argument("--min-observations", type=_non_negative, default=0, metavar="N",
-                        help="drop images whose measure rests on fewer than N trials (counts or trial data), from "
-                             "the model correlations and the split-half alike (default 0: keep all; images under "
-                             "5 are counted in a warning)")
-    parser.add_argument("--empty-response", choices=["missing", "no"], default="missing",
-                        help="trial data: an empty response is missing (ignored; default) or 'no' (no key press)")
+    """The options of ``memscore analyze``: defaults, choices and help come from
+    :class:`tasks.analysis_options.AnalysisOptions` and :class:`~tasks.analysis_options.AnalyzeRequest`
+    (:func:`flows.params.add_field_option`)."""
+    from memscore.flows.params import add_field_option as option
+    from memscore.flows.params import non_negative
+    from memscore.tasks.analysis_options import AnalysisOptions as O
+    from memscore.tasks.analysis_options import AnalyzeRequest as R
+
+    option(parser, "--scores", R, "scores", required=True, metavar="PATH")
+    option(parser, "--human", R, "human", required=True, metavar="PATH")
+    option(parser, "--id-column", O, "id_column", metavar="COL")
+    option(parser, "--human-id-column", O, "human_id_column", metavar="COL")
+    option(parser, "--score-column", O, "score_column", action="append", metavar="COL",
+           help="model score column (default: score, resmem, memorability, ...); repeat the option or separate "
+                "names by commas to compare several columns pairwise")
+    option(parser, "--human-column", O, "human_column", metavar="COL")
+    option(parser, "--human-measure", O, "human_measure", metavar="MEASURE", choices=None)
+    option(parser, "--human-format", O, "human_format")
+    option(parser, "--match", O, "match")
+    option(parser, "--bootstrap", O, "bootstrap", type=non_negative, metavar="N")
+    option(parser, "--splits", O, "splits", type=non_negative, metavar="N")
+    option(parser, "--seed", O, "seed", type=int, metavar="N")
+    option(parser, "--confidence", O, "confidence", type=float, metavar="P")
+    option(parser, ["--group-column", "--group-by"], O, "group_column", metavar="COL")
+    option(parser, "--model", O, "model", metavar="NAME")
+    option(parser, "--max-filler-fa", O, "max_filler_fa", type=_rate_or_none, metavar="RATE")
+    option(parser, "--max-vigilance-miss", O, "max_vigilance_miss", type=_rate_or_none, metavar="RATE")
+    option(parser, "--min-observations", O, "min_observations", type=non_negative, metavar="N")
+    option(parser, "--empty-response", O, "empty_response")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="write joined.parquet (per image), stats.json and report.md to DIR "
-                             "(a local folder or a URI: s3://, gs://, az://, ...)")
+    option(parser, "--out", R, "out", metavar="DIR")
     parser.add_argument("--storage-options", default=None, metavar="JSON",
-                        help="fsspec options for --scores, --human and --out URIs (credentials, endpoint), as JSON")
+                        help="fsspec options for --scores, --human and --out URIs (credentials, endpoint), as JSON; "
+                             "credentials stay in this process, never in a flow parameter")
     parser.add_argument("--prefect", action="store_true", help="run as the Prefect flow 'analyze' (adds a Markdown artifact)")
 
 
@@ -118,38 +110,40 @@ def human_measure(text: str | None) -> str | None:
         raise UserError(str(error)) from None
 
 
-def run(args: argparse.Namespace) -> int:
-    import dataclasses
+def build_request(args: argparse.Namespace) -> AnalyzeRequest:
+    """The :class:`tasks.analysis_options.AnalyzeRequest` of these arguments (a refused value: a
+    one-line UserError). Credentials in ``--storage-options`` stay in this process
+    (:func:`tasks.params.storage_fields`); the request holds only their reference."""
+    from memscore.flows.cli import parse_storage_options
+    from memscore.tasks.analysis_options import AnalysisOptions, AnalyzeRequest
+    from memscore.tasks.params import storage_fields
 
-    from memscore.flows.cli import UserError, parse_storage_options
-    from memscore.storage.human import HumanDataError
-    from memscore.tasks.analyze import AnalysisOptions, run_analysis
-    from memscore.tasks.summary import summary_lines
-
-    measure = human_measure(args.human_measure)
     options = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, score_column=args.score_column,
-        human_column=args.human_column, human_measure=measure, human_format=args.human_format,
-        match=args.match, bootstrap=args.bootstrap, splits=args.splits, seed=args.seed, confidence=args.confidence,
-        group_column=args.group_column, model=args.model, max_filler_fa=args.max_filler_fa,
-        max_vigilance_miss=args.max_vigilance_miss, min_observations=args.min_observations,
-        empty_response=args.empty_response, storage_options=parse_storage_options(args.storage_options),
+        human_column=args.human_column, human_measure=human_measure(args.human_measure),
+        human_format=args.human_format, match=args.match, bootstrap=args.bootstrap, splits=args.splits,
+        seed=args.seed, confidence=args.confidence, group_column=args.group_column, model=args.model,
+        max_filler_fa=args.max_filler_fa, max_vigilance_miss=args.max_vigilance_miss,
+        min_observations=args.min_observations, empty_response=args.empty_response,
+        **storage_fields(parse_storage_options(args.storage_options)),
     )
+    return AnalyzeRequest(scores=args.scores, human=args.human, out=args.out, options=options)
+
+
+def run(args: argparse.Namespace) -> int:
+    from memscore.flows.cli import UserError
+    from memscore.storage.human import HumanDataError
+    from memscore.tasks.analyze import run_analysis
+    from memscore.tasks.summary import summary_lines
+
+    request = build_request(args)
     try:
         if args.prefect:
             from memscore.flows.analyze import analyze
 
-            # every option reaches the flow: the same fields as AnalysisOptions, by name
-            from memscore.flows.params import keep_in_process, split_secrets
-
-            params = {f.name: getattr(options, f.name) for f in dataclasses.fields(AnalysisOptions)
-                      if f.name not in ("kendall_max_n", "min_group_size")}
-            # Credentials stay in this process: flow parameters are stored in Prefect's database.
-            public_options, secret_options = split_secrets(params.pop("storage_options"))
-            result = analyze(args.scores, args.human, out=args.out, storage_options=public_options,
-                             storage_options_secret=keep_in_process(secret_options), **params)
+            result = analyze(request)  # every option reaches the flow: it is the same object
         else:
-            result = run_analysis(args.scores, args.human, options, args.out)
+            result = run_analysis(request.scores, request.human, request.options, request.out)
     except HumanDataError as error:
         raise UserError(str(error)) from error
     if args.json:

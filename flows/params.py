@@ -49,7 +49,7 @@ def field_help(model: type[BaseModel], name: str, show_default: bool = True) -> 
     info = model.model_fields[name]
     text = info.description or ""
     default = field_default(model, name)
-    if show_default and default not in (None, False, True, [], {}) and "default" not in text:
+    if show_default and not (default is None or isinstance(default, bool) or default in ([], {})) and "default" not in text:
         text += f" (default: {default})"
     return text.replace("%", "%%")
 

@@ -18,7 +18,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -121,8 +121,8 @@ def _fraction(result: dict[str, Any]) -> dict[str, Any] | None:
 def _human_section(dest: str, model: str, options: ReportOptions, out: Path, gallery_paths: list[str],
                    scratch: str) -> tuple[dict[str, Any], list[dict], dict[str, tuple[float, int]], list[str]]:
     """The analysis result, its figures, the human score and rank of each gallery path, notes."""
-    aopts = replace(options.analysis, model=model, group_column=options.group_column,
-                    storage_options=options.storage_options)
+    aopts = options.analysis.model_copy(update=dict(model=model, group_column=options.group_column,
+                                                    storage_options=options.storage_options))
     con = data.connect(options.memory_limit, scratch)
     notes: list[str] = []
     try:

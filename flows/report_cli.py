@@ -98,10 +98,8 @@ def run(args: argparse.Namespace) -> int:
         if args.prefect:
             from memscore.flows.report import report
 
-            from dataclasses import asdict
-
-            fields = {k: v for k, v in asdict(analysis).items()
-                      if k not in ("storage_options", "seed", "kendall_max_n", "min_group_size")}
+            fields = {k: v for k, v in analysis.model_dump().items()
+                      if k not in ("storage_options", "storage_options_secret", "seed", "kendall_max_n", "min_group_size")}
             result = report(args.dest, args.out, human=args.human, model=args.model, group_column=args.group_column,
                             top=args.top, sample=args.sample, seed=args.seed, bins=args.bins, maps=args.maps,
                             maps_device=args.maps_device, memory_limit=memory_limit, analysis=fields, storage_options=storage_options)

@@ -32,50 +32,20 @@ def _artifact_key(model: str) -> str:
     return "train-metrics-" + "".join(c if c.isalnum() else "-" for c in model.lower())
 
 
-@flow(name="train", log_prints=True)
-def train(
-    model: str,
-    human: str,
-    images: str,
-    out: str,
-    human_format: str = "auto",
-    id_column: str | None = None,
-    score_column: str | None = None,
-    measure: str | None = None,
-    duplicates: str = "error",
-    split_files: dict[str, str] | None = None,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    max_images: int | None = None,
-    loss: str = "mse",
-    rank_weight: float = 1.0,
-    optimizer: str = "adamw",
-    lr: float = 1e-4,
-    weight_decay: float = 1e-4,
-    epochs: int = 20,
-    batch_size: int = 32,
-    patience: int = 5,
-    amp: str = "auto",
-    augment: bool = True,
-    freeze: list[str] | None = None,
-    init: str = "published",
-    resmem_weights: str | None = None,
-    segmenter_weights: str | None = None,
-    device: str = "auto",
-    workers: int = 0,
-    resume: bool = True,
-    storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any] | State:
-    """Train ``model`` on ``human`` scores of the images under ``images``; write to ``out``.
+@flow(name="train", log_prints=True, flow_run_name="train {config.model} -> {config.out}")
+def train(config: TrainConfig) -> dict[str, Any] | State:
+    """Train ``config.model`` on ``config.human`` scores of the images under ``config.images``;
+    write to ``config.out``.
 
-    The parameters are those of :class:`tasks.train.TrainConfig` (defaults documented there).
+    Args:
+        config: every option of the run (:class:`tasks.train.TrainConfig`: types, defaults and
+            descriptions; the UI's form is built from it). A dict of its fields is accepted too.
+
     A problem the user can fix (data, weights, device) ends the run Failed with its
     one-line message, no traceback; calling the flow raises that error.
     """
-    arguments = dict(locals())
     logger = get_run_logger()
-    config = TrainConfig(**{f.name: arguments[f.name] for f in dataclasses.fields(TrainConfig)})
+    model, out = config.model, config.out
     key = _artifact_key(model)
 
     def publish(row: EpochMetrics, history: list[EpochMetrics]) -> None:

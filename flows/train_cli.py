@@ -30,46 +30,49 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``memscore train``: defaults, choices and help come from
+    :class:`tasks.train_config.TrainConfig` (:func:`flows.params.add_field_option`)."""
+    from memscore.flows.params import add_field_option as option
+    from memscore.tasks.train_config import TrainConfig as C
+
     data = parser.add_argument_group("data")
-    data.add_argument("--model", required=True, help="model to train (see below)")
-    data.add_argument("--human", required=True, metavar="PATH", help="human memorability data (path or URI)")
-    data.add_argument("--images", required=True, metavar="IMAGES", help="folder or fsspec URI with the images")
-    data.add_argument("--out", "-o", required=True, metavar="OUT", help="folder or fsspec URI for checkpoints, metrics and the model")
-    data.add_argument("--format", dest="human_format", default="auto", help="human data format (default: auto)")
-    data.add_argument("--id-column", default=None, help="column naming the image (default: detected)")
-    data.add_argument("--score-column", default=None, help="column with the memorability score (default: detected)")
-    data.add_argument("--measure", default=None, help="which measure to use when the data has several")
-    data.add_argument("--duplicates", choices=("error", "mean"), default="error",
-                      help="several rows for one image: error (default) or average them")
+    option(data, "--model", C, "model", required=True, help="model to train (see below)")
+    option(data, "--human", C, "human", required=True, metavar="PATH")
+    option(data, "--images", C, "images", required=True, metavar="IMAGES")
+    option(data, ["--out", "-o"], C, "out", required=True, metavar="OUT")
+    option(data, "--format", C, "human_format")
+    option(data, "--id-column", C, "id_column")
+    option(data, "--score-column", C, "score_column")
+    option(data, "--measure", C, "measure")
+    option(data, "--duplicates", C, "duplicates")
     data.add_argument("--split-file", action="append", default=[], metavar="SPLIT=PATH",
                       help="image list for a split (train, val, test); first token per line, e.g. LaMem's splits/*_1.txt")
-    data.add_argument("--val-fraction", type=float, default=0.1, help="random split: validation share (default 0.1)")
-    data.add_argument("--test-fraction", type=float, default=0.1, help="random split: test share (default 0.1)")
-    data.add_argument("--seed", type=int, default=0, help="seed of the random split, shuffling and augmentation (default 0)")
-    data.add_argument("--max-images", type=int, default=None, metavar="N", help="use at most N images (seeded sample)")
+    option(data, "--val-fraction", C, "val_fraction", type=float)
+    option(data, "--test-fraction", C, "test_fraction", type=float)
+    option(data, "--seed", C, "seed", type=int)
+    option(data, "--max-images", C, "max_images", type=int, metavar="N")
     opt = parser.add_argument_group("training")
-    opt.add_argument("--loss", choices=("mse", "rank"), default="mse",
-                     help="mse (default, as the seeds) or rank: MSE + pairwise logistic rank loss")
-    opt.add_argument("--rank-weight", type=float, default=1.0, help="weight of the rank term (default 1.0)")
-    opt.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default="adamw", help="default adamw (sgd: momentum 0.9)")
-    opt.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
-    opt.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
-    opt.add_argument("--epochs", type=int, default=20, help="most epochs (default 20)")
-    opt.add_argument("--batch-size", type=int, default=32, help="default 32")
-    opt.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better validation Spearman (default 5)")
-    opt.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bfloat16 mixed precision; auto: on CUDA only")
+    option(opt, "--loss", C, "loss")
+    option(opt, "--rank-weight", C, "rank_weight", type=float)
+    option(opt, "--optimizer", C, "optimizer")
+    option(opt, "--lr", C, "lr", type=float)
+    option(opt, "--weight-decay", C, "weight_decay", type=float)
+    option(opt, "--epochs", C, "epochs", type=int)
+    option(opt, "--batch-size", C, "batch_size", type=int)
+    option(opt, "--patience", C, "patience", type=int)
+    option(opt, "--amp", C, "amp")
     opt.add_argument("--no-augment", action="store_true", help="no random flips and small crops")
-    opt.add_argument("--freeze", default=None, metavar="PART[,PART]",
-                     help="parts not to train: alexnet, resnet, segmenter or module names; 'none' trains all (default: per model)")
-    opt.add_argument("--init", choices=("published", "random"), default="published",
-                     help="start from ResMem's published weights and the pretrained segmenter (default) or at random")
-    opt.add_argument("--resmem-weights", default=None, metavar="PATH", help="ResMem weights to start from (default: the resmem package's)")
-    opt.add_argument("--segmenter-weights", default=None, metavar="PATH",
-                     help="segmenter state dict (default: torchvision's pretrained weights via the torch hub cache)")
-    opt.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    opt.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (spawned; default 0)")
+    option(opt, "--freeze", C, "freeze", metavar="PART[,PART]",
+           help=C.model_fields["freeze"].description.replace("[] trains all", "'none' trains all"))
+    option(opt, "--init", C, "init")
+    option(opt, "--resmem-weights", C, "resmem_weights", metavar="PATH")
+    option(opt, "--segmenter-weights", C, "segmenter_weights", metavar="PATH")
+    option(opt, "--device", C, "device")
+    option(opt, "--workers", C, "workers", type=int)
     opt.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a checkpoint")
-    parser.add_argument("--storage-options", default=None, metavar="JSON", help="fsspec options for all URIs, as JSON")
+    parser.add_argument("--storage-options", default=None, metavar="JSON",
+                        help="fsspec options for all URIs, as JSON (credentials stay in this process, never in a "
+                             "flow parameter)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
 
@@ -95,32 +98,30 @@ def parse_freeze(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memscore.flows.cli import UserError
-    from memscore.models.registry import get_model_spec
-    from memscore.models.registry import trainable_model
+    from memscore.flows.cli import UserError, parse_storage_options
+    from memscore.models.registry import get_model_spec, trainable_model
+    from memscore.tasks.params import storage_fields
     from memscore.tasks.train import TrainConfig, TrainingError
 
-    try:
-        storage_options = json.loads(args.storage_options) if args.storage_options else None
-    except ValueError as error:
-        raise UserError(f"--storage-options is not valid JSON: {error}") from None
+    storage_options = parse_storage_options(args.storage_options)
     get_model_spec(args.model)  # unknown model: a one-line error
     try:
         trainable_model(args.model)
     except ValueError as error:
         raise UserError(str(error)) from None
-    config = TrainConfig(
-        model=get_model_spec(args.model).name, human=args.human, images=args.images, out=args.out,
-        human_format=args.human_format, id_column=args.id_column, score_column=args.score_column,
-        measure=args.measure, duplicates=args.duplicates, split_files=parse_split_files(args.split_file), val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, seed=args.seed, max_images=args.max_images, loss=args.loss,
-        rank_weight=args.rank_weight, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-        epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, amp=args.amp,
-        augment=not args.no_augment, freeze=parse_freeze(args.freeze), init=args.init,
-        resmem_weights=args.resmem_weights, segmenter_weights=args.segmenter_weights, device=args.device,
-        workers=args.workers, resume=not args.no_resume, storage_options=storage_options,
-    )
-    try:
+    try:  # a refused value (TrainingError, a UserError) is one line
+        config = TrainConfig(
+            model=get_model_spec(args.model).name, human=args.human, images=args.images, out=args.out,
+            human_format=args.human_format, id_column=args.id_column, score_column=args.score_column,
+            measure=args.measure, duplicates=args.duplicates, split_files=parse_split_files(args.split_file),
+            val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+            max_images=args.max_images, loss=args.loss, rank_weight=args.rank_weight, optimizer=args.optimizer,
+            lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs, batch_size=args.batch_size,
+            patience=args.patience, amp=args.amp, augment=not args.no_augment, freeze=parse_freeze(args.freeze),
+            init=args.init, resmem_weights=args.resmem_weights, segmenter_weights=args.segmenter_weights,
+            device=args.device, workers=args.workers, resume=not args.no_resume,
+            **storage_fields(storage_options),  # credentials stay in this process, not in the flow's parameter
+        )
         config.check()
     except TrainingError as error:
         raise UserError(str(error)) from None
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from memscore.flows.train import train
 
     try:
-        summary = train(**{name: getattr(config, name) for name in config.__dataclass_fields__})
+        summary = train(config)
     except TrainingError as error:
         raise UserError(str(error)) from error
     if args.json:

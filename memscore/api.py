@@ -315,23 +315,24 @@ def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = 
     import json
     import tempfile
     import warnings
-    from dataclasses import replace
-
     from memscore.models.registry import get_model_spec, resolve_weights
     from memscore.tasks.pipeline import ScoreRequest, check_request, run_score
+
+    from memscore.tasks.params import storage_fields
 
     request = ScoreRequest(
         source=os.fspath(source), destination=os.fspath(dest) if dest is not None else "", model=model,
         weights=weights, device=device, batch_size=batch_size, workers=workers, shard_size=shard_size,
         features=None if features is None else list(features), max_pixels=max_pixels, retry_errors=retry_errors,
-        storage_options=storage_options, show_progress=progress, precision=precision, decode=decode, backend=backend,
-    )
+        show_progress=progress, precision=precision, decode=decode, backend=backend,
+        **storage_fields(storage_options),
+    ).resolved()  # credentials never enter the request: kept aside, merged back here (this process)
     check_request(request)
     spec = get_model_spec(model)
     digest = resolve_weights(spec, weights).digest
     with tempfile.TemporaryDirectory(prefix="memscore-score-") as scratch:
         if dest is None:  # the same pipeline, into a folder deleted on return
-            request = replace(request, destination=scratch)
+            request = request.model_copy(update={"destination": scratch})
         summary = run_score(request)
         table = _read_scores(request.destination, request.storage_options, spec.name, digest)
         failures = _error_examples(request.destination, request.storage_options, summary.run_id) if summary.failed else []
@@ -451,19 +452,20 @@ def analyze(scores: str | os.PathLike[str] | pa.Table | Any, human: str | os.Pat
     both are :class:`memscore.UserError`) for data that cannot be analysed as given; TypeError
     for an unknown setting.
     """
-    import dataclasses
     import tempfile
 
     from memscore.tasks.analysis_options import AnalysisOptions
+    from memscore.tasks.params import storage_fields
 
-    if options is None:
-        known = {f.name for f in dataclasses.fields(AnalysisOptions)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise TypeError(f"unknown analyze setting(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
-        options = AnalysisOptions(**settings)
-    elif settings:
-        options = dataclasses.replace(options, **settings)
+    known = set(AnalysisOptions.model_fields)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"unknown analyze setting(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
+    if "storage_options" in settings:  # credentials stay in this process, never in the options object
+        settings.update(storage_fields(settings.pop("storage_options")))
+    if options is None or settings:
+        options = AnalysisOptions(**{**(options.model_dump() if options is not None else {}), **settings})
+    options = options.resolved()  # credentials named by storage_options_secret, in this process
     with tempfile.TemporaryDirectory(prefix="memscore-analyze-") as scratch:
         scores_path = _scores_file(scores, scratch)
         result, joined = _run_analysis(scores_path, os.fspath(human), options,

@@ -1,13 +1,30 @@
 """The options and the error type of ``memscore analyze`` (shared by the modules of the
 analysis: :mod:`memscore.tasks.model_scores`, :mod:`memscore.tasks.matching`,
-:mod:`memscore.tasks.analyze`, :mod:`memscore.tasks.analysis_outputs`)."""
+:mod:`memscore.tasks.analyze`, :mod:`memscore.tasks.analysis_outputs`).
+
+:class:`AnalysisOptions` is every option of the analysis (pydantic: each option's type,
+default and description is written here only; ``memscore analyze``'s options, the
+``analyze`` flow's form and :func:`memscore.analyze`'s keywords are read off it);
+:class:`AnalyzeRequest` is the ``analyze`` flow's one parameter: the inputs, the output
+folder and the options.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Union
+
+from pydantic import BeforeValidator, Field
 
 from memscore.storage.human import HumanDataError
+from memscore.tasks.params import (
+    EmptyResponse,
+    HumanFormat,
+    HumanMeasure,
+    MatchMode,
+    Parameters,
+    StorageOptionsField,
+    StorageSecretField,
+)
 
 WARN_OBSERVATIONS = 5  # images with fewer observations than this are counted in a warning
 
@@ -16,35 +33,76 @@ class AnalysisError(HumanDataError):
     """Inputs that cannot be analysed as given; the message is one line."""
 
 
-@dataclass
-class AnalysisOptions:
-    """Every option of ``memscore analyze`` (the CLI and the flow build one; defaults here only).
+def _canonical_measure(value: Any) -> Any:
+    """Measure aliases (crr, hr, far, ...) as the canonical names; other values as given (checked by the type)."""
+    if isinstance(value, str):
+        from memscore.storage.stats import MEASURE_ALIASES
+
+        key = value.strip().lower().replace("-", "_")
+        return MEASURE_ALIASES.get(key, key)
+    return value
+
+
+Rate = Annotated[Union[float, None], Field(ge=0, le=1)]
+
+
+class AnalysisOptions(Parameters):
+    """Every option of ``memscore analyze`` (the CLI, the flow and the Python API build one).
 
     ``score_column``: one column, several (a list, or names separated by commas), or None
     (the first of :data:`SCORE_CANDIDATES`); several columns, or several models in a
-    memscore folder without ``model``, are compared pairwise. ``min_observations``: drop
-    images whose measure rests on fewer trials (counts and trial data only; 0 keeps all).
-    ``empty_response``: ``missing`` or ``no`` (trial data)."""
+    memscore folder without ``model``, are compared pairwise."""
 
-    id_column: str | None = None
-    human_id_column: str | None = None
-    score_column: str | list[str] | None = None
-    human_column: str | None = None
-    human_measure: str | None = None
-    human_format: str = "auto"
-    match: str = "auto"
-    bootstrap: int = 1000
-    splits: int = 25
-    seed: int = 0
-    confidence: float = 0.95
-    group_column: str | None = None
-    model: str | None = None
-    max_filler_fa: float | None = 0.5
-    max_vigilance_miss: float | None = 0.5
-    kendall_max_n: int = 10_000
-    min_group_size: int = 3
-    min_observations: int = 0
-    empty_response: str = "missing"
-    storage_options: dict[str, Any] | None = None  # fsspec options for --scores, --human and --out URIs
+    id_column: str | None = Field(None, description="image id column, both sides unless human_id_column (default: "
+                                                    "first of path, image_id, image_name, image, filename)")
+    human_id_column: str | None = Field(None, description="image id column of the human data")
+    score_column: str | list[str] | None = Field(
+        None, description="model score column(s) (default: score, resmem, memorability, ...); several (a list or "
+                          "names separated by commas) are compared pairwise")
+    human_column: str | None = Field(None, description="a ready human score column (instead of a measure derived "
+                                                       "from counts or trials)")
+    human_measure: Annotated[HumanMeasure | None, BeforeValidator(_canonical_measure)] = Field(
+        None, description="measure derived from counts or trials: hit_rate (default), false_alarm_rate, "
+                          "corrected_recognition (hit rate - false-alarm rate), miss_rate; aliases hr, far, crr")
+    human_format: HumanFormat = Field("auto", description="format of the human data: lamem, table, counts, trials, "
+                                                          "bids; auto picks one from the file")
+    match: MatchMode = Field("auto", description="match images by relative path, file name or file name without "
+                                                 "extension (auto: the most specific that matches the most images "
+                                                 "without ambiguity)")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples over images for the intervals (0: none)")
+    splits: int = Field(25, ge=0, description="random split halves of participants for split-half reliability "
+                                              "(trial data)")
+    seed: int = Field(0, description="seed of the bootstrap resamples and the splits")
+    confidence: float = Field(0.95, gt=0, lt=1, description="coverage of every interval, e.g. 0.9 for 90% intervals")
+    group_column: str | None = Field(None, description="also report the statistics per value of this column (human "
+                                                       "data or scores), e.g. MemCat's category")
+    model: str | None = Field(None, description="only this model's scores of a memscore folder (default: every "
+                                                "model, compared pairwise)")
+    max_filler_fa: Rate = Field(0.5, description="exclude participants whose filler false-alarm rate is above "
+                                                 "this (trial data; none/null: off)")
+    max_vigilance_miss: Rate = Field(0.5, description="exclude participants whose vigilance miss rate is above "
+                                                      "this (trial data; none/null: off)")
+    kendall_max_n: int = Field(10_000, ge=0, description="Kendall's tau-b is computed only up to this many images")
+    min_group_size: int = Field(3, ge=0, description="report a group_column value only with at least this many "
+                                                     "images")
+    min_observations: int = Field(0, ge=0, description="drop images whose measure rests on fewer trials (counts "
+                                                       f"and trial data; 0 keeps all; images under {WARN_OBSERVATIONS} "
+                                                       "are counted in a warning), from the model correlations and "
+                                                       "the split-half alike")
+    empty_response: EmptyResponse = Field("missing", description="trial data: an empty response is missing "
+                                                                 "(ignored) or no (no key press)")
+    storage_options: StorageOptionsField = None
+    storage_options_secret: StorageSecretField = None
 
 
+class AnalyzeRequest(Parameters):
+    """What the ``analyze`` flow is asked to do: its one parameter (``memscore analyze
+    --prefect`` builds it; a deployment run passes it as ``{"request": {...}}``)."""
+
+    scores: str = Field(description="memscore output folder, or a Parquet/CSV file with an id and a score column "
+                                    "(a local path or a URI: s3://, gs://, az://, ...)")
+    human: str = Field(description="human memorability data: a LaMem list, a table, per-image counts, trials, or a "
+                                   "BIDS folder (a local path or a URI)")
+    out: str | None = Field(None, description="write joined.parquet (per image), stats.json and report.md to this "
+                                              "folder or URI")
+    options: AnalysisOptions = Field(default_factory=AnalysisOptions, description="the analysis options")

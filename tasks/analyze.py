@@ -100,7 +100,7 @@ def analyze_scores(scores: str, human: str, options: AnalysisOptions | None = No
     """Everything ``memscore analyze`` reports, as a JSON-ready dict (keys: docs/analysis.md).
 
     Raises :class:`AnalysisError` (one line) on inputs that cannot be analysed as given."""
-    options = options or AnalysisOptions()
+    options = (options or AnalysisOptions()).resolved()  # credentials named by storage_options_secret
     started = time.perf_counter()
     con = con or duckdb.connect()
     if options.bootstrap < 0 or options.splits < 0 or options.min_observations < 0:
@@ -236,7 +236,7 @@ def run_analysis(scores: str, human: str, options: AnalysisOptions | None = None
                  out_dir: str | None = None) -> dict[str, Any]:
     """:func:`analyze_scores`, plus the files of ``--out`` when out_dir is given (a local
     folder or a URI, written with ``options.storage_options``; checked writable first)."""
-    options = options or AnalysisOptions()
+    options = (options or AnalysisOptions()).resolved()  # credentials named by storage_options_secret
     if out_dir:
         check_writable(out_dir, options.storage_options)
     con = duckdb.connect()

@@ -381,6 +381,7 @@ def train_model(
     from memscore.models.training import parameter_counts
 
     config.check()
+    config = config.resolved()  # the credentials named by storage_options_secret, in this process
     device = resolve_device(config.device)
     use_amp = resolve_amp(config, device)
     run = RunFolder(config.out, config.storage_options)

@@ -6,19 +6,19 @@ folder and :class:`TrainingError`. Plain data; nothing here reads or writes file
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from pydantic import Field
 
 from memscore.errors import UserError
+from memscore.tasks.params import Device, HumanFormat, Parameters, StorageOptionsField, StorageSecretField
 
 CHECKPOINT_FORMAT = "memscore-checkpoint/1"
 # A new best's weights land here, are committed by the checkpoint, then renamed to model.pt.
 STAGED_WEIGHTS = "checkpoints/best.pt"
-SPLITS = ("train", "val", "test")
-LOSSES = ("mse", "rank")
-OPTIMIZERS = ("adamw", "adam", "sgd")
+SplitName = Literal["train", "val", "test"]
+SPLITS: tuple[str, ...] = get_args(SplitName)
 # Names accepted by ``freeze``: child modules, or these groups.
 FREEZE_GROUPS = {
     "alexnet": ("conv1", "conv2", "conv3", "conv4", "conv5"),
@@ -31,97 +31,77 @@ class TrainingError(UserError, ValueError):
     """A training run cannot start or continue (bad data, config, or OUT); the message says why."""
 
 
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; the defaults are the documented ones.
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
-    Data:
-        model: registered name (resmem, resmem-retrain, memnet-baseline, m3m, m3m-deeplabv3).
-        human: human memorability data (path or URI), any format the human data readers read.
-        images: folder or fsspec URI holding the images the human data names.
-        out: folder or fsspec URI for checkpoints, metrics, the exported model and its card.
-        human_format, id_column, score_column, measure, duplicates: passed to the human data
-            reader (duplicates: ``error``, the default, or ``mean`` to average rows of one image).
-        split_files: {"train"|"val"|"test": path} image lists (first token per line, e.g.
-            LaMem's ``splits/train_1.txt``); images in none of them are not used.
-        val_fraction, test_fraction: seeded random split when the data gives none (0.1, 0.1).
-        max_images: use at most this many images (seeded sample; for quick trials).
-    Optimisation:
-        loss: ``mse`` (the seeds') or ``rank`` (MSE + rank_weight x pairwise logistic rank loss).
-        optimizer: adamw | adam | sgd (momentum 0.9); lr 1e-4; weight_decay 1e-4.
-        epochs 20, batch_size 32, patience 5 (early stop on validation Spearman).
-        amp: bfloat16 autocast on CUDA ("auto": on when the device is CUDA; never on the CPU).
-        augment: random horizontal flip and a random 227 crop of the 256x256 resize
-            (a shift of at most 29 px) for training; validation/test use the center crop.
-        freeze: child modules or groups (alexnet, resnet, segmenter) not to train;
-            None: the model's default (ResMem's and M3M's ResNet-152 and segmenter).
-        init: ``published`` (ResMem's published weights, pretrained segmenter) or ``random``.
+
+class TrainConfig(Parameters):
+    """Everything a training run needs: the ``train`` flow's one parameter, what ``memscore
+    train`` builds. Each option's type, default and description is written here only.
+
+    A refused value raises :class:`TrainingError` (one line) when the config is built;
+    :meth:`check` adds the checks across fields.
     """
 
-    model: str
-    human: str
-    images: str
-    out: str
-    human_format: str = "auto"
-    id_column: str | None = None
-    score_column: str | None = None
-    measure: str | None = None
-    duplicates: str = "error"
-    split_files: dict[str, str] | None = None
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 0
-    max_images: int | None = None
-    loss: str = "mse"
-    rank_weight: float = 1.0
-    optimizer: str = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    epochs: int = 20
-    batch_size: int = 32
-    patience: int = 5
-    amp: str = "auto"
-    augment: bool = True
-    freeze: list[str] | None = None
-    init: str = "published"
-    resmem_weights: str | None = None
-    segmenter_weights: str | None = None
-    device: str = "auto"
-    workers: int = 0
-    resume: bool = True
-    storage_options: dict[str, Any] | None = None
+    error_type: ClassVar[type[Exception]] = TrainingError
+
+    model: str = Field(description="model to train: resmem, resmem-retrain, memnet-baseline, m3m, m3m-deeplabv3, "
+                                   "resmem-retrain-aim, aim-resnet18, resnet18-nomem")
+    human: str = Field(description="human memorability data (path or URI), any format `memscore analyze` reads")
+    images: str = Field(description="folder or fsspec URI holding the images the human data names")
+    out: str = Field(description="folder or fsspec URI for checkpoints, metrics, the exported model and its card")
+    human_format: HumanFormat = Field("auto", description="human data format (auto: detected from the file)")
+    id_column: str | None = Field(None, description="column naming the image (default: detected)")
+    score_column: str | None = Field(None, description="column with the memorability score (default: detected)")
+    measure: str | None = Field(None, description="which measure to use when the data has several")
+    duplicates: Literal["error", "mean"] = Field("error", description="several rows for one image: error, or "
+                                                                      "mean to average them")
+    split_files: dict[SplitName, str] | None = Field(
+        None, description='image lists per split, {"train"|"val"|"test": path}: first token per line, e.g. LaMem\'s '
+                          "splits/train_1.txt; images in none of them are not used")
+    val_fraction: Fraction = Field(0.1, description="random split (when the data gives none): validation share")
+    test_fraction: Fraction = Field(0.1, description="random split (when the data gives none): test share")
+    seed: int = Field(0, description="seed of the random split, shuffling and augmentation")
+    max_images: int | None = Field(None, ge=1, description="use at most this many images (seeded sample; for quick "
+                                                           "trials)")
+    loss: Literal["mse", "rank"] = Field("mse", description="mse (as the seeds) or rank: MSE + rank_weight x "
+                                                            "pairwise logistic rank loss")
+    rank_weight: NonNegative = Field(1.0, description="weight of the rank term")
+    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="adamw, adam or sgd (momentum 0.9)")
+    lr: NonNegative = Field(1e-4, description="learning rate")
+    weight_decay: NonNegative = Field(1e-4, description="weight decay")
+    epochs: int = Field(20, ge=1, description="most epochs")
+    batch_size: int = Field(32, ge=1, description="images per optimisation step")
+    patience: int = Field(5, ge=1, description="stop after this many epochs without a better validation Spearman")
+    amp: Literal["auto", "on", "off"] = Field("auto", description="bfloat16 mixed precision (auto: on CUDA only; "
+                                                                  "never on the CPU)")
+    augment: bool = Field(True, description="random horizontal flips and a random 227 crop of the 256x256 resize "
+                                            "(a shift of at most 29 px) for training; validation/test use the "
+                                            "center crop")
+    freeze: list[str] | None = Field(None, description="child modules or groups (alexnet, resnet, segmenter) not to "
+                                                       "train; [] trains all (default: per model: ResMem's and M3M's "
+                                                       "ResNet-152 and segmenter)")
+    init: Literal["published", "random"] = Field("published", description="start from ResMem's published weights "
+                                                 "and the pretrained segmenter, or at random")
+    resmem_weights: str | None = Field(None, description="ResMem weights to start from (default: the resmem "
+                                                         "package's)")
+    segmenter_weights: str | None = Field(None, description="segmenter state dict (default: torchvision's "
+                                                            "pretrained weights via the torch hub cache)")
+    device: Device = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes (spawned)")
+    resume: bool = Field(True, description="continue from OUT's last checkpoint when there is one")
+    storage_options: StorageOptionsField = None
+    storage_options_secret: StorageSecretField = None
 
     def check(self) -> None:
-        """Raise :class:`TrainingError` for values that cannot work."""
-        if self.loss not in LOSSES:
-            raise TrainingError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise TrainingError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise TrainingError("epochs, batch size and patience must be at least 1")
-        for name in ("lr", "weight_decay", "rank_weight"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise TrainingError(f"{name.replace('_', ' ')} must be a number >= 0, not {value!r}")
-        if self.max_images is not None and self.max_images < 1:
-            raise TrainingError("--max-images must be at least 1")
-        if self.workers < 0:
-            raise TrainingError("workers must be 0 or more")
-        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+        """Raise :class:`TrainingError` for values that cannot work together (each field's own
+        range and choices are checked when the config is built)."""
+        if self.val_fraction + self.test_fraction >= 1:
             raise TrainingError("val and test fractions must be in [0, 1) and sum to less than 1")
-        if self.amp not in ("auto", "on", "off"):
-            raise TrainingError("amp must be auto, on or off")
-        if self.init not in ("published", "random"):
-            raise TrainingError("init must be published or random")
-        if self.split_files:
-            unknown = set(self.split_files) - set(SPLITS)
-            if unknown:
-                raise TrainingError(f"split files are named train, val, test; not {', '.join(sorted(unknown))}")
 
     def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("storage_options", None)  # may hold credentials
-        return data
+        """The options as JSON-ready data for the model card (without the storage options)."""
+        return self.model_dump(mode="json", exclude={"storage_options", "storage_options_secret"})
 
     def model_options(self) -> dict[str, Any]:
         return {"init": self.init, "resmem_weights": self.resmem_weights, "segmenter_weights": self.segmenter_weights}

@@ -18,12 +18,19 @@ from conftest import free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _schema():
+def _flow_schema():
     from prefect.utilities.callables import parameter_schema
 
     from memscore.flows.score import score_archive
 
-    return parameter_schema(score_archive).model_dump()["properties"]
+    return parameter_schema(score_archive).model_dump_for_openapi()
+
+
+def _schema():
+    """The properties of the flow's one parameter, ``request`` (a ScoreRequest, referenced from ``definitions``)."""
+    schema = _flow_schema()
+    ref = schema["properties"]["request"]["$ref"]
+    return schema["definitions"][ref.rsplit("/", 1)[1]]["properties"]
 
 
 def test_choice_parameters_are_enums_and_every_parameter_has_a_description():
@@ -40,14 +47,15 @@ def test_the_schema_refuses_gpu_and_credentials_as_the_server_does():
     """Prefect's server validates a deployment run's parameters against this schema (jsonschema)."""
     import jsonschema
 
-    schema = {"type": "object", "properties": _schema()}
+    schema = _flow_schema()
+    where = {"source": "s3://a/photos", "destination": "s3://b/out"}
     good = {"device": "cuda:1", "precision": "fp16", "storage_options": {"endpoint_url": "http://x", "anon": True}}
-    jsonschema.validate(good, schema)
+    jsonschema.validate({"request": {**where, **good}}, schema)
     for bad in ({"device": "gpu"}, {"precision": "fp64"}, {"decode": "gpu"}, {"backend": "tensorrt"},
                 {"storage_options": {"secret": "s"}}, {"storage_options": {"AWS_SECRET_ACCESS_KEY": "s"}},
                 {"storage_options": {"token": "t"}}, {"storage_options": {"account_key": "k"}}):
         with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate(bad, schema)
+            jsonschema.validate({"request": {**where, **bad}}, schema)
 
 
 def test_split_secrets_keeps_nested_shape_and_refuse_names_every_secret():
@@ -103,10 +111,12 @@ def test_prefect_api_url_down_is_one_line_in_seconds(tmp_path, photos):
 def test_a_missing_source_fails_the_flow_at_once_with_its_type(tmp_path, prefect_api):
     from memscore.flows.score import score_archive
     from memscore.tasks.discover import SourceNotFoundError
+    from memscore.tasks.pipeline import ScoreRequest
 
     started = time.monotonic()
     with pytest.raises(SourceNotFoundError, match="not found"):
-        score_archive(str(tmp_path / "nowhere"), str(tmp_path / "out"), device="cpu", features=[])
+        score_archive(ScoreRequest(source=str(tmp_path / "nowhere"), destination=str(tmp_path / "out"), device="cpu",
+                                   features=[]))
     assert time.monotonic() - started < 30  # no task retries (2 + 8 + 30 s of backoff)
 
 
@@ -115,8 +125,9 @@ def test_flow_call_refuses_credentials_in_storage_options(tmp_path, prefect_api)
 
     from memscore.flows.score import score_archive
 
-    with pytest.raises(ParameterTypeError, match="credentials"):
-        score_archive(str(tmp_path), str(tmp_path / "out"), storage_options={"secret": "s3cr3t"})
+    with pytest.raises(ParameterTypeError, match="credentials"):  # a deployment run's parameters: a dict
+        score_archive({"source": str(tmp_path), "destination": str(tmp_path / "out"),
+                       "storage_options": {"secret": "s3cr3t"}})
 
 
 def test_one_run_per_destination_holds_a_concurrency_limit(prefect_api):
@@ -212,7 +223,7 @@ def test_analyze_flow_keeps_credentials_out_of_its_parameters(tmp_path, prefect_
     from memscore.flows.cli import main
 
     with pytest.raises(ParameterTypeError, match="credentials"):
-        analyze("scores.csv", "human.csv", storage_options={"secret": "s3cr3t"})
+        analyze({"scores": "scores.csv", "human": "human.csv", "options": {"storage_options": {"secret": "s3cr3t"}}})
     names = [f"img{i}.jpg" for i in range(6)]
     (tmp_path / "scores.csv").write_text("path,score\n" + "".join(f"{n},{i / 10}\n" for i, n in enumerate(names)))
     (tmp_path / "human.csv").write_text("path,memorability\n" + "".join(f"{n},{(i % 4) / 5}\n" for i, n in enumerate(names)))
@@ -224,10 +235,11 @@ def test_analyze_flow_keeps_credentials_out_of_its_parameters(tmp_path, prefect_
     async def stored_parameters():
         async with get_client() as client:
             runs = await client.read_flow_runs(limit=20)
-            return [run.parameters for run in runs if run.parameters.get("scores") == str(tmp_path / "scores.csv")]
+            return [run.parameters for run in runs
+                    if run.parameters.get("request", {}).get("scores") == str(tmp_path / "scores.csv")]
 
     stored = asyncio.run(stored_parameters())
     assert stored, "the analyze flow run was not recorded"
     text = json.dumps(stored)
     assert secret not in text and '"key"' not in text
-    assert stored[0]["storage_options"] == {"anon": False}
+    assert stored[0]["request"]["options"]["storage_options"] == {"anon": False}
