@@ -67,6 +67,7 @@ def _rows(destination: Path) -> list[dict]:
 @pytest.mark.slow
 def test_dask_cluster_gives_the_same_rows_as_one_process(dask_cluster, tmp_path, photos, prefect_api, monkeypatch):
     from memscore.flows.score import score_archive
+    from memscore.tasks.pipeline import ScoreRequest
 
     source = tmp_path / "archive"
     (source / "b").mkdir(parents=True)
@@ -85,9 +86,10 @@ def test_dask_cluster_gives_the_same_rows_as_one_process(dask_cluster, tmp_path,
             advanced.append(images)
             super().advance(images)
 
-    local = score_archive(str(source), str(tmp_path / "local"), **common)
+    local = score_archive(ScoreRequest(source=str(source), destination=str(tmp_path / "local"), **common))
     monkeypatch.setattr(score_module, "ProgressReporter", RecordingBar)
-    on_dask = score_archive(str(source), str(tmp_path / "dask"), dask_address=dask_cluster, show_progress=True, **common)
+    on_dask = score_archive(ScoreRequest(source=str(source), destination=str(tmp_path / "dask"),
+                                         dask_address=dask_cluster, show_progress=True, **common))
     assert sum(advanced) == 3 and len(advanced) == 3  # one advance per shard as its part lands
 
     for summary in (local, on_dask):

@@ -111,6 +111,7 @@ def _read_parts(fs, prefix: str):
 @pytest.mark.slow
 def test_score_bucket_prefix_into_other_bucket_incremental_and_flaky(s3, photos, prefect_api):
     from memscore.flows.score import score_archive
+    from memscore.tasks.pipeline import ScoreRequest
 
     fs, flaky = s3
     fs.mkdir("memscore-src")
@@ -128,10 +129,10 @@ def test_score_bucket_prefix_into_other_bucket_incremental_and_flaky(s3, photos,
         trigger=lambda method, path: method == "PUT" and "/scores/" in path,
         window_s=4.0,
     )
-    first = score_archive(
-        "s3://memscore-src/archive", "s3://memscore-out/run", device="cpu", workers=0,
+    first = score_archive(ScoreRequest(
+        source="s3://memscore-src/archive", destination="s3://memscore-out/run", device="cpu", workers=0,
         shard_size=2, features=[], storage_options=options,
-    )
+    ))
     assert flaky.failed_requests > 0, "the injected outage never hit a request"
     assert (first["scored"], first["failed"], first["skipped"], first["shards"]) == (4, 0, 0, 2)
     assert first["ignored_files"] == 1
@@ -146,17 +147,19 @@ def test_score_bucket_prefix_into_other_bucket_incremental_and_flaky(s3, photos,
     before = {r["path"]: r for table in tables for r in table.to_pylist()}
 
     # Rerun: nothing new, nothing scored (ETags unchanged).
-    second = score_archive(
-        "s3://memscore-src/archive", "s3://memscore-out/run", device="cpu", workers=0, shard_size=2, features=[],
-    )
+    second = score_archive(ScoreRequest(
+        source="s3://memscore-src/archive", destination="s3://memscore-out/run", device="cpu", workers=0,
+        shard_size=2, features=[],
+    ))
     assert (second["scored"], second["skipped"], second["failed"]) == (0, 4, 0)
 
     # Change one object, add one: exactly those two are scored; still one row per image.
     fs.pipe_file("memscore-src/archive/coffee.jpg", _jpeg(photos["coffee"].rotate(90)))
     fs.pipe_file("memscore-src/archive/new/hubble.jpg", _jpeg(photos["hubble_deep_field"]))
-    third = score_archive(  # decode workers in spawned processes read the bucket too
-        "s3://memscore-src/archive", "s3://memscore-out/run", device="cpu", workers=1, shard_size=2, features=[],
-    )
+    third = score_archive(ScoreRequest(  # decode workers in spawned processes read the bucket too
+        source="s3://memscore-src/archive", destination="s3://memscore-out/run", device="cpu", workers=1,
+        shard_size=2, features=[],
+    ))
     assert (third["scored"], third["skipped"], third["failed"]) == (2, 3, 0)
     assert third["superseded_rows_removed"] == 1
     after = {}

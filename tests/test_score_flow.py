@@ -24,10 +24,12 @@ def scores_glob(dest: Path) -> str:
 
 def test_score_archive_writes_the_contract_and_reruns_incrementally(tmp_path, photos, prefect_api):
     from memscore.flows.score import score_archive
+    from memscore.tasks.pipeline import ScoreRequest
 
     source, dest = tmp_path / "archive", tmp_path / "out"
     files = write_archive(source, photos, count=4)
-    summary = score_archive(str(source), str(dest), device="cpu", batch_size=2, workers=1, shard_size=3)
+    summary = score_archive(ScoreRequest(source=str(source), destination=str(dest), device="cpu", batch_size=2,
+                                         workers=1, shard_size=3))
     assert (summary["scored"], summary["failed"], summary["skipped"], summary["ignored_files"]) == (4, 0, 0, 1)
     assert summary["shards"] == 2
 
@@ -67,13 +69,13 @@ def test_score_archive_writes_the_contract_and_reruns_incrementally(tmp_path, ph
     assert not list((dest / "scores").glob(".*"))  # no temporary files left behind
 
     # Rerun: nothing new to do.
-    again = score_archive(str(source), str(dest), device="cpu", workers=0)
+    again = score_archive(ScoreRequest(source=str(source), destination=str(dest), device="cpu", workers=0))
     assert (again["scored"], again["skipped"]) == (0, 4)
 
     # A changed file and a new one: only those two are scored, one row per image remains.
     photos["rocket"].rotate(180).save(source / "a" / "astronaut.jpg", "JPEG")
     photos["rocket"].save(source / "new one.jpg", "JPEG")
-    third = score_archive(str(source), str(dest), device="cpu", workers=0)
+    third = score_archive(ScoreRequest(source=str(source), destination=str(dest), device="cpu", workers=0))
     assert (third["scored"], third["skipped"]) == (2, 3)
     counts = con.sql(f"SELECT path, count(*) FROM read_parquet('{scores_glob(dest)}') GROUP BY path").fetchall()
     assert len(counts) == 5 and all(n == 1 for _, n in counts)
@@ -83,18 +85,21 @@ def test_score_archive_writes_the_contract_and_reruns_incrementally(tmp_path, ph
 
 def test_errors_are_written_and_not_retried_unless_asked(tmp_path, photos, prefect_api):
     from memscore.flows.score import score_archive
+    from memscore.tasks.pipeline import ScoreRequest
 
     source, dest = tmp_path / "archive", tmp_path / "out"
     write_archive(source, photos, count=1)
     (source / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
-    summary = score_archive(str(source), str(dest), device="cpu", workers=0, features=[])
+    summary = score_archive(ScoreRequest(source=str(source), destination=str(dest), device="cpu", workers=0, features=[]))
     assert (summary["scored"], summary["failed"]) == (1, 1)
     errors = duckdb.sql(f"SELECT path, stage, error, message FROM read_parquet('{dest}/errors/*.parquet')").fetchall()
     assert errors[0][:3] == ("broken.jpg", "decode", "UnidentifiedImageError") and errors[0][3]
     columns = [c for c, in duckdb.sql(f"SELECT column_name FROM (DESCRIBE SELECT * FROM read_parquet('{scores_glob(dest)}'))").fetchall()]
     assert not [c for c in columns if c.startswith("feat_")]
-    assert score_archive(str(source), str(dest), device="cpu", workers=0, features=[])["skipped"] == 2
-    retried = score_archive(str(source), str(dest), device="cpu", workers=0, features=[], retry_errors=True)
+    assert score_archive(ScoreRequest(source=str(source), destination=str(dest), device="cpu", workers=0,
+                                      features=[]))["skipped"] == 2
+    retried = score_archive(ScoreRequest(source=str(source), destination=str(dest), device="cpu", workers=0,
+                                         features=[], retry_errors=True))
     assert (retried["scored"], retried["failed"]) == (0, 1)
     assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{dest}/errors/*.parquet')").fetchall()[0][0] == 1
 
