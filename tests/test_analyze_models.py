@@ -166,19 +166,21 @@ def test_two_images_are_null_with_a_reason_not_a_perfect_correlation(tmp_path, c
 
 
 def test_flow_parameters_cover_every_option_with_choices_and_descriptions():
-    import dataclasses
     import inspect
 
     from prefect.utilities.callables import parameter_schema
 
     from memscore.flows.analyze import analyze
 
-    params = set(inspect.signature(analyze.fn).parameters)
-    options = {f.name for f in dataclasses.fields(AnalysisOptions)} - {"kendall_max_n", "min_group_size"}
-    assert options <= params and {"scores", "human", "out"} <= params
+    assert list(inspect.signature(analyze.fn).parameters) == ["request"]  # one object: AnalyzeRequest
     schema = parameter_schema(analyze.fn).model_dump_for_openapi()
-    props = schema["properties"]
+    definitions = schema["definitions"]
+    request = definitions[schema["properties"]["request"]["$ref"].rsplit("/", 1)[1]]["properties"]
+    props = definitions["AnalysisOptions"]["properties"]
+    assert set(AnalysisOptions.model_fields) <= set(props) and {"scores", "human", "out", "options"} <= set(request)
+    assert request["options"]["$ref"] == "#/definitions/AnalysisOptions"
     assert all(props[name].get("description") for name in props), [n for n in props if not props[n].get("description")]
+    assert all(request[name].get("description") for name in request)
     assert props["match"]["enum"] == ["auto", "path", "name", "stem"]
     assert "trials" in props["human_format"]["enum"]
 

@@ -401,16 +401,21 @@ def test_duplicate_rows_are_an_error_unless_averaged(tmp_path, tiny_model):
 
 
 def test_train_flow_takes_every_config_field():
-    import dataclasses
     import inspect
+
+    from prefect.utilities.callables import parameter_schema
 
     from memscore.flows.train import train
 
-    parameters = inspect.signature(train.fn).parameters
-    for f in dataclasses.fields(TrainConfig):
-        assert f.name in parameters, f.name
-        if f.default is not dataclasses.MISSING:
-            assert parameters[f.name].default == f.default, f.name
+    assert list(inspect.signature(train.fn).parameters) == ["config"]  # one object: TrainConfig
+    schema = parameter_schema(train).model_dump_for_openapi()
+    parameters = schema["definitions"]["TrainConfig"]["properties"]
+    for name, info in TrainConfig.model_fields.items():
+        assert name in parameters, name
+        assert parameters[name].get("description"), name
+        if not info.is_required():
+            assert parameters[name]["default"] == info.default, name
+    assert parameters["loss"]["enum"] == ["mse", "rank"] and parameters["optimizer"]["enum"] == ["adamw", "adam", "sgd"]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
