@@ -295,8 +295,9 @@ def test_prefect_flow_attaches_a_markdown_artifact(lab):
     from prefect.artifacts import Artifact
 
     from memscore.flows.analyze import analyze
+    from memscore.tasks.analysis_options import AnalyzeRequest
 
-    result = analyze(lab["dest"], lab["lamem"], bootstrap=50)
+    result = analyze(AnalyzeRequest(scores=lab["dest"], human=lab["lamem"], options=AnalysisOptions(bootstrap=50)))
     assert result["n"] == 59
     artifact = Artifact.get("memscore-analysis")
     assert artifact is not None and "Spearman rho" in artifact.data
