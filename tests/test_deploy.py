@@ -3,7 +3,7 @@
 `prefect server start` on a free port with its own PREFECT_HOME (SQLite) ->
 `prefect work-pool create memscore --type process` -> `prefect deploy` from the
 repository's prefect.yaml -> `prefect worker start` -> `prefect deployment run
-'score-archive/default' --param ... --watch` -> Parquet under DEST, artifacts on
+'score-archive/default' --params '{"request": {...}}' --watch` -> Parquet under DEST, artifacts on
 the server. Every process is stopped in ``finally``, also when a step fails.
 """
 
@@ -126,7 +126,9 @@ def test_deploy_from_prefect_yaml_and_run_on_a_worker(prefect_server, tmp_path, 
     nightly = next(d for d in all_deployments if flows_by_id[d["flow_id"]] == "score-archive" and d["name"] == "nightly")
     assert [s["active"] for s in nightly["schedules"]] == [False]
     assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
-    schema = nightly["parameter_openapi_schema"]["properties"]
+    assert nightly["parameters"] == {"request": {"source": "s3://my-archive/photos",
+                                                 "destination": "s3://my-results/memscore", "model": "resmem"}}
+    schema = nightly["parameter_openapi_schema"]["definitions"]["ScoreRequest"]["properties"]
     assert schema["source"]["type"] == "string" and schema["batch_size"]["anyOf"][0]["type"] == "integer"
     assert schema["dask_address"]["anyOf"][0]["type"] == "string"
 
@@ -138,10 +140,10 @@ def test_deploy_from_prefect_yaml_and_run_on_a_worker(prefect_server, tmp_path, 
                 [*PREFECT, "worker", "start", "--pool", "memscore", "--limit", "1"],
                 env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
+        request = {"source": str(source), "destination": str(destination), "device": "cpu", "workers": 0,
+                   "features": []}
         run = subprocess.run(
-            [*PREFECT, "deployment", "run", "score-archive/default",
-             "--param", f"source={source}", "--param", f"destination={destination}",
-             "--param", "device=cpu", "--param", "workers=0", "--param", "features=[]",
+            [*PREFECT, "deployment", "run", "score-archive/default", "--params", json.dumps({"request": request}),
              "--watch", "--watch-timeout", "300"],
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=360,
         )
@@ -214,11 +216,9 @@ def test_storage_retries_skip_hopeless_failures_and_summary_markdown():
     assert "| EmptyFileError | 1 |" in text and "s3://c/d/errors/*.parquet" in text
 
 
-def _run_deployment(env, cwd, *params, timeout=420) -> subprocess.CompletedProcess:
-    """`prefect deployment run score-archive/default --param ... --watch`; returns the finished process."""
-    args = [*PREFECT, "deployment", "run", "score-archive/default"]
-    for param in params:
-        args += ["--param", param]
+def _run_deployment(env, cwd, request: dict, timeout=420) -> subprocess.CompletedProcess:
+    """`prefect deployment run score-archive/default --param request=<JSON> --watch`; the finished process."""
+    args = [*PREFECT, "deployment", "run", "score-archive/default", "--param", f"request={json.dumps(request)}"]
     return subprocess.run([*args, "--watch", "--watch-timeout", str(timeout - 60)], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -268,9 +268,9 @@ def test_deployment_runs_on_dask_and_on_s3_and_refuses_bad_parameters(prefect_se
     assert deployment["entrypoint"] == "memscore.flows.score:score_archive"
 
     # Refused when the run is created (the server checks the parameter schema): no flow run, no worker needed.
-    common = [f"source={source}", f"destination={tmp_path / 'never'}"]
-    for bad in ("device=gpu", 'storage_options={"secret": "s3cr3t-value"}'):
-        refused = _run_deployment(env, tmp_path, *common, bad, timeout=120)
+    common = {"source": str(source), "destination": str(tmp_path / "never")}
+    for bad in ({"device": "gpu"}, {"storage_options": {"secret": "s3cr3t-value"}}):
+        refused = _run_deployment(env, tmp_path, {**common, **bad}, timeout=120)
         assert refused.returncode != 0, refused.stdout[-2000:]
         assert "validation" in (refused.stdout + refused.stderr).lower(), refused.stdout[-2000:] + refused.stderr[-2000:]
     assert _api(env, "/flow_runs/filter") == []
@@ -283,11 +283,13 @@ def test_deployment_runs_on_dask_and_on_s3_and_refuses_bad_parameters(prefect_se
                 [*PREFECT, "worker", "start", "--pool", "memscore", "--limit", "1"],
                 env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        on_dask = _run_deployment(env, tmp_path, f"source={source}", f"destination={tmp_path / 'dask-out'}",
-                                  "device=cpu", "features=[]", f"dask_address={dask_cluster}", "shard_size=1")
+        on_dask = _run_deployment(env, tmp_path, {"source": str(source), "destination": str(tmp_path / "dask-out"),
+                                                  "device": "cpu", "features": [], "dask_address": dask_cluster,
+                                                  "shard_size": 1})
         assert on_dask.returncode == 0, f"{on_dask.stdout[-4000:]}\nworker:\n{_tail(worker_log)}"
-        on_s3 = _run_deployment(env, tmp_path, "source=s3://deploy-src/archive",
-                                "destination=s3://deploy-out/memscore", "device=cpu", "workers=0", "features=[]")
+        on_s3 = _run_deployment(env, tmp_path, {"source": "s3://deploy-src/archive",
+                                                "destination": "s3://deploy-out/memscore", "device": "cpu",
+                                                "workers": 0, "features": []})
         assert on_s3.returncode == 0, f"{on_s3.stdout[-4000:]}\nworker:\n{_tail(worker_log)}"
     finally:
         stop_process_group(worker)
@@ -332,5 +334,5 @@ def test_deployment_runs_on_dask_and_on_s3_and_refuses_bad_parameters(prefect_se
     assert len(stored) == 3
     everything = json.dumps(stored)
     assert "s3cr3t-memscore-value" not in everything and '"testing"' not in everything
-    cli_run = next(r for r in stored if r["parameters"].get("storage_options_secret"))
-    assert cli_run["parameters"]["storage_options"] == {"client_kwargs": {"endpoint_url": endpoint}}
+    cli_run = next(r for r in stored if r["parameters"]["request"].get("storage_options_secret"))
+    assert cli_run["parameters"]["request"]["storage_options"] == {"client_kwargs": {"endpoint_url": endpoint}}

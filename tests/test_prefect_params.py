@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import free_port
+from memscore.tasks.params import SECRET_KEY_PATTERN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -243,3 +244,90 @@ def test_analyze_flow_keeps_credentials_out_of_its_parameters(tmp_path, prefect_
     text = json.dumps(stored)
     assert secret not in text and '"key"' not in text
     assert stored[0]["request"]["options"]["storage_options"] == {"anon": False}
+
+
+def _deployment_schemas() -> dict[tuple[str, str], tuple[dict, dict]]:
+    """(entrypoint, name) -> (parameter schema as `prefect deploy` builds it from the entrypoint, parameters)."""
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    return {(d["entrypoint"], d["name"]): (parameter_schema(load_flow_from_entrypoint(d["entrypoint"])).model_dump_for_openapi(),
+                                          d.get("parameters") or {})
+            for d in config["deployments"]}
+
+
+def test_deployment_schemas_offer_the_nested_objects_choices_and_descriptions():
+    """What the UI's form shows: one object per flow, each field with its description, the
+    choices as enums and the model's defaults; prefect.yaml's parameters fit the schema."""
+    from prefect.utilities.schema_tools.validation import validate
+
+    schemas = _deployment_schemas()
+    score, _ = schemas[("memscore.flows.score:score_archive", "default")]
+    assert list(score["properties"]) == ["request"] and score["required"] == ["request"]
+    assert score["properties"]["request"]["$ref"] == "#/definitions/ScoreRequest"
+    request = score["definitions"]["ScoreRequest"]
+    assert request["required"] == ["source", "destination"]
+    props = request["properties"]
+    assert not [name for name, p in props.items() if not p.get("description")]
+    assert props["precision"]["enum"] == ["auto", "fp32", "bf16", "fp16"] and props["precision"]["default"] == "auto"
+    assert props["decode"]["enum"] == ["auto", "workers", "device"] and props["backend"]["enum"] == ["torch", "onnxruntime"]
+    assert props["device"]["anyOf"][0]["enum"] == ["auto", "cpu", "cuda", "mps"] and props["device"]["default"] == "auto"
+    assert props["batch_size"]["anyOf"][0] == {"type": "integer", "minimum": 1}
+    assert props["storage_options"]["anyOf"][0]["propertyNames"] == {"not": {"pattern": SECRET_KEY_PATTERN}}
+    assert "Prefect Secret block" in props["storage_options_secret"]["description"]
+
+    analyze, _ = schemas[("memscore.flows.analyze:analyze", "default")]
+    options = analyze["definitions"]["AnalysisOptions"]["properties"]
+    assert analyze["definitions"]["AnalyzeRequest"]["properties"]["options"]["$ref"] == "#/definitions/AnalysisOptions"
+    assert options["match"]["enum"] == ["auto", "path", "name", "stem"]
+    assert options["human_measure"]["anyOf"][0]["enum"] == ["hit_rate", "false_alarm_rate", "corrected_recognition",
+                                                            "miss_rate"]
+    assert options["confidence"] == {"default": 0.95, "description": options["confidence"]["description"],
+                                     "exclusiveMaximum": 1.0, "exclusiveMinimum": 0.0, "title": "Confidence",
+                                     "type": "number"}
+    assert not [name for name, p in options.items() if not p.get("description")]
+    # The server checks a deployment's own parameters this way when it is created.
+    for (entrypoint, name), (schema, parameters) in schemas.items():
+        validate(parameters, schema, raise_on_error=True, ignore_required=True)
+
+
+def test_a_deployment_run_with_a_bad_nested_value_is_refused_when_created(prefect_api):
+    """Prefect's server validates a deployment run's parameters against the deployment's schema
+    (enforce_parameter_schema, on by default): a bad device or precision inside ``request``, a
+    credential in its storage_options or a missing destination creates no flow run."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    schema, _ = _deployment_schemas()[("memscore.flows.score:score_archive", "default")]
+    where = {"source": "s3://a/photos", "destination": "s3://b/out"}
+
+    async def create_runs() -> tuple[list[str], list[dict]]:
+        async with get_client() as client:
+            flow_id = await client.create_flow_from_name("score-archive")
+            deployment_id = await client.create_deployment(
+                flow_id=flow_id, name="schema-test", entrypoint="memscore.flows.score:score_archive",
+                parameter_openapi_schema=schema, enforce_parameter_schema=True)
+            refused = []
+            for bad in ({**where, "device": "gpu"}, {**where, "precision": "fp64"},
+                        {**where, "storage_options": {"secret": "s3cr3t"}}, {"source": "s3://a/photos"}):
+                try:
+                    await client.create_flow_run_from_deployment(deployment_id, parameters={"request": bad})
+                except PrefectHTTPStatusError as error:
+                    refused.append(error.response.text)
+            run = await client.create_flow_run_from_deployment(
+                deployment_id, parameters={"request": {**where, "device": "cuda:1", "precision": "fp16"}})
+            runs = await client.read_flow_runs()
+            stored = [r.parameters for r in runs if r.deployment_id == deployment_id]
+            await client.delete_flow_run(run.id)
+            await client.delete_deployment(deployment_id)
+            return refused, stored
+
+    refused, stored = asyncio.run(create_runs())
+    assert len(refused) == 4, refused
+    assert all("Validation failed" in text for text in refused), refused
+    assert "'gpu'" in refused[0] and "'fp64'" in refused[1] and "destination" in refused[3]
+    assert stored == [{"request": {**where, "device": "cuda:1", "precision": "fp16"}}]
