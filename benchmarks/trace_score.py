@@ -78,8 +78,10 @@ def main() -> int:
     score_module.score_images = timed_score_images  # tasks.pipeline.score_shard looks it up at call time
     score_module._loader = timed_loader
     started = time.perf_counter()
-    summary = flow_module.score_archive(args.source, args.dest, device=args.device, shard_size=args.shard_size,
-                                        workers=args.workers)
+    from memscore.tasks.pipeline import ScoreRequest
+
+    summary = flow_module.score_archive(ScoreRequest(source=args.source, destination=args.dest, device=args.device,
+                                                     shard_size=args.shard_size, workers=args.workers))
     total = time.perf_counter() - started
     if not forwards:
         print("no image was scored")

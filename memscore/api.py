@@ -309,7 +309,9 @@ def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = 
         needs pandas. Images that could not be scored are not rows: a warning gives their number
         and reasons (details: ``memscore.sql(dest, "SELECT * FROM errors")``).
 
-    Raises: what :func:`tasks.pipeline.check_request` lists (unknown model or layer, weights,
+    Raises: :class:`tasks.params.ParameterError` (a :class:`memscore.UserError`, one line) for a value
+    :class:`tasks.pipeline.ScoreRequest` refuses (its fields give each option's type and default);
+    what :func:`tasks.pipeline.check_request` lists (unknown model or layer, weights,
     unreadable source, device, backend), before any work.
     """
     import json
@@ -448,7 +450,9 @@ def analyze(scores: str | os.PathLike[str] | pa.Table | Any, human: str | os.Pat
     p-values, Kendall's tau-b, split-half reliability with Spearman-Brown correction and the
     fraction of that noise ceiling with trial data).
 
-    Raises: :class:`storage.human.HumanDataError` (and :class:`tasks.analysis_options.AnalysisError`;
+    Raises: :class:`tasks.params.ParameterError` (a :class:`memscore.UserError`, one line) for a value
+    :class:`tasks.analysis_options.AnalysisOptions` refuses;
+    :class:`storage.human.HumanDataError` (and :class:`tasks.analysis_options.AnalysisError`;
     both are :class:`memscore.UserError`) for data that cannot be analysed as given; TypeError
     for an unknown setting.
     """
