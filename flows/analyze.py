@@ -45,9 +45,9 @@ if flow is not None:
 
         Args:
             request: the scores, the human data, the output folder and every option of the
-                analysis (:class:`tasks.analysis_options.AnalyzeRequest`, its ``options`` an
-                :class:`~tasks.analysis_options.AnalysisOptions`; the UI's form is built from them).
-                A dict of its fields is accepted too (a deployment run's parameters).
+                analysis: an AnalyzeRequest whose options are an AnalysisOptions
+                (tasks/analysis_options.py). A dict of its fields is accepted too (a
+                deployment run's parameters).
         """
         result = run_analysis(request.scores, request.human, request.options.resolved(), request.out)
         create_markdown_artifact(markdown=summary_markdown(result), key="memscore-analysis",

@@ -208,8 +208,8 @@ def score_archive(request: ScoreRequest) -> dict[str, Any]:
     ``request.destination``.
 
     Args:
-        request: what to score, where to write and how (:class:`tasks.pipeline.ScoreRequest`:
-            every option with its type, default and description; the UI's form is built from it).
+        request: what to score, where to write the results and how: a ScoreRequest
+            (tasks/pipeline.py), every option with its type, default and description.
             A dict of its fields is accepted too (a deployment run's parameters).
 
     Returns:

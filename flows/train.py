@@ -38,8 +38,8 @@ def train(config: TrainConfig) -> dict[str, Any] | State:
     write to ``config.out``.
 
     Args:
-        config: every option of the run (:class:`tasks.train.TrainConfig`: types, defaults and
-            descriptions; the UI's form is built from it). A dict of its fields is accepted too.
+        config: every option of the run: a TrainConfig (tasks/train_config.py), each option
+            with its type, default and description. A dict of its fields is accepted too.
 
     A problem the user can fix (data, weights, device) ends the run Failed with its
     one-line message, no traceback; calling the flow raises that error.

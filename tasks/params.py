@@ -270,7 +270,7 @@ class Parameters(BaseModel):
     refused at creation for a deployment run, from the JSON schema).
     """
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=False)
+    model_config = ConfigDict(extra="forbid")
     error_type: ClassVar[type[Exception]] = ParameterError
 
     def __init__(self, /, **data: Any) -> None:

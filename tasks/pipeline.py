@@ -105,7 +105,7 @@ class ScoreRequest(Parameters):
                                                         "(default: from the CPU count)")
     shard_size: int | None = Field(None, ge=1, description="images per shard: one task run and one Parquet part "
                                                            "each (default: 256 on CPU, 4096 on CUDA)")
-    features: list[str] | None = Field(None, description="layers to export as feat_<layer> columns (default: the "
+    features: list[str] | None = Field(None, description="layers to export as `feat_<layer>` columns (default: the "
                                                          "model's, for resmem resnet152 and fc11; [] for none)")
     max_pixels: int | None = Field(None, ge=1, description="refuse larger images as decompression bombs "
                                                            "(default: PIL's limit, 89478485)")
