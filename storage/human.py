@@ -45,7 +45,7 @@ import pyarrow as pa
 
 from memscore.errors import UserError
 from memscore.storage.relations import MATCH_MODES, key_sql, lit, num, q
-from memscore.storage.stats import MEASURES, canonical_measure, measure_sql, observations_sql
+from memscore.storage.stats import MEASURES, canonical_measure, measure_sql, observations_sql, register_measure_functions
 
 FORMATS = ("auto", "lamem", "table", "counts", "trials", "bids")
 ID_CANDIDATES = ("path", "image_id", "image_name", "image", "filename", "image_file", "file_name", "file", "stim_file",
@@ -616,6 +616,7 @@ def load_human(
     ``empty_response``: ``missing`` ignores trials with an empty response, ``no`` counts them
     as "no" (no key press). Raises :class:`HumanDataError` (one line) on unusable data."""
     path = os.fspath(path)
+    register_measure_functions(con)  # d' (memscore_probit)
     fmt = (format or "auto").lower()
     if fmt not in FORMATS:
         raise HumanDataError(f"unknown human data format {format!r} (choose from {', '.join(FORMATS)})")
