@@ -35,14 +35,17 @@ MEASURES: dict[str, str] = {
     "corrected_recognition": "{hit} / nullif({hit} + {miss}, 0) - {fa} / nullif({fa} + {cr}, 0)",
     "miss_rate": "{miss} / nullif({hit} + {miss}, 0)",
     # d' = z(H) - z(F), both rates with the log-linear correction (Hautus 1995), so that rates
-    # of 0 and 1 stay finite; undefined (NULL) when the image has no target repeat or no first showing
-    "dprime": "CASE WHEN {hit} + {miss} > 0 AND {fa} + {cr} > 0 THEN "
+    # of 0 and 1 stay finite; undefined (NULL) when the image has no target repeat or no first showing.
+    # Rounded to 12 decimals: d'(H, F) = d'(1 - F, 1 - H) exactly, but not in floating point, and
+    # Spearman's ranks must see such images as ties
+    "dprime": "round(CASE WHEN {hit} + {miss} > 0 AND {fa} + {cr} > 0 THEN "
               "memscore_probit(({hit} + 0.5) / ({hit} + {miss} + 1)) - "
-              "memscore_probit(({fa} + 0.5) / ({fa} + {cr} + 1)) END",
+              "memscore_probit(({fa} + 0.5) / ({fa} + {cr} + 1)) END, 12)",
 }
 DPRIME_CORRECTION = ("d' = z(H) - z(F), z the inverse of the standard normal CDF, with the log-linear correction "
                      "(Hautus 1995): H = (hits + 0.5) / (hits + misses + 1), F = (false alarms + 0.5) / "
-                     "(false alarms + correct rejections + 1), per image, so rates of 0 and 1 give finite values")
+                     "(false alarms + correct rejections + 1), per image, so rates of 0 and 1 give finite values; rounded to 12 "
+                     "decimals so that equal values tie in the ranks")
 PROBIT_SQL = "memscore_probit"  # the SQL name of the standard normal quantile function (inverse CDF)
 MEASURE_ALIASES = {
     "d'": "dprime",

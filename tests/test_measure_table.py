@@ -6,6 +6,7 @@ numpy re-implementation of the documented participant split for the split-half c
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 
 import duckdb
 import numpy as np
@@ -24,6 +25,15 @@ def dprime(hit, miss, fa, cr):
     """d' with the log-linear correction (Hautus 1995), from scipy."""
     hit, miss, fa, cr = (np.asarray(x, dtype=np.float64) for x in (hit, miss, fa, cr))
     return st.norm.ppf((hit + 0.5) / (hit + miss + 1)) - st.norm.ppf((fa + 0.5) / (fa + cr + 1))
+
+
+def exact_dprime(hit, miss, fa, cr):
+    """The same d', with the ties of exact arithmetic: d'(H, F) = d'(1 - F, 1 - H), so both are
+    computed from one canonical pair of exact fractions (scipy's ppf of it)."""
+    h = Fraction(2 * hit + 1, 2 * (hit + miss + 1))
+    f = Fraction(2 * fa + 1, 2 * (fa + cr + 1))
+    a, b = min((h, f), (1 - f, 1 - h))
+    return float(st.norm.ppf(float(a)) - st.norm.ppf(float(b)))
 
 
 def _counts(tmp_path, n=70, seed=11):
@@ -64,6 +74,28 @@ def test_dprime_per_image_matches_norm_ppf_with_the_log_linear_correction(tmp_pa
     none = read_human_scores(str(tmp_path / "none.csv"), measure="d'").to_pydict()
     assert none["image"] == ["b.jpg", "c.jpg"]
     assert none["human"] == pytest.approx(dprime([3, 1], [1, 3], [1, 0], [5, 5]).tolist(), abs=1e-12)
+
+
+def test_equal_dprimes_tie(tmp_path):
+    """d'(H, F) = d'(1 - F, 1 - H): counts (a, b, c, d) and (d, c, b, a) give the same d', which
+    floating point misses by an ulp; the ranks must see a tie (scipy on the exact values)."""
+    rng = np.random.default_rng(2)
+    quads = [tuple(int(v) for v in rng.integers(1, 40, 4)) for _ in range(30)]
+    rows = [q for quad in quads for q in (quad, quad[::-1])]
+    names = [f"i{k:02d}.jpg" for k in range(len(rows))]
+    (tmp_path / "c.csv").write_text("image_name,hit,miss,fa,cr\n" + "\n".join(
+        f"{n},{h},{m},{f},{c}" for n, (h, m, f, c) in zip(names, rows)) + "\n")
+    table = read_human_scores(str(tmp_path / "c.csv"), measure="dprime").to_pydict()
+    got = dict(zip(table["image"], table["human"]))
+    assert all(got[names[2 * k]] == got[names[2 * k + 1]] for k in range(len(quads)))
+    raw = dprime(*np.array(rows).T)
+    assert sum(raw[2 * k] != raw[2 * k + 1] for k in range(len(quads))) > 0  # the floating-point near-ties exist
+    exact = np.repeat(raw[::2], 2)  # each pair shares one value, as in exact arithmetic
+    score = rng.normal(size=len(rows))
+    (tmp_path / "s.csv").write_text("image_name,score\n" + "\n".join(f"{n},{float(s)!r}" for n, s in zip(names, score)))
+    res = run_analysis(str(tmp_path / "s.csv"), str(tmp_path / "c.csv"), AnalysisOptions(human_measure="dprime",
+                                                                                          bootstrap=0))
+    assert res["spearman"]["rho"] == pytest.approx(st.spearmanr(score, exact)[0], abs=1e-12)
 
 
 def test_table_of_two_score_columns_and_every_measure_matches_scipy(tmp_path):
@@ -206,7 +238,7 @@ def _split_half_dprime(trials, images, splits, seed):
             for p, im, pres, resp in trials:
                 if (p in half_a) == in_a and im in c:
                     c[im][(0 if resp else 1) if pres == 2 else (2 if resp else 3)] += 1
-            sides.append(np.array([dprime(*c[im]) if c[im][0] + c[im][1] and c[im][2] + c[im][3] else np.nan
+            sides.append(np.array([exact_dprime(*c[im]) if c[im][0] + c[im][1] and c[im][2] + c[im][3] else np.nan
                                    for im in images]))
         ok = ~np.isnan(sides[0]) & ~np.isnan(sides[1])
         rhos.append(st.spearmanr(sides[0][ok], sides[1][ok])[0])
