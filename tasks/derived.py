@@ -102,8 +102,9 @@ def parse_derived(text: str, models: list[str]) -> Derived:
 def add_derived(con: duckdb.DuckDBPyConnection, expressions: list[str], models: list[str],
                 warnings: list[str]) -> list[Derived]:
     """Parse ``expressions`` over ``models`` and add each derived score to the temp table
-    ``joined`` as a model of its own (one row per image that every model of the expression
-    scored, with that image's human columns; the scores' own extra columns stay NULL).
+    ``joined`` as a model of its own: one row per image that every model of the expression
+    scored, its other columns (human data, the scores' own) copied from the row of the
+    expression's first model.
     Images whose value is not finite (a division by zero) are left out with a warning."""
     derived: list[Derived] = []
     for text in expressions:
@@ -113,24 +114,20 @@ def add_derived(con: duckdb.DuckDBPyConnection, expressions: list[str], models: 
         derived.append(d)
     if not derived:
         return derived
-    human_cols = [c for c in con.sql("SELECT * FROM human LIMIT 0").columns
-                  if c.lower() not in {"image", "human", "score", "score_image", "key", "model"}]
-    joined_cols = set(con.sql("SELECT * FROM joined LIMIT 0").columns)
-    carry = [c for c in human_cols if c in joined_cols]
     for d in derived:
         pivot = ", ".join(f"max(score) FILTER (WHERE model = {lit(m)}) AS {column(m)}" for m in d.models)
         having = " AND ".join(f"count(*) FILTER (WHERE model = {lit(m)}) > 0" for m in d.models)
-        con.sql(f"""CREATE OR REPLACE TEMP TABLE _derived AS
-            SELECT image, score_image, key, human{''.join(f', {q(c)}' for c in carry)}, {d.sql} AS score
-            FROM (SELECT image, any_value(score_image) AS score_image, any_value(key) AS key,
-                         any_value(human) AS human{''.join(f', any_value({q(c)}) AS {q(c)}' for c in carry)}, {pivot}
-                  FROM joined GROUP BY image HAVING {having})""")
-        bad = con.sql("SELECT count(*) FROM _derived WHERE score IS NULL OR NOT isfinite(score)").fetchall()[0][0]
+        con.sql(f"""CREATE OR REPLACE TEMP TABLE _derived AS SELECT image, {d.sql} AS value
+            FROM (SELECT image, {pivot} FROM joined GROUP BY image HAVING {having})""")
+        bad = con.sql("SELECT count(*) FROM _derived WHERE value IS NULL OR NOT isfinite(value)").fetchall()[0][0]
         if bad:
             warnings.append(f"derived {d.name}: {bad} image(s) have no finite value (a division by zero) and are left "
                             f"out")
-        con.sql(f"INSERT INTO joined BY NAME SELECT image, score_image, key, {lit(d.name)} AS model, score, human"
-                f"{''.join(f', {q(c)}' for c in carry)} FROM _derived WHERE score IS NOT NULL AND isfinite(score)")
+        # the other columns (human data, the scores' own) are those of the expression's first model
+        con.sql(f"""INSERT INTO joined BY NAME
+            SELECT j.* REPLACE ({lit(d.name)} AS model, x.value AS score)
+            FROM joined j JOIN _derived x ON x.image = j.image
+            WHERE j.model = {lit(d.models[0])} AND x.value IS NOT NULL AND isfinite(x.value)""")
         con.sql("DROP TABLE _derived")
     return derived
 

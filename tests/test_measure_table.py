@@ -285,3 +285,19 @@ def test_several_measures_need_counts_or_trials(tmp_path, capsys):
     register_measure_functions(con)
     register_measure_functions(con)
     assert con.sql("SELECT memscore_probit(0.975)").fetchall()[0][0] == pytest.approx(st.norm.ppf(0.975), abs=1e-12)
+
+
+def test_derived_scores_in_groups_count_each_image_once(tmp_path):
+    """--group-column from the scores' side: a derived score keeps each image in its one group."""
+    data = _counts(tmp_path, n=40)
+    cat = ["x" if i % 3 else "y" for i in range(40)]
+    (tmp_path / "g.csv").write_text("image_name,a,b,category\n" + "\n".join(
+        f"{n},{float(p)!r},{float(q)!r},{c}" for n, p, q, c in zip(data["names"], data["a"], data["b"], cat)) + "\n")
+    res = run_analysis(str(tmp_path / "g.csv"), data["human"], AnalysisOptions(
+        score_column="a,b", derived=["d=a - b"], group_column="category", bootstrap=0))
+    groups = {g["group"]: g for g in res["groups"]}
+    assert set(groups) == {"x", "y"} and groups["y"]["n"] == cat.count("y")
+    mask = np.array(cat) == "y"
+    d = {m["model"]: m for m in groups["y"]["models"]}["d"]
+    assert d["spearman"]["rho"] == pytest.approx(
+        st.spearmanr((data["a"] - data["b"])[mask], data["measures"]["hit_rate"][mask])[0], abs=1e-12)
