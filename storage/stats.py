@@ -32,7 +32,9 @@ from memscore.tasks.stats import SplitHalves
 MEASURES: dict[str, str] = {
     "hit_rate": "{hit} / nullif({hit} + {miss}, 0)",
     "false_alarm_rate": "{fa} / nullif({fa} + {cr}, 0)",
-    "corrected_recognition": "{hit} / nullif({hit} + {miss}, 0) - {fa} / nullif({fa} + {cr}, 0)",
+    # Rounded to 12 decimals like d' below: 3/10 - 1/10 and 4/10 - 2/10 are both 0.2, but not in
+    # floating point (an ulp apart), and Spearman's ranks must see them as ties.
+    "corrected_recognition": "round({hit} / nullif({hit} + {miss}, 0) - {fa} / nullif({fa} + {cr}, 0), 12)",
     "miss_rate": "{miss} / nullif({hit} + {miss}, 0)",
     # d' = z(H) - z(F), both rates with the log-linear correction (Hautus 1995), so that rates
     # of 0 and 1 stay finite; undefined (NULL) when the image has no target repeat or no first showing.

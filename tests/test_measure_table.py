@@ -52,7 +52,10 @@ def _counts(tmp_path, n=70, seed=11):
     path.write_text("image_name,target_hit,target_miss,target_fa,target_cr\n" + "\n".join(
         f"{a},{h},{m},{f},{c}" for a, h, m, f, c in zip(names, hit, miss, fa, cr)) + "\n")
     hr, far = hit / (hit + miss), fa / (fa + cr)
-    measures = {"hit_rate": hr, "false_alarm_rate": far, "corrected_recognition": hr - far,
+    # corrected recognition from exact fractions: equal differences (3/10 - 1/10, 4/10 - 2/10) must tie
+    crr = np.array([float(Fraction(int(h), int(h + m)) - Fraction(int(f), int(f + c)))
+                    for h, m, f, c in zip(hit, miss, fa, cr)])
+    measures = {"hit_rate": hr, "false_alarm_rate": far, "corrected_recognition": crr,
                 "dprime": dprime(hit, miss, fa, cr)}
     a = hr + rng.normal(0, 0.15, n)
     b = far + rng.normal(0, 0.1, n)
