@@ -33,6 +33,8 @@ def _weights(path) -> str:
 
 def test_compare_and_analyze_give_the_same_spearman_and_interval(tmp_path, tiny_model, capsys):  # noqa: F811
     human, images = make_dataset(tmp_path, n=40)
+    (images / "sub" / "broken.jpg").write_bytes(b"not a jpeg")  # unreadable: counted, not scored, by both
+    human.write_text(human.read_text() + "broken.jpg,0.5\n")
     weights = _weights(tmp_path / "tiny.pt")
     seed, resamples = 3, 400
 
@@ -51,14 +53,14 @@ def test_compare_and_analyze_give_the_same_spearman_and_interval(tmp_path, tiny_
     # the reference: scipy on the scores memscore score wrote, matched to the human file by name
     table = pq.read_table(sorted((dest / "scores").glob("*.parquet"))).to_pylist()
     scored = {r["path"].rsplit("/", 1)[-1]: r["score"] for r in table}
-    lines = [line.split(",") for line in human.read_text().splitlines()[1:]]
+    lines = [line.split(",") for line in human.read_text().splitlines()[1:] if not line.startswith("broken")]
     pred = np.array([scored[name] for name, _ in lines], dtype=np.float64)
     truth = np.array([float(value) for _, value in lines])
     expected = st.spearmanr(pred, truth)[0]
     assert 0.3 < expected < 0.999  # a real, imperfect correlation
 
     spearman = analyzed["spearman"]
-    assert analyzed["n"] == row["test_images"] == 40 and row["unreadable"] == 0
+    assert analyzed["n"] == row["test_images"] == 40 and row["unreadable"] == 1
     assert spearman["rho"] == pytest.approx(expected, abs=1e-12)
     # the same numbers, not merely close: one statistics function, one set of draws
     assert row["test_spearman"] == spearman["rho"]
