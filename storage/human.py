@@ -80,7 +80,7 @@ from memscore.storage.human_trials import (
     find_order_column,
 )
 from memscore.storage.relations import MATCH_MODES, key_sql, lit, num, q
-from memscore.storage.stats import MEASURES, canonical_measure
+from memscore.storage.stats import MEASURES, canonical_measure, register_measure_functions
 
 FORMATS = ("auto", "lamem", "table", "counts", "trials", "bids")
 
@@ -104,6 +104,7 @@ def load_human(
     ``empty_response``: ``missing`` ignores trials with an empty response, ``no`` counts them
     as "no" (no key press). Raises :class:`HumanDataError` (one line) on unusable data."""
     path = os.fspath(path)
+    register_measure_functions(con)  # d' (memscore_probit)
     fmt = (format or "auto").lower()
     if fmt not in FORMATS:
         raise HumanDataError(f"unknown human data format {format!r} (choose from {', '.join(FORMATS)})")
