@@ -27,7 +27,11 @@ EPILOG = """human data formats (--human-format; auto picks one from the file):
   bids    folder with participants.tsv and sub-*/beh/*_beh.tsv (stim_file, trial_type, response)
 
 measures from counts or trials (--human-measure): hit_rate (default), false_alarm_rate,
-corrected_recognition (hit rate - false-alarm rate), miss_rate.
+corrected_recognition (hit rate - false-alarm rate), miss_rate, dprime (d' = z(H) - z(F) with the
+log-linear correction of Hautus 1995: H = (hits + 0.5)/(hits + misses + 1), F likewise).
+Several measures (a,b,... or all = hit_rate, false_alarm_rate, corrected_recognition, dprime)
+give a table model x measure with Spearman, Pearson, intervals and, with trial data, the
+split-half reliability and noise ceiling of each measure.
 
 participants of trial data are excluded when their false-alarm rate on first showings
 of fillers/vigilance images exceeds --max-filler-fa (default 0.5) or their miss rate on
@@ -38,6 +42,7 @@ examples:
   memscore analyze --scores resmem.csv --human set1_memorability.csv --human-measure corrected_recognition --json
   memscore analyze --scores ./out --human trials.csv --human-format trials --splits 50 --out ./report
   memscore analyze --scores both.csv --human mem.csv --score-column resmem,memnet   # paired comparison
+  memscore analyze --scores ./out --human counts.csv --human-measure all --derived "gap=resmem - falseresmem"
 
 what each number is: docs/analysis.md"""
 
@@ -75,7 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            help="model score column (default: score, resmem, memorability, ...); repeat the option or separate "
                 "names by commas to compare several columns pairwise")
     option(parser, "--human-column", O, "human_column", metavar="COL")
-    option(parser, "--human-measure", O, "human_measure", metavar="MEASURE", choices=None)
+    option(parser, "--human-measure", O, "human_measure", metavar="MEASURE", choices=None,
+           help=O.model_fields["human_measure"].description + "; several (a,b,...) or 'all' give a table model x "
+                                                              "measure")
+    option(parser, "--derived", O, "derived", action="append", metavar="[NAME=]EXPR",
+           help="add a predictor computed per image from the models' scores, e.g. 'gap=resmem - falseresmem' "
+                "(model names, numbers, + - * / and parentheses; quote names that are not identifiers: "
+                "'\"aim-v2\" - resmem'); repeatable")
     option(parser, "--human-format", O, "human_format")
     option(parser, "--match", O, "match")
     option(parser, "--bootstrap", O, "bootstrap", type=non_negative, metavar="N")
@@ -110,6 +121,18 @@ def human_measure(text: str | None) -> str | None:
         raise UserError(str(error)) from None
 
 
+def human_measures(text: str | None) -> list[str]:
+    """``--human-measure`` as a list of canonical measures: one name (as :func:`human_measure`),
+    names separated by commas, or ``all``; an unknown name is a UserError. None: []."""
+    from memscore.flows.cli import UserError
+    from memscore.tasks.measure_table import parse_measures
+
+    try:
+        return parse_measures(text)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
 def build_request(args: argparse.Namespace) -> AnalyzeRequest:
     """The :class:`tasks.analysis_options.AnalyzeRequest` of these arguments (a refused value: a
     one-line UserError). Credentials in ``--storage-options`` stay in this process
@@ -118,9 +141,12 @@ def build_request(args: argparse.Namespace) -> AnalyzeRequest:
     from memscore.tasks.analysis_options import AnalysisOptions, AnalyzeRequest
     from memscore.tasks.params import storage_fields
 
+    measures = human_measures(args.human_measure)
+    # one measure: exactly as before; several: the model x measure table (the first fills the top-level keys)
     options = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, score_column=args.score_column,
-        human_column=args.human_column, human_measure=human_measure(args.human_measure),
+        human_column=args.human_column, human_measure=measures[0] if len(measures) == 1 else None,
+        human_measures=measures if len(measures) > 1 else None, derived=args.derived,
         human_format=args.human_format, match=args.match, bootstrap=args.bootstrap, splits=args.splits,
         seed=args.seed, confidence=args.confidence, group_column=args.group_column, model=args.model,
         max_filler_fa=args.max_filler_fa, max_vigilance_miss=args.max_vigilance_miss,

