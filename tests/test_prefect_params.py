@@ -283,7 +283,8 @@ def test_deployment_schemas_offer_the_nested_objects_choices_and_descriptions():
     assert analyze["definitions"]["AnalyzeRequest"]["properties"]["options"]["$ref"] == "#/definitions/AnalysisOptions"
     assert options["match"]["enum"] == ["auto", "path", "name", "stem"]
     assert options["human_measure"]["anyOf"][0]["enum"] == ["hit_rate", "false_alarm_rate", "corrected_recognition",
-                                                            "miss_rate"]
+                                                            "miss_rate", "dprime"]
+    assert options["human_measures"]["anyOf"][0]["items"]["enum"] == options["human_measure"]["anyOf"][0]["enum"]
     assert options["confidence"] == {"default": 0.95, "description": options["confidence"]["description"],
                                      "exclusiveMaximum": 1.0, "exclusiveMinimum": 0.0, "title": "Confidence",
                                      "type": "number"}
