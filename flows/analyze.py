@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from memscore.tasks.analysis_options import AnalyzeRequest
 from memscore.tasks.analyze import (  # noqa: F401 - the analysis API, importable from the flow's module too
     AnalysisError,
     AnalysisOptions,
@@ -25,8 +26,7 @@ from memscore.tasks.analyze import (  # noqa: F401 - the analysis API, importabl
     scores_relation_sql,
     write_outputs,
 )
-from memscore.tasks.analysis_options import AnalyzeRequest
-from memscore.tasks.summary import summary_lines, summary_markdown  # noqa: F401
+from memscore.tasks.summary import summary_lines, summary_markdown
 
 try:  # keep the plain functions importable without Prefect
     from prefect import flow

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pydantic import BaseModel
-
 from memscore.tasks.params import (  # noqa: F401 - the parameter types, importable from here too
     LOCAL_PREFIX,
     SECRET_KEY_PATTERN,
@@ -42,6 +40,7 @@ from memscore.tasks.params import (  # noqa: F401 - the parameter types, importa
     split_secrets,
     storage_fields,
 )
+from pydantic import BaseModel
 
 
 def field_help(model: type[BaseModel], name: str, show_default: bool = True) -> str:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from memscore.tasks.train import EpochMetrics, TrainConfig, TrainingError, train_model
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
-
-from memscore.tasks.train import EpochMetrics, TrainConfig, TrainingError, train_model
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

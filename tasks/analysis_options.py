@@ -11,7 +11,7 @@ folder and the options.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
@@ -53,7 +53,7 @@ def _canonical_measures(value: Any) -> Any:
     return parse_measures(value)
 
 
-Rate = Annotated[Union[float, None], Field(ge=0, le=1)]
+Rate = Annotated[float | None, Field(ge=0, le=1)]
 
 
 class AnalysisOptions(Parameters):

@@ -121,13 +121,13 @@ StorageOptions = Annotated[
 ]
 # The two fields every parameter object with URIs has (one description each, here).
 StorageOptionsField = Annotated[
-    Union[StorageOptions, None],
+    StorageOptions | None,
     Field(description="fsspec options for the URIs (endpoint_url, region, anon, client_kwargs, ...), as a JSON "
                       "object; no credentials: keys such as key, secret or token are refused, because parameters "
                       "are stored in Prefect's database (use storage_options_secret or the worker's environment)"),
 ]
 StorageSecretField = Annotated[
-    Union[str, None],
+    str | None,
     Field(description="name of a Prefect Secret block holding a JSON object of fsspec options with the "
                       'credentials (e.g. {"key": "...", "secret": "..."}), merged into storage_options at run '
                       "time; default: the worker's environment (AWS_ACCESS_KEY_ID, an IAM role, ...)"),
@@ -255,7 +255,7 @@ def describe_errors(error: ValidationError, model: type[BaseModel] | None = None
                 text = f"{label}: {message} (got {item.get('input')!r})"
             if text not in texts:
                 texts.append(text)
-        lines.append("; or ".join(texts) if len(texts) > 1 and kind != "extra_forbidden" else "; ".join(texts))
+        lines.append("; ".join(texts))
     return "; ".join(lines)
 
 

@@ -58,11 +58,12 @@ def test_cli_defaults_and_choices_are_the_models():
 
 
 def test_refused_values_are_one_line_user_errors(tmp_path, capsys):
-    import memscore
     from memscore.flows.cli import main
     from memscore.tasks.params import ParameterError
     from memscore.tasks.pipeline import ScoreRequest
     from memscore.tasks.train_config import TrainConfig, TrainingError
+
+    import memscore
 
     with pytest.raises(ParameterError) as refused:
         ScoreRequest(source="a", destination="b", device="gpu")
@@ -86,8 +87,8 @@ def test_refused_values_are_one_line_user_errors(tmp_path, capsys):
     assert err.splitlines() == ["memscore: error: confidence must be less than 1 (got 1.5)"]
     assert main(["score", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "gpu"]) == 1
     assert capsys.readouterr().err.splitlines() == [
-        "memscore: error: unknown device 'gpu'; choose from 'auto', 'cpu', 'cuda' or 'mps', or a value matching "
-        "^cuda:[0-9]+$"]
+        ("memscore: error: unknown device 'gpu'; choose from 'auto', 'cpu', 'cuda' or 'mps', or a value matching "
+         "^cuda:[0-9]+$")]
 
 
 def test_secret_choice_types_and_the_api_keeps_credentials_in_process(tmp_path):
@@ -114,9 +115,8 @@ def test_train_flow_keeps_credentials_out_of_its_parameters(tmp_path, prefect_ap
     Prefect's database holds a reference, never the secret (it used to hold it)."""
     import asyncio
 
-    from prefect.client.orchestration import get_client
-
     from memscore.flows.cli import main
+    from prefect.client.orchestration import get_client
     from test_train import make_dataset
 
     human, _ = make_dataset(tmp_path, n=8)

@@ -290,7 +290,7 @@ def test_deployment_schemas_offer_the_nested_objects_choices_and_descriptions():
                                      "type": "number"}
     assert not [name for name, p in options.items() if not p.get("description")]
     # The server checks a deployment's own parameters this way when it is created.
-    for (entrypoint, name), (schema, parameters) in schemas.items():
+    for schema, parameters in schemas.values():
         validate(parameters, schema, raise_on_error=True, ignore_required=True)
 
 
