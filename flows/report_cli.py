@@ -4,8 +4,9 @@ Provenance (models, weights, counts, runs), the score distribution overall and p
 top-level folder (or --group-by column), a gallery of the most and least memorable
 images and a random sample read from the archive, the errors by reason, and with
 --human the model-vs-human statistics of `memscore analyze` (same code, same
-numbers) with the split-half ceiling. --maps adds Grad-CAM memorability maps.
-Open OUT/index.html in any browser; it needs no network.
+numbers) with the split-half ceiling. --maps adds memorability maps of the gallery
+images for every model in DEST (Grad-CAM on the layer each model names; occlusion for
+models without one, such as ViTMem). Open OUT/index.html in any browser; it needs no network.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ EPILOG = """output (OUT):
   index.html          the page (inline style and script, no CDN)
   report.json         everything the page shows
   figures/*.png|svg   the figures, for papers
-  images/*.jpg        thumbnails (at most 240 px), larger views (1024 px) and maps of the gallery images
+  images/*           thumbnails (at most 240 px), larger views (1024 px) and maps of the gallery images
+                      (<key>-map-<model>.jpg drawn over the crop, <key>-heat-<model>.png the values)
 
 examples:
   memscore report ./photos-scores --out ./report
   memscore report ./photos-scores --out ./report --human lamem/splits/test_1.txt --top 20
-  memscore report s3://bucket/scores --out ./report --human trials.csv --human-format trials --maps"""
+  memscore report s3://bucket/scores --out ./report --human trials.csv --human-format trials --maps
+  memscore report ./scores --out ./report --model resmem --maps --maps-weights memnet-baseline=runs/m/model.pt"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="group histograms (and the human statistics) by this column instead of the top-level folder")
     parser.add_argument("--bins", type=int, default=40, metavar="N", help="histogram bins, at most (default 40; fewer, 2 x sqrt(n) but at least 5, for small archives)")
     parser.add_argument("--maps", action="store_true",
-                        help="Grad-CAM memorability maps of the gallery images (loads the model; slow on the CPU)")
+                        help="memorability maps of the gallery images for every model in DEST (loads each model; "
+                             "Grad-CAM about a second per image and model on the CPU, occlusion 50 forward passes)")
+    parser.add_argument("--maps-method", choices=("auto", "occlusion"), default="auto",
+                        help="auto: Grad-CAM on the layer each model names, occlusion for models without one "
+                             "(ViTMem); occlusion: occlusion for every model")
+    parser.add_argument("--maps-models", default=None, metavar="NAME[,NAME]",
+                        help="maps for these models only (default: every model with scores in DEST)")
+    parser.add_argument("--maps-weights", action="append", default=[], metavar="MODEL=PATH",
+                        help="weights file of MODEL for its maps (default: its published weights; needed for "
+                             "models you trained); repeat it for several models")
+    parser.add_argument("--occlusion-grid", type=_positive, default=7, metavar="N",
+                        help="occlusion: N x N windows overlapping by half (default 7: 49 forward passes per image)")
     parser.add_argument("--maps-device", default="cpu", metavar="DEVICE", help="device for --maps (default cpu)")
     parser.add_argument("--memory-limit", default="512MB", metavar="SIZE",
                         help="DuckDB memory limit for the report's queries, spilling to disk beyond it (default 512MB; "
@@ -65,6 +79,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefect", action="store_true", help="run as the Prefect flow 'report'")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def check_report_packages(maps: bool = False) -> None:
+    """Raise UserError naming the extra when a package the report needs is missing (checked before a run)."""
+    from memscore.flows.cli import UserError
+
+    for package, what in (("matplotlib", "figures"), ("jinja2", "the page")) + ((("captum", "--maps"),) if maps else ()):
+        try:
+            __import__(package)
+        except ImportError:
+            raise UserError(f"memscore report needs {package} for {what}: pip install 'memscore[report]'") from None
+
+
+def parse_maps_weights(items: list[str]) -> dict[str, str]:
+    """``["resmem=a.pt", ...]`` -> {"resmem": "a.pt"}; UserError for an item without ``=``."""
+    from memscore.flows.cli import UserError
+
+    weights = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise UserError(f"--maps-weights takes MODEL=PATH, not {item!r}")
+        weights[name.strip()] = path.strip()
+    return weights
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -75,11 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from memscore.storage.human import HumanDataError
     from memscore.tasks.report_data import ReportError
 
-    for package, what in (("matplotlib", "figures"), ("jinja2", "the page")) + ((("captum", "--maps"),) if args.maps else ()):
-        try:
-            __import__(package)
-        except ImportError:
-            raise UserError(f"memscore report needs {package} for {what}: pip install 'memscore[report]'") from None
+    check_report_packages(args.maps)
     storage_options = parse_storage_options(args.storage_options)
     memory_limit = None if args.memory_limit.lower() == "none" else args.memory_limit
     measure = human_measure(args.human_measure)  # aliases (crr, hr, ...) as memscore analyze takes them
@@ -90,21 +131,22 @@ def run(args: argparse.Namespace) -> int:
         max_filler_fa=args.max_filler_fa, max_vigilance_miss=args.max_vigilance_miss,
         min_observations=args.min_observations, empty_response=args.empty_response,
     )
+    maps_models = [m.strip() for m in args.maps_models.split(",") if m.strip()] if args.maps_models else None
     options = ReportOptions(model=args.model, human=args.human, analysis=analysis, group_column=args.group_column,
                             top=args.top, sample=args.sample, seed=args.seed, bins=args.bins, maps=args.maps,
+                            maps_method=args.maps_method, maps_models=maps_models,
+                            maps_weights=parse_maps_weights(args.maps_weights), occlusion_grid=args.occlusion_grid,
                             maps_device=args.maps_device, storage_options=storage_options,
                             memory_limit=memory_limit)
     try:
         if args.prefect:
+            from memscore.flows.params import keep_in_process, split_secrets
             from memscore.flows.report import report
 
-            from dataclasses import asdict
-
-            fields = {k: v for k, v in asdict(analysis).items()
-                      if k not in ("storage_options", "seed", "kendall_max_n", "min_group_size")}
-            result = report(args.dest, args.out, human=args.human, model=args.model, group_column=args.group_column,
-                            top=args.top, sample=args.sample, seed=args.seed, bins=args.bins, maps=args.maps,
-                            maps_device=args.maps_device, memory_limit=memory_limit, analysis=fields, storage_options=storage_options)
+            # Credentials stay in this process: flow parameters are stored in Prefect's database.
+            public_options, secret_options = split_secrets(storage_options)
+            result = report(args.dest, args.out, options.model_copy(update={"storage_options": public_options}),
+                            storage_options_secret=keep_in_process(secret_options))
         else:
             result = build_report(args.dest, args.out, options)
     except (ReportError, HumanDataError) as error:

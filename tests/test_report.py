@@ -234,47 +234,6 @@ def test_several_models_need_model(tmp_path, capsys):
     assert all(g["thumb"]["status"] == "missing" for b in out["gallery"] for g in b["rows"])
 
 
-@pytest.mark.slow
-def test_maps_are_grad_cam_on_resmem_layer4(tmp_path):
-    """--maps: the heat map equals Grad-CAM computed here with torch autograd on ResMem's
-    features.layer4 (channel weights = mean gradient, ReLU of the weighted sum, bilinear
-    upsampling to 227, scaled to max 1); the page names the method and the layer."""
-    import torch
-    import torch.nn.functional as F
-
-    from memscore.models.preprocess import to_model_input
-    from memscore.tasks.report_gallery import open_image
-    from memscore.tasks.report_maps import grad_cam, load_map_maker
-
-    lab = make_lab(tmp_path, n=6, participants=4)
-    out = tmp_path / "report"
-    report = build_report(lab["dest"], str(out), ReportOptions(top=1, sample=0, maps=True))
-    rows = [g for b in report["gallery"] for g in b["rows"]]
-    assert report["maps"]["layer"] == "features.layer4" and "Grad-CAM" in report["maps"]["describe"]
-    assert "features.layer4" in (out / "index.html").read_text()
-    ok = [g for g in rows if g["thumb"]["status"] == "ok"]
-    assert ok and all((out / g["map"]["map"]).exists() for g in ok)
-    assert all(g["map"]["status"] == "missing" for g in rows if g["thumb"]["status"] == "missing")
-
-    maker = load_map_maker("resmem")
-    image = open_image(ok[0]["uri"], reduce=False)
-    heat, _, score = grad_cam(maker, image)
-    module = maker.loaded.module
-    saved = {}
-    handle = module.features.layer4.register_forward_hook(lambda m, i, o: saved.setdefault("a", o))
-    try:
-        x = to_model_input(maker.loaded.spec.preprocess(image).unsqueeze(0)).requires_grad_(True)
-        with torch.enable_grad():
-            y = module(x)
-            (grad,) = torch.autograd.grad(y.sum(), saved["a"])
-    finally:
-        handle.remove()
-    cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * saved["a"]).sum(1, keepdim=True))
-    cam = F.interpolate(cam, size=(227, 227), mode="bilinear", align_corners=False)[0, 0].detach().numpy()
-    np.testing.assert_allclose(heat, cam / cam.max(), atol=1e-5)
-    assert score == pytest.approx(float(y.detach()[0]), abs=1e-6)
-
-
 def test_bucket_dest_images_and_out(tmp_path):
     """DEST, images and --out in a bucket (fsspec memory://): thumbnails read from the bucket."""
     import fsspec
