@@ -66,6 +66,7 @@ if flow is not None:
         out: str | None = None,
         storage_options: StorageOptions | None = None,
         storage_options_secret: str | None = None,
+        report: str | None = None,
     ) -> dict[str, Any]:
         """Model scores vs human memorability: correlations with bootstrap intervals, paired
         model differences, split-half reliability and the noise ceiling; the summary becomes
@@ -102,6 +103,8 @@ if flow is not None:
                 Prefect's database (use storage_options_secret or the worker's environment).
             storage_options_secret: name of a Prefect Secret block holding a JSON object of
                 fsspec options with the credentials, merged into storage_options at run time.
+            report: end with ``memscore report`` of ``scores`` (a memscore folder) with this human
+                data, written to this folder or URI (a link artifact; None: no report).
         """
         options = AnalysisOptions(
             id_column=id_column, human_id_column=human_id_column, score_column=score_column,
@@ -116,4 +119,9 @@ if flow is not None:
                                  description="memscore: model scores vs human memorability")
         for line in summary_lines(result):
             print(line)
+        if report:  # the report of the scores folder with this human data, when asked (flows/report.py)
+            from memscore.flows.report import report_after_run
+
+            result["report"] = report_after_run(scores, report, model=model, human=human, analysis=options,
+                                                storage_options=options.storage_options)
         return result

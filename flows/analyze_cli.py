@@ -102,6 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-options", default=None, metavar="JSON",
                         help="fsspec options for --scores, --human and --out URIs (credentials, endpoint), as JSON")
     parser.add_argument("--prefect", action="store_true", help="run as the Prefect flow 'analyze' (adds a Markdown artifact)")
+    parser.add_argument("--report", default=None, metavar="DIR",
+                        help="end with `memscore report` of --scores (a memscore folder) with this human data, "
+                             "written to DIR (folder or URI; docs/report.md)")
 
 
 def human_measure(text: str | None) -> str | None:
@@ -127,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
     from memscore.tasks.summary import summary_lines
 
     measure = human_measure(args.human_measure)
+    if args.report:  # fail before the analysis, not after it
+        from memscore.flows.report_cli import check_report_packages
+
+        check_report_packages()
     options = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, score_column=args.score_column,
         human_column=args.human_column, human_measure=measure, human_format=args.human_format,
@@ -147,9 +154,14 @@ def run(args: argparse.Namespace) -> int:
             # Credentials stay in this process: flow parameters are stored in Prefect's database.
             public_options, secret_options = split_secrets(params.pop("storage_options"))
             result = analyze(args.scores, args.human, out=args.out, storage_options=public_options,
-                             storage_options_secret=keep_in_process(secret_options), **params)
+                             storage_options_secret=keep_in_process(secret_options), report=args.report, **params)
         else:
             result = run_analysis(args.scores, args.human, options, args.out)
+            if args.report:
+                from memscore.flows.report import report_after_run
+
+                result["report"] = report_after_run(args.scores, args.report, model=args.model, human=args.human,
+                                                    analysis=options, storage_options=options.storage_options)
     except HumanDataError as error:
         raise UserError(str(error)) from error
     if args.json:
@@ -160,4 +172,6 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(summary_lines(result)))
         if args.out:
             print(f"wrote {', '.join(result['outputs'].values())}")
+        if result.get("report"):
+            print(f"report: {result['report']}")
     return 0

@@ -14,6 +14,7 @@ Output folder: ``index.html``, ``report.json`` (everything the page shows),
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from memscore.tasks.report_build import build_report  # noqa: F401 - the plain pipeline, importable here too
@@ -31,7 +32,7 @@ def _link_artifact(index: str, dest: str) -> None:
 
         if FlowRunContext.get() is None:
             return
-        link = index if "://" in index else f"file://{index}"
+        link = index if "://" in index else Path(index).resolve().as_uri()
         create_link_artifact(link=link, link_text="memscore report (index.html)", key=ARTIFACT_KEY,
                              description=f"memscore report of {dest}")
     except Exception as error:  # noqa: BLE001 - an artifact never fails a finished report

@@ -226,6 +226,7 @@ def score_archive(
     decode: Decode = "auto",
     backend: Backend = "torch",
     storage_options_secret: str | None = None,
+    report: str | None = None,
 ) -> dict[str, Any]:
     """Score every image under ``source`` with ``model``; write Parquet under ``destination``.
 
@@ -260,6 +261,8 @@ def score_archive(
         storage_options_secret: name of a Prefect Secret block holding a JSON object of
             fsspec options with the credentials (merged into storage_options), e.g.
             ``{"key": "...", "secret": "..."}``; default: the worker's environment.
+        report: end the run with ``memscore report`` of ``destination`` for this model, written to
+            this folder or URI (a link artifact; None: no report).
 
     Returns:
         The run's summary (counts, images/s, errors by reason) as a dict; it is also
@@ -287,7 +290,13 @@ def score_archive(
                                  description=f"memscore run {summary.run_id}: {summary.text()}")
     except Exception as error:  # noqa: BLE001 - an artifact must never fail a finished run
         logger.warning("could not create the summary artifact: %s", error)
-    return summary.as_dict()
+    result = summary.as_dict()
+    if report:  # the report of DEST, when asked (flows/report.py)
+        from memscore.flows.report import report_after_run
+
+        result["report"] = report_after_run(destination, report, model=summary.model,
+                                            storage_options=request.storage_options)
+    return result
 
 
 def _progress_bar(total: int, enabled: bool) -> ProgressReporter:

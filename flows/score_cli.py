@@ -73,6 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                         help="what runs the model: torch (the reference) or onnxruntime (CPU, fp32; needs "
                              "memscore[onnx]; exported once to ONNX and cached; scores within ~4e-7 of torch)")
+    parser.add_argument("--report", default=None, metavar="DIR",
+                        help="end with `memscore report DEST --model MODEL --out DIR` (folder or URI; docs/report.md)")
 
 
 def _positive(text: str) -> int:
@@ -179,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
 
     guard_children()  # the temporary Prefect API and the decode workers end with this run, even on SIGKILL
     storage_options = parse_storage_options(args.storage_options)
+    if args.report:  # fail before the run, not after it
+        from memscore.flows.report_cli import check_report_packages
+
+        check_report_packages()
     # Fail fast on what needs no orchestrator: unknown model or layers, missing weights, bad device.
     from memscore.models.devices import resolve_device
     from memscore.models.registry import build_with_weights, get_model_spec, resolve_weights
@@ -240,16 +246,22 @@ def run(args: argparse.Namespace) -> int:
         # Credentials stay in this process: flow parameters are stored in Prefect's database.
         public_options, secret_options = split_secrets(storage_options)
         summary = score_archive(**{**asdict(request), "storage_options": public_options},
-                                storage_options_secret=keep_in_process(secret_options))
+                                storage_options_secret=keep_in_process(secret_options), report=args.report)
     else:
         summary = run_plain(request)
+        if args.report:
+            from memscore.flows.report import report_after_run
+
+            summary["report"] = report_after_run(request.destination, args.report, model=spec.name,
+                                                 storage_options=storage_options)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(
             f"memscore: scored {summary['scored']}, skipped {summary['skipped']}, failed {summary['failed']}, "
             f"ignored {summary['ignored_files']} non-image file(s); "
-            f"{summary['images_per_second']:.2f} images/s on {summary['device']} -> {summary['destination']}",
+            f"{summary['images_per_second']:.2f} images/s on {summary['device']} -> {summary['destination']}"
+            + (f"; report: {summary['report']}" if summary.get("report") else ""),
             file=sys.stderr,
         )
     return 0

