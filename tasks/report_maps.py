@@ -213,9 +213,10 @@ def gallery_maps(models: Sequence[tuple[str, str | None, set[str]]], uris: Seque
             continue
         loaded_in = time.perf_counter() - started
         if digests and maker.weights_digest not in digests:
-            warnings.append(f"maps of {name} use the weights {maker.weights_digest[:19]}, not the weights DEST was "
-                            f"scored with ({', '.join(sorted(d[:19] for d in digests))}); give those with "
-                            f"--maps-weights {name}=PATH")
+            given = f"the weights {weights}" if weights else "its published weights"
+            warnings.append(f"maps of {name} use {given} ({maker.weights_digest[:19]}), not the weights DEST was "
+                            f"scored with ({', '.join(sorted(d[:19] for d in digests))})"
+                            + ("" if weights else f"; give those with --maps-weights {name}=PATH"))
         times = []
         for uri in uris:
             entry = make_map(maker, uri, out, storage_options)
