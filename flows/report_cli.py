@@ -30,20 +30,26 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from memscore.tasks.analysis_options import AnalysisOptions
+    from memscore.tasks.report_options import ReportOptions
+
+    D = {name: f.default for name, f in ReportOptions.model_fields.items()}  # the defaults, written once there
+    A = AnalysisOptions()
     parser.add_argument("dest", metavar="DEST", help="memscore output folder (local or URI: s3://, gs://, ...)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for index.html and its files (local or URI)")
     parser.add_argument("--model", default=None, metavar="NAME", help="the model to report on when DEST holds several")
-    parser.add_argument("--top", type=_non_negative, default=12, metavar="N",
-                        help="gallery: the N most and N least memorable images (default 12)")
-    parser.add_argument("--sample", type=_non_negative, default=12, metavar="N",
-                        help="gallery: N more images at random (default 12)")
+    parser.add_argument("--top", type=_non_negative, default=D["top"], metavar="N",
+                        help=f"gallery: the N most and N least memorable images (default {D['top']})")
+    parser.add_argument("--sample", type=_non_negative, default=D["sample"], metavar="N",
+                        help=f"gallery: N more images at random (default {D['sample']})")
     parser.add_argument("--group-by", "--group-column", dest="group_column", default=None, metavar="COL",
                         help="group histograms (and the human statistics) by this column instead of the top-level folder")
-    parser.add_argument("--bins", type=int, default=40, metavar="N", help="histogram bins, at most (default 40; fewer, 2 x sqrt(n) but at least 5, for small archives)")
+    parser.add_argument("--bins", type=_positive, default=D["bins"], metavar="N",
+                        help=f"histogram bins, at most (default {D['bins']}; fewer, 2 x sqrt(n) but at least 5, for small archives)")
     parser.add_argument("--maps", action="store_true",
                         help="memorability maps of the gallery images for every model in DEST (loads each model; "
-                             "Grad-CAM about a second per image and model on the CPU, occlusion 50 forward passes)")
-    parser.add_argument("--maps-method", choices=("auto", "occlusion"), default="auto",
+                             "on the CPU Grad-CAM takes about a second per image and model, occlusion 10-25 s)")
+    parser.add_argument("--maps-method", choices=("auto", "occlusion"), default=D["maps_method"],
                         help="auto: Grad-CAM on the layer each model names, occlusion for models without one "
                              "(ViTMem); occlusion: occlusion for every model")
     parser.add_argument("--maps-models", default=None, metavar="NAME[,NAME]",
@@ -51,28 +57,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps-weights", action="append", default=[], metavar="MODEL=PATH",
                         help="weights file of MODEL for its maps (default: its published weights; needed for "
                              "models you trained); repeat it for several models")
-    parser.add_argument("--occlusion-grid", type=_positive, default=7, metavar="N",
-                        help="occlusion: N x N windows overlapping by half (default 7: 49 forward passes per image)")
-    parser.add_argument("--maps-device", default="cpu", metavar="DEVICE", help="device for --maps (default cpu)")
-    parser.add_argument("--memory-limit", default="512MB", metavar="SIZE",
-                        help="DuckDB memory limit for the report's queries, spilling to disk beyond it (default 512MB; "
-                             "'none': DuckDB's default, 80%% of RAM)")
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random sample and the bootstrap (default 0)")
+    parser.add_argument("--occlusion-grid", type=_positive, default=D["occlusion_grid"], metavar="N",
+                        help=f"occlusion: N x N windows overlapping by half (default {D['occlusion_grid']}: "
+                             f"{D['occlusion_grid'] ** 2 + 1} forward passes per image)")
+    parser.add_argument("--maps-device", default=D["maps_device"], metavar="DEVICE",
+                        help=f"device for --maps (default {D['maps_device']}; cuda is much faster)")
+    parser.add_argument("--memory-limit", default=D["memory_limit"], metavar="SIZE",
+                        help=f"DuckDB memory limit for the report's queries, spilling to disk beyond it (default "
+                             f"{D['memory_limit']}; 'none': DuckDB's default, 80%% of RAM)")
+    parser.add_argument("--seed", type=int, default=D["seed"], metavar="N",
+                        help=f"seed of the random sample, the bootstrap and the splits (default {D['seed']})")
     human = parser.add_argument_group("human data (as in memscore analyze)")
     human.add_argument("--human", default=None, metavar="PATH", help="human memorability data (file or BIDS folder)")
-    human.add_argument("--human-format", default="auto", choices=["auto", "lamem", "table", "counts", "trials", "bids"])
+    human.add_argument("--human-format", default=A.human_format, choices=["auto", "lamem", "table", "counts", "trials", "bids"])
     human.add_argument("--human-measure", default=None, metavar="MEASURE")
     human.add_argument("--human-column", default=None, metavar="COL")
     human.add_argument("--human-id-column", default=None, metavar="COL")
     human.add_argument("--id-column", default=None, metavar="COL")
-    human.add_argument("--match", default="auto", choices=["auto", "path", "name", "stem"])
-    human.add_argument("--bootstrap", type=_non_negative, default=1000, metavar="N")
-    human.add_argument("--splits", type=_non_negative, default=25, metavar="N")
-    human.add_argument("--confidence", type=float, default=0.95, metavar="P")
-    human.add_argument("--max-filler-fa", type=_rate_or_none, default=0.5, metavar="RATE")
-    human.add_argument("--max-vigilance-miss", type=_rate_or_none, default=0.5, metavar="RATE")
-    human.add_argument("--min-observations", type=_non_negative, default=0, metavar="N")
-    human.add_argument("--empty-response", choices=["missing", "no"], default="missing")
+    human.add_argument("--match", default=A.match, choices=["auto", "path", "name", "stem"])
+    human.add_argument("--bootstrap", type=_non_negative, default=A.bootstrap, metavar="N")
+    human.add_argument("--splits", type=_non_negative, default=A.splits, metavar="N")
+    human.add_argument("--confidence", type=float, default=A.confidence, metavar="P")
+    human.add_argument("--max-filler-fa", type=_rate_or_none, default=A.max_filler_fa, metavar="RATE")
+    human.add_argument("--max-vigilance-miss", type=_rate_or_none, default=A.max_vigilance_miss, metavar="RATE")
+    human.add_argument("--min-observations", type=_non_negative, default=A.min_observations, metavar="N")
+    human.add_argument("--empty-response", choices=["missing", "no"], default=A.empty_response)
     parser.add_argument("--storage-options", default=None, metavar="JSON",
                         help="fsspec options for DEST, the images, --human and --out URIs, as JSON")
     parser.add_argument("--json", action="store_true", help="print the report's data as one JSON object")

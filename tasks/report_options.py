@@ -41,7 +41,8 @@ class ReportOptions(BaseModel):
     maps_weights: dict[str, str] = Field(default_factory=dict,
                                          description="weights file per model for the maps (default: published weights)")
     maps_device: str = Field("cpu", description="device the maps are computed on")
-    occlusion_grid: int = Field(7, ge=1, le=32, description="occlusion: windows per side (7: 49 forward passes)")
+    occlusion_grid: int = Field(5, ge=1, le=32, description="occlusion: windows per side (5: 25 forward passes "
+                                                            "per image, each window a third of the side)")
     error_examples: int = Field(5, ge=0, description="example rows per error reason")
     memory_limit: str | None = Field("512MB", description="DuckDB memory limit for the queries (None: DuckDB's)")
     storage_options: dict[str, Any] | None = Field(None, description="fsspec options for DEST, the images, "
