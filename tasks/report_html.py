@@ -186,7 +186,7 @@ TEMPLATE = r"""<!DOCTYPE html>
    <div class="missing" title="{{ g.thumb.detail }}">{{ g.thumb.status }}</div>
    {% endif %}
    {% if g.maps %}<div class="maps">{% for name, m in g.maps.items() %}
-    {% if m.map %}<figure class="map"><img class="map" src="{{ m.map }}" alt="{{ name }} map of {{ g.path }}" loading="lazy" title="{{ name }}: {{ m.method }}, {{ m.where }}; peak {{ fmt(m.peak, 4) }}; score of this crop {{ fmt(m.score) }}"><figcaption>{{ name }} · {{ m.method }}, {{ m.where }}</figcaption></figure>
+    {% if m.map %}<figure class="map"><img class="map" src="{{ m.map }}" alt="{{ name }} map of {{ g.path }}" loading="lazy" title="{{ name }}: {{ m.method }}, {{ m.where }}; peak {{ fmt(m.peak, 4) }}; score of this crop {{ fmt(m.score) }}"><figcaption>{{ name }} · {{ m.method }}, {{ m.where }}{% if m.peak is not none and m.peak <= 0 %} · flat: no region raises the score{% endif %}</figcaption></figure>
     {% else %}<figure class="map"><div class="nomap" title="{{ m.detail }}">{{ m.status }}</div><figcaption>{{ name }}</figcaption></figure>{% endif %}
    {% endfor %}</div>{% endif %}
    <div><span class="score">{{ fmt(g.score) }}</span> · rank {{ fmt(g.rank) }}{% if g.human is not none %}<br>human {{ fmt(g.human) }} · rank {{ fmt(g.human_rank) }} of {{ fmt(d.human.n) }}{% elif d.human %}<br>no human data{% endif %}</div>
