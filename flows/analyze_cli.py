@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:  # fail before the analysis, not after it
         from memscore.flows.report_cli import check_report_packages
 
-        check_report_packages()
+        check_report_packages(dest=args.scores, storage_options=parse_storage_options(args.storage_options))
     options = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, score_column=args.score_column,
         human_column=args.human_column, human_measure=measure, human_format=args.human_format,

@@ -95,8 +95,10 @@ def _positive(text: str) -> int:
     return value
 
 
-def check_report_packages(maps: bool = False) -> None:
-    """Raise UserError naming the extra when a package the report needs is missing (checked before a run)."""
+def check_report_packages(maps: bool = False, dest: str | None = None,
+                          storage_options: dict | None = None) -> None:
+    """Raise UserError (one line, before a run) when a package the report needs is missing (naming the
+    extra) or when ``dest``, the folder a run's ``--report`` will read, is a file."""
     from memscore.flows.cli import UserError
 
     for package, what in (("matplotlib", "figures"), ("jinja2", "the page")) + ((("captum", "--maps"),) if maps else ()):
@@ -104,6 +106,12 @@ def check_report_packages(maps: bool = False) -> None:
             __import__(package)
         except ImportError:
             raise UserError(f"memscore report needs {package} for {what}: pip install 'memscore[report]'") from None
+    if dest is not None:
+        from memscore.storage.uris import open_location
+
+        location = open_location(dest, storage_options)
+        if location.fs.isfile(location.root):
+            raise UserError(f"--report: {dest} is a file, not a memscore output folder (the report reads DEST/scores)")
 
 
 def parse_maps_weights(items: list[str]) -> dict[str, str]:

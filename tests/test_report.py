@@ -217,6 +217,14 @@ def test_one_line_errors(lab, tmp_path, capsys):
     assert err.startswith("memscore: error:") and "matches the human data" in err and len(err.strip().splitlines()) == 1
     assert main(["report", lab["dest"], "--out", str(tmp_path / "r3"), "--model", "nope"]) == 1
     assert "no scores of model 'nope'" in capsys.readouterr().err
+    # `memscore analyze --scores FILE --report DIR`: a scores file is no memscore folder to report on
+    table = tmp_path / "scores.csv"
+    table.write_text("image,score\n" + "".join(f"{Path(p).name},{s}\n" for p, s in zip(lab["paths"], lab["scores"])))
+    assert main(["analyze", "--scores", str(table), "--human", lab["trials"], "--bootstrap", "0", "--splits", "2",
+                 "--report", str(tmp_path / "r4")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("memscore: error: --report:") and "is a file, not a memscore output folder" in err
+    assert "Spearman" not in err and not (tmp_path / "r4").exists()  # refused before the analysis ran
 
 
 def test_several_models_need_model(tmp_path, capsys):
