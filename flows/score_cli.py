@@ -187,11 +187,11 @@ def run(args: argparse.Namespace) -> int:
     # Fail fast on what needs no orchestrator: unknown model or layers, missing weights, bad device.
     from memscore.models.devices import resolve_device
     from memscore.models.registry import build_with_weights
-    from memscore.tasks.pipeline import check_decode, model_choice
+    from memscore.tasks.pipeline import model_choice
 
     features = parse_features(args.features)
-    specs, refs, _ = model_choice(args.model, args.weights, features)  # one line each: models, weights, layers
-    check_decode(args.decode, specs)
+    # one line each: models, weights, layers, a decode mode the models cannot share
+    specs, refs, _ = model_choice(args.model, args.weights, features, args.decode)
     if args.weights:  # a user's file: check it fits the model before any run starts
         build_with_weights(specs[0], refs[specs[0].name])
     if args.dask_address:

@@ -207,12 +207,13 @@ def features_by_model(names: Sequence[str], features: Sequence[str] | None) -> d
     return result
 
 
-def model_choice(model: str | Sequence[str], weights: str | None, features: Sequence[str] | None
-                 ) -> tuple[list[Any], dict[str, Any], dict[str, tuple[str, ...]]]:
+def model_choice(model: str | Sequence[str], weights: str | None, features: Sequence[str] | None,
+                 decode: str = "auto") -> tuple[list[Any], dict[str, Any], dict[str, tuple[str, ...]]]:
     """The run's model specs, their weights (``{name: WeightsRef}``) and layers (:func:`features_by_model`).
 
     ``weights`` names one model's file: with several models it is refused
-    (:class:`ModelChoiceError`); a published model's missing weights raise
+    (:class:`ModelChoiceError`), as is a ``decode`` they cannot share (:func:`check_decode`);
+    both before any weights are looked for. A published model's missing weights raise
     :class:`models.weights.WeightsNotFoundError`.
     """
     from memscore.models.registry import get_model_spec, resolve_weights
@@ -223,8 +224,10 @@ def model_choice(model: str | Sequence[str], weights: str | None, features: Sequ
             f"--weights names one model's file, but {len(names)} models were asked for ({', '.join(names)}); "
             f"score a model with your own weights in a run of its own: --model {names[0]} --weights {weights}")
     specs = [get_model_spec(name) for name in names]
+    check_decode(decode, specs)
+    layers = features_by_model(names, features)
     refs = {spec.name: resolve_weights(spec, weights) for spec in specs}
-    return specs, refs, features_by_model(names, features)
+    return specs, refs, layers
 
 
 def shared_preprocess(specs: Sequence[Any]) -> Any:
@@ -295,8 +298,7 @@ def check_request(request: ScoreRequest) -> None:
     from memscore.models.registry import build_with_weights
     from memscore.models.speed import check_backend
 
-    specs, refs, _ = model_choice(request.model, request.weights, request.features)
-    check_decode(request.decode, specs)
+    specs, refs, _ = model_choice(request.model, request.weights, request.features, request.decode)
     if request.weights:  # a user's file: check it fits the model before any run starts
         build_with_weights(specs[0], refs[specs[0].name])
     check_source(request.source, request.storage_options)
@@ -493,8 +495,7 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
     steps = steps or PipelineSteps()
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    specs, refs, layers = model_choice(request.model, request.weights, request.features)
-    check_decode(request.decode, specs)
+    specs, refs, layers = model_choice(request.model, request.weights, request.features, request.decode)
 
     if request.dask_address:
         if steps.run_shards is None:
