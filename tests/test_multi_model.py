@@ -19,13 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
+
 from memscore.flows.cli import main
 from memscore.storage.uris import open_location
 from memscore.tasks import decode as decode_module
 from memscore.tasks.discover import iter_listing
 from memscore.tasks.pipeline import ScoreRequest, ScoreSummary, run_score
 from memscore.tasks.plan import plan_models
-from PIL import Image
 
 SIZE = (96, 72)  # small photos: the models' input is 227 (224) pixels whatever the file's size
 NAMES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -250,6 +251,7 @@ def vitmem_in_hub_cache(tmp_path, monkeypatch):
     """A checkpoint of the vitmem package's own ViTMem_model (random, head scaled) where the
     package and memscore look ($TORCH_HOME/hub/checkpoints); memscore's spec told its hash."""
     import vitmem
+
     from memscore.models import registry
     from memscore.tasks import score as score_module
 
