@@ -30,7 +30,7 @@ from memscore.flows.params import StorageOptions, resolve_storage_options
 
 HumanFormat = Literal["auto", "lamem", "table", "counts", "trials", "bids"]
 MatchMode = Literal["auto", "path", "name", "stem"]
-HumanMeasure = Literal["hit_rate", "false_alarm_rate", "corrected_recognition", "miss_rate"]
+HumanMeasure = Literal["hit_rate", "false_alarm_rate", "corrected_recognition", "miss_rate", "dprime"]
 EmptyResponse = Literal["missing", "no"]
 
 try:  # keep the plain functions importable without Prefect
@@ -63,6 +63,8 @@ if flow is not None:
         max_vigilance_miss: float | None = 0.5,
         min_observations: int = 0,
         empty_response: EmptyResponse = "missing",
+        human_measures: list[HumanMeasure] | None = None,
+        derived: list[str] | None = None,
         out: str | None = None,
         storage_options: StorageOptions | None = None,
         storage_options_secret: str | None = None,
@@ -96,6 +98,11 @@ if flow is not None:
             min_observations: drop images whose measure rests on fewer trials (counts and
                 trials; applies to the model correlations and the split-half alike).
             empty_response: an empty response in trial data is missing (ignored) or "no" (no key press).
+            human_measures: two or more measures from counts or trials (e.g. ["hit_rate", "dprime"]): a table
+                model x measure with Spearman, Pearson, intervals and, with trial data, each measure's
+                split-half reliability and noise ceiling; the first measure fills the top-level keys.
+            derived: derived predictors computed per image from the models' scores, "NAME=EXPR" or
+                "EXPR" with model names, numbers and + - * / (e.g. "gap=resmem - falseresmem").
             out: write joined.parquet, stats.json and report.md to this folder or URI.
             storage_options: fsspec options for URIs without credentials (endpoint, region,
                 anon): keys that look like secrets are refused, since parameters are stored in
@@ -109,6 +116,7 @@ if flow is not None:
             bootstrap=bootstrap, splits=splits, seed=seed, confidence=confidence, group_column=group_column,
             model=model, max_filler_fa=max_filler_fa, max_vigilance_miss=max_vigilance_miss,
             min_observations=min_observations, empty_response=empty_response,
+            human_measures=human_measures, derived=derived,
             storage_options=resolve_storage_options(storage_options, storage_options_secret),
         )
         result = run_analysis(scores, human, options, out)

@@ -23,7 +23,11 @@ EPILOG = """human data formats (--human-format; auto picks one from the file):
   bids    folder with participants.tsv and sub-*/beh/*_beh.tsv (stim_file, trial_type, response)
 
 measures from counts or trials (--human-measure): hit_rate (default), false_alarm_rate,
-corrected_recognition (hit rate - false-alarm rate), miss_rate.
+corrected_recognition (hit rate - false-alarm rate), miss_rate, dprime (d' = z(H) - z(F) with the
+log-linear correction of Hautus 1995: H = (hits + 0.5)/(hits + misses + 1), F likewise).
+Several measures (a,b,... or all = hit_rate, false_alarm_rate, corrected_recognition, dprime)
+give a table model x measure with Spearman, Pearson, intervals and, with trial data, the
+split-half reliability and noise ceiling of each measure.
 
 participants of trial data are excluded when their false-alarm rate on first showings
 of fillers/vigilance images exceeds --max-filler-fa (default 0.5) or their miss rate on
@@ -34,6 +38,7 @@ examples:
   memscore analyze --scores resmem.csv --human set1_memorability.csv --human-measure corrected_recognition --json
   memscore analyze --scores ./out --human trials.csv --human-format trials --splits 50 --out ./report
   memscore analyze --scores both.csv --human mem.csv --score-column resmem,memnet   # paired comparison
+  memscore analyze --scores ./out --human counts.csv --human-measure all --derived "gap=resmem - falseresmem"
 
 what each number is: docs/analysis.md"""
 
@@ -70,7 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--human-column", default=None, metavar="COL", help="a ready human score column")
     parser.add_argument("--human-measure", default=None, metavar="MEASURE",
                         help="measure derived from counts or trials: hit_rate (default), false_alarm_rate, "
-                             "corrected_recognition, miss_rate")
+                             "corrected_recognition, miss_rate, dprime; several (a,b,...) or 'all' give a table "
+                             "model x measure")
+    parser.add_argument("--derived", action="append", default=None, metavar="[NAME=]EXPR",
+                        help="add a predictor computed per image from the models' scores, e.g. "
+                             "'gap=resmem - falseresmem' (model names, numbers, + - * / and parentheses; "
+                             "quote names that are not identifiers: '\"aim-v2\" - resmem'); repeatable")
     parser.add_argument("--human-format", default="auto", choices=["auto", "lamem", "table", "counts", "trials", "bids"])
     parser.add_argument("--match", default="auto", choices=["auto", "path", "name", "stem"],
                         help="match images by relative path, file name or file name without extension "
@@ -118,6 +128,18 @@ def human_measure(text: str | None) -> str | None:
         raise UserError(str(error)) from None
 
 
+def human_measures(text: str | None) -> list[str]:
+    """``--human-measure`` as a list of canonical measures: one name (as :func:`human_measure`),
+    names separated by commas, or ``all``; an unknown name is a UserError. None: []."""
+    from memscore.flows.cli import UserError
+    from memscore.tasks.measure_table import parse_measures
+
+    try:
+        return parse_measures(text)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -126,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
     from memscore.tasks.analyze import AnalysisOptions, run_analysis
     from memscore.tasks.summary import summary_lines
 
-    measure = human_measure(args.human_measure)
+    measures = human_measures(args.human_measure)
+    # one measure: exactly as before; several: the model x measure table (the first fills the top-level keys)
+    measure = measures[0] if len(measures) == 1 else None
     options = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, score_column=args.score_column,
         human_column=args.human_column, human_measure=measure, human_format=args.human_format,
@@ -134,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         group_column=args.group_column, model=args.model, max_filler_fa=args.max_filler_fa,
         max_vigilance_miss=args.max_vigilance_miss, min_observations=args.min_observations,
         empty_response=args.empty_response, storage_options=parse_storage_options(args.storage_options),
+        human_measures=measures if len(measures) > 1 else None, derived=args.derived,
     )
     try:
         if args.prefect:

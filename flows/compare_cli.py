@@ -6,8 +6,14 @@ or NAME=WEIGHTS. All models score the same test images: those of --split-file,
 else the test split of --split-from RUN, else the test split of the first training
 folder given, else every image in the human data. The table has, per model:
 parameters, test Spearman with a percentile bootstrap interval (resampling
-images), training time (from the model card), scoring images/s (read, decode and
-forward pass on this device) and how many test images the model was trained on.
+images), training time (from the model card), scoring images/s and how many test
+images the model was trained on. Each model scores through the scoring engine
+(:func:`memscore.tasks.score.score_images`, whose runner is
+:func:`memscore.models.speed.prepare`) with ``memscore score``'s defaults (batch size,
+workers, precision, channels_last, BatchNorm folding, JPEG decoding on CUDA), so its
+scores and its images/s are what ``memscore score`` gives on this device; images/s is
+counted as there: images scored or failed over the wall time of the scoring loop
+(reading, decoding and forward passes, end to end; loading the model is not counted).
 With several models, each row after the first also has the difference of its
 Spearman from the first model's, with a paired bootstrap interval and p-value (same
 images, same draws), and every pair is printed below the table. The statistics are
@@ -24,7 +30,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the CLI imports numpy, pyarrow and torch only when a comparison runs
+    import numpy as np
+    import pyarrow as pa
 
 EPILOG = """examples:
   memscore compare runs/memnet runs/m3m resmem --images lamem/images --human lamem/splits/test_1.txt
@@ -44,8 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (spawned; default 0)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="images per forward pass (default as memscore score: 16 on CPU, 256 on CUDA)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="DataLoader workers that read and decode (default as memscore score: from the CPU count)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="as memscore score: auto is fp32 on CPU (the reference), fp16 autocast on CUDA")
     parser.add_argument("--out", default=None, metavar="FILE", help="also write the table (.parquet, .csv or .json; a local file or a URI, with --storage-options)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON on stdout")
     parser.add_argument("--storage-options", default=None, metavar="JSON",
@@ -252,20 +266,12 @@ def _compare_one(candidate: Candidate, weights: str | None, location, items, tes
     from memscore.flows.cli import UserError
     from memscore.models.registry import load_model
     from memscore.models.training import parameter_counts
-    from memscore.tasks.stats import bootstrap_spearman, spearman
-    from memscore.tasks.train import predict
-    from memscore.tasks.train_data import HumanScoreDataset, make_loader
 
     loaded = load_model(candidate.model, weights, device)  # its errors (wrong or unreadable weights) are one line
-    total, _ = parameter_counts(loaded.module)
-    loader = make_loader(HumanScoreDataset(location.fs, items, loaded.spec.preprocess), args.batch_size, False, args.workers)
-    started = time.perf_counter()
-    index, pred, _, failed, _ = predict(loaded.module, loader, device, use_amp=False)
-    seconds = time.perf_counter() - started
-    human = np.array([items[i][1] for i in index], dtype=np.float64)  # as in the data, not the loader's float32
-    pred = np.asarray(pred, dtype=np.float64)
-    rho = spearman(pred, human)
-    low, high = bootstrap_spearman(pred, human, n=args.bootstrap, seed=args.seed)
+    total, _ = parameter_counts(loaded.module)  # before the scoring engine folds BatchNorm into the convolutions
+    index, pred, failed, images_per_second = score_test_images(loaded, location, [path for path, _ in items], args)
+    human = np.array([items[i][1] for i in index], dtype=np.float64)  # as in the data
+    rho, low, high = spearman_with_interval(pred, human, args.bootstrap, args.seed)
     overlap = None
     train_seconds = None
     if candidate.run:
@@ -282,10 +288,65 @@ def _compare_one(candidate: Candidate, weights: str | None, location, items, tes
         "test_spearman": rho, "spearman_ci_low": low, "spearman_ci_high": high,
         "training_seconds": train_seconds,
         "weights_source": "memscore train" if candidate.run else ("file" if candidate.weights else "published"),
-        "scoring_images_per_second": len(pred) / seconds if seconds > 0 else None,
+        "scoring_images_per_second": images_per_second,
         "test_images_seen_in_training": overlap,
         "_predictions": dict(zip(index.tolist(), pred.tolist())),  # item index -> score, for the paired comparisons
     }
+
+
+def score_test_images(loaded: Any, location: Any, paths: list[str], args: argparse.Namespace
+                      ) -> tuple[np.ndarray, np.ndarray, int, float | None]:
+    """Score the files ``paths`` (paths on ``location``'s filesystem) with ``loaded`` through the
+    scoring engine, :func:`memscore.tasks.score.score_images` (the DataLoader, decoding and
+    :func:`memscore.models.speed.prepare`'s runner that ``memscore score`` uses, with its
+    defaults: precision, channels_last, BatchNorm folding, JPEG decoding on CUDA).
+
+    Returns (item indices of the scored files, their scores as float64 (the engine's float32
+    values), how many could not be read or decoded, images/s). Images/s is counted as
+    ``memscore score`` counts it: images scored or failed over the wall time of the scoring
+    loop (reading, decoding and forward passes, end to end; no model loading); None when
+    nothing was timed."""
+    import numpy as np
+    import pyarrow as pa
+    from PIL import Image
+
+    from memscore.models.devices import defaults_for
+    from memscore.tasks.device_decode import resolve_decode
+    from memscore.tasks.score import ScoreSettings, score_images
+
+    defaults = defaults_for(loaded.device, resolve_decode("auto", loaded.device, loaded.spec.preprocess))
+    settings = ScoreSettings(
+        batch_size=args.batch_size or defaults.batch_size,
+        workers=defaults.workers if args.workers is None else args.workers,
+        features=(), max_pixels=Image.MAX_IMAGE_PIXELS, run_id="compare",
+        precision=getattr(args, "precision", "auto"),
+    )
+    width = len(str(len(paths)))
+    shard = pa.table({  # the listing's columns score_images reads; ``path`` carries the item index
+        "path": [f"{i:0{width}d}" for i in range(len(paths))],
+        "uri": paths,
+        "source_version": pa.nulls(len(paths), pa.string()),
+        "fs_path": pa.array([p.encode("utf-8", "surrogateescape") for p in paths], pa.binary()),
+    })
+    started = time.perf_counter()
+    result = score_images(shard, location, loaded, settings)
+    seconds = time.perf_counter() - started
+    index = np.array([int(p) for p in result.scores.column("path").to_pylist()], dtype=np.int64)
+    pred = result.scores.column("score").to_numpy().astype(np.float64)
+    failed = result.errors.num_rows
+    processed = len(index) + failed
+    return index, pred, failed, (processed / seconds if processed and seconds > 0 else None)
+
+
+def spearman_with_interval(pred: np.ndarray, human: np.ndarray, resamples: int, seed: int,
+                           confidence: float = 0.95) -> tuple[float, float, float]:
+    """(Spearman's rho, interval low, interval high) of one model, NaN where undefined: the values
+    ``memscore analyze`` reports for the same predictions (:func:`memscore.tasks.stats.correlate`,
+    the same bootstrap draws and rounding)."""
+    from memscore.tasks.stats import correlate
+
+    entry = correlate(pred, human, bootstrap=resamples, seed=seed, confidence=confidence, kendall_max_n=0)["spearman"]
+    return tuple(math.nan if entry.get(k) is None else float(entry[k]) for k in ("rho", "ci_low", "ci_high"))
 
 
 def _neg(value: float | None) -> float | None:

@@ -6,7 +6,9 @@ The statistics themselves (correlations, p-values, bootstrap, Spearman-Brown, no
 ceiling) live in one place, :mod:`memscore.tasks.stats`, and work on the per-image
 arrays these queries produce:
 
-- :func:`measure_sql`: hit rate, false-alarm rate, corrected recognition, miss rate.
+- :func:`measure_sql`: hit rate, false-alarm rate, corrected recognition, miss rate, d'
+  (dprime; log-linear correction, :data:`DPRIME_CORRECTION`; its z-transform is the SQL
+  function ``memscore_probit`` that :func:`register_measure_functions` adds to a connection).
 - :func:`observations_sql`: how many trials enter an image's measure (its denominator).
 - :func:`split_assignment`: participant p goes to half A of split s when it is among the
   first floor(P/2) of a uniform random permutation of the participants
@@ -18,6 +20,8 @@ arrays these queries produce:
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -28,10 +32,27 @@ from memscore.tasks.stats import SplitHalves
 MEASURES: dict[str, str] = {
     "hit_rate": "{hit} / nullif({hit} + {miss}, 0)",
     "false_alarm_rate": "{fa} / nullif({fa} + {cr}, 0)",
-    "corrected_recognition": "{hit} / nullif({hit} + {miss}, 0) - {fa} / nullif({fa} + {cr}, 0)",
+    # Rounded to 12 decimals like d' below: 3/10 - 1/10 and 4/10 - 2/10 are both 0.2, but not in
+    # floating point (an ulp apart), and Spearman's ranks must see them as ties.
+    "corrected_recognition": "round({hit} / nullif({hit} + {miss}, 0) - {fa} / nullif({fa} + {cr}, 0), 12)",
     "miss_rate": "{miss} / nullif({hit} + {miss}, 0)",
+    # d' = z(H) - z(F), both rates with the log-linear correction (Hautus 1995), so that rates
+    # of 0 and 1 stay finite; undefined (NULL) when the image has no target repeat or no first showing.
+    # Rounded to 12 decimals: d'(H, F) = d'(1 - F, 1 - H) exactly, but not in floating point, and
+    # Spearman's ranks must see such images as ties
+    "dprime": "round(CASE WHEN {hit} + {miss} > 0 AND {fa} + {cr} > 0 THEN "
+              "memscore_probit(({hit} + 0.5) / ({hit} + {miss} + 1)) - "
+              "memscore_probit(({fa} + 0.5) / ({fa} + {cr} + 1)) END, 12)",
 }
+DPRIME_CORRECTION = ("d' = z(H) - z(F), z the inverse of the standard normal CDF, with the log-linear correction "
+                     "(Hautus 1995): H = (hits + 0.5) / (hits + misses + 1), F = (false alarms + 0.5) / "
+                     "(false alarms + correct rejections + 1), per image, so rates of 0 and 1 give finite values; rounded to 12 "
+                     "decimals so that equal values tie in the ranks")
+PROBIT_SQL = "memscore_probit"  # the SQL name of the standard normal quantile function (inverse CDF)
 MEASURE_ALIASES = {
+    "d'": "dprime",
+    "d_prime": "dprime",
+    "dp": "dprime",
     "hr": "hit_rate",
     "far": "false_alarm_rate",
     "fa_rate": "false_alarm_rate",
@@ -52,7 +73,8 @@ def canonical_measure(name: str) -> str:
 
 
 def measure_sql(measure: str, hit: str = "hit", miss: str = "miss", fa: str = "fa", cr: str = "cr") -> str:
-    """SQL expression of ``measure`` over count columns (doubles; NULL where undefined)."""
+    """SQL expression of ``measure`` over count columns (doubles; NULL where undefined).
+    d' calls ``memscore_probit``: run :func:`register_measure_functions` on the connection first."""
     cast = {k: f"({v})::DOUBLE" for k, v in dict(hit=hit, miss=miss, fa=fa, cr=cr).items()}
     return "(" + MEASURES[canonical_measure(measure)].format(**cast) + ")"
 
@@ -64,7 +86,19 @@ OBSERVATIONS: dict[str, str] = {
     "false_alarm_rate": "{fa} + {cr}",
     "corrected_recognition": "least({hit} + {miss}, {fa} + {cr})",
     "miss_rate": "{hit} + {miss}",
+    "dprime": "least({hit} + {miss}, {fa} + {cr})",
 }
+
+
+def register_measure_functions(con: duckdb.DuckDBPyConnection) -> None:
+    """Add ``memscore_probit(p DOUBLE) -> DOUBLE`` (the standard normal quantile,
+    :meth:`statistics.NormalDist.inv_cdf`; NULL in, NULL out) to ``con``, which
+    :func:`measure_sql` of d' calls. Idempotent."""
+    try:
+        con.create_function(PROBIT_SQL, NormalDist().inv_cdf, ["DOUBLE"], "DOUBLE", side_effects=False)
+    except duckdb.NotImplementedException as error:  # already added to this connection
+        if "already created" not in str(error):
+            raise
 
 
 def observations_sql(measure: str, hit: str = "hit", miss: str = "miss", fa: str = "fa", cr: str = "cr") -> str:
@@ -191,6 +225,7 @@ def split_halves(
     con.register("_split_assign", split_assignment(participants, splits, seed))
     con.register("_split_images", pa.table({"image": pa.array(images, pa.string()),
                                              "i": pa.array(range(len(images)), pa.int64())}))
+    register_measure_functions(con)
     ma = measure_sql(measure, "hit_a", "miss_a", "fa_a", "cr_a")
     mb = measure_sql(measure, "hit_b", "miss_b", "fa_b", "cr_b")
     try:

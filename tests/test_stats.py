@@ -3,6 +3,8 @@ every statistic cross-checked against scipy / numpy written here, on data with t
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -220,7 +222,11 @@ def test_split_half_matches_a_numpy_recomputation():
                 with np.errstate(invalid="ignore", divide="ignore"):
                     hr = agg["hit"] / (agg["hit"] + agg["miss"])
                     far = agg["fa"] / (agg["fa"] + agg["cr"])
-                m.append(hr if measure == "hit_rate" else hr - far)
+                # corrected recognition from exact fractions, so that equal differences tie in the ranks
+                crr = np.array([float(Fraction(int(h), int(h + mi)) - Fraction(int(f), int(f + c)))
+                                if h + mi > 0 and f + c > 0 else np.nan
+                                for h, mi, f, c in zip(agg["hit"], agg["miss"], agg["fa"], agg["cr"])])
+                m.append(hr if measure == "hit_rate" else crr)
             ok = np.isfinite(m[0]) & np.isfinite(m[1])
             rhos.append(st.spearmanr(m[0][ok], m[1][ok])[0])
             rs.append(st.pearsonr(m[0][ok], m[1][ok])[0])
