@@ -44,8 +44,10 @@ def report_after_run(dest: str, out: str | None, *, model: str | None = None, hu
     """The report of ``dest`` written to ``out`` at the end of a run; the page's path (None when ``out`` is None).
 
     ``analysis``: the run's :class:`~memscore.tasks.analysis_options.AnalysisOptions` (an
-    ``analyze`` run: its human data, seed and group column are the report's too). With
-    ``model`` None and several models in DEST, the report shows the first by name and says so.
+    ``analyze`` run: its human data, seed and group column are the report's too). ``model``: the
+    run's model, or its models separated by commas (a multi-model run): the report shows the first
+    and says so; with ``model`` None and several models in DEST, the first by name, said likewise.
+    The maps (when asked) cover every model in DEST either way.
     In a flow run the page becomes a link artifact (key ``memscore-report``). Raises what
     :func:`build_report` raises (:class:`ReportError` and the human data's errors)."""
     if not out:
@@ -53,7 +55,12 @@ def report_after_run(dest: str, out: str | None, *, model: str | None = None, hu
     fields: dict[str, Any] = {"model": model, "human": human, "storage_options": storage_options}
     if analysis is not None:
         fields.update(analysis=analysis, seed=analysis.seed, group_column=analysis.group_column)
-    if model is None:
+    if model and "," in model:
+        models = [m.strip() for m in model.split(",") if m.strip()]
+        fields["model"] = models[0]
+        fields["notes"] = [f"this run scored several models ({', '.join(models)}); this report shows {models[0]} "
+                           f"(memscore report DEST --model NAME for another)"]
+    elif model is None:
         from memscore.tasks.report_data import connect, models_in, open_dest
 
         con = connect()
@@ -65,7 +72,8 @@ def report_after_run(dest: str, out: str | None, *, model: str | None = None, hu
             fields["model"] = models[0]
             fields["notes"] = [f"DEST holds several models ({', '.join(models)}); this report shows {models[0]} "
                                f"(memscore report DEST --model NAME for another)"]
-            print(f"memscore: warning: {fields['notes'][0]}")
+    for note in fields.get("notes", []):
+        print(f"memscore: warning: {note}")
     result = build_report(dest, out, ReportOptions(**fields))
     index = result["outputs"]["index"]
     _link_artifact(index, dest)

