@@ -49,9 +49,16 @@ if flow is not None:
                 (tasks/analysis_options.py). A dict of its fields is accepted too (a
                 deployment run's parameters).
         """
-        result = run_analysis(request.scores, request.human, request.options.resolved(), request.out)
+        options = request.options.resolved()  # the credentials named by storage_options_secret, in this process
+        result = run_analysis(request.scores, request.human, options, request.out)
         create_markdown_artifact(markdown=summary_markdown(result), key="memscore-analysis",
                                  description="memscore: model scores vs human memorability")
         for line in summary_lines(result):
             print(line)
+        if request.report:  # the report of the scores folder with this human data, when asked (flows/report.py)
+            from memscore.flows.report import report_after_run
+
+            result["report"] = report_after_run(request.scores, request.report, model=options.model,
+                                                human=request.human, analysis=options,
+                                                storage_options=options.storage_options)
         return result

@@ -105,6 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fsspec options for --scores, --human and --out URIs (credentials, endpoint), as JSON; "
                              "credentials stay in this process, never in a flow parameter")
     parser.add_argument("--prefect", action="store_true", help="run as the Prefect flow 'analyze' (adds a Markdown artifact)")
+    option(parser, "--report", R, "report", metavar="DIR")
 
 
 def human_measure(text: str | None) -> str | None:
@@ -153,7 +154,7 @@ def build_request(args: argparse.Namespace) -> AnalyzeRequest:
         min_observations=args.min_observations, empty_response=args.empty_response,
         **storage_fields(parse_storage_options(args.storage_options)),
     )
-    return AnalyzeRequest(scores=args.scores, human=args.human, out=args.out, options=options)
+    return AnalyzeRequest(scores=args.scores, human=args.human, out=args.out, options=options, report=args.report)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,13 +164,24 @@ def run(args: argparse.Namespace) -> int:
     from memscore.tasks.summary import summary_lines
 
     request = build_request(args)
+    if request.report:  # fail before the analysis, not after it
+        from memscore.flows.report_cli import check_report_packages
+
+        check_report_packages(dest=request.scores, storage_options=request.options.resolved().storage_options)
     try:
         if args.prefect:
             from memscore.flows.analyze import analyze
 
-            result = analyze(request)  # every option reaches the flow: it is the same object
+            result = analyze(request)  # every option reaches the flow: it is the same object (report too)
         else:
             result = run_analysis(request.scores, request.human, request.options, request.out)
+            if request.report:
+                from memscore.flows.report import report_after_run
+
+                options = request.options.resolved()
+                result["report"] = report_after_run(request.scores, request.report, model=options.model,
+                                                    human=request.human, analysis=options,
+                                                    storage_options=options.storage_options)
     except HumanDataError as error:
         raise UserError(str(error)) from error
     if args.json:
@@ -180,4 +192,6 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(summary_lines(result)))
         if args.out:
             print(f"wrote {', '.join(result['outputs'].values())}")
+        if result.get("report"):
+            print(f"report: {result['report']}")
     return 0

@@ -67,9 +67,10 @@ _storage_task = dict(
 
 @task(name="plan-run", **_storage_task)
 def plan_run(
-    src: Location, dest: Location, model: str, weights_digest: str, shard_size: int, retry_errors: bool
+    src: Location, dest: Location, model: str | list[str], weights_digest: str | list[str], shard_size: int,
+    retry_errors: bool,
 ) -> tuple[Plan, DiscoveryCounts]:
-    """List SOURCE (streamed), anti-join what DEST holds, cut the rest into shards."""
+    """List SOURCE (streamed), anti-join what DEST holds (per model), cut the rest into shards."""
     return pipeline.plan_run(src, dest, model, weights_digest, shard_size, retry_errors)
 
 
@@ -183,6 +184,10 @@ def summary_markdown(summary: ScoreSummary) -> str:
         ("seconds", f"{summary.seconds:.1f}"), ("images/s", f"{summary.images_per_second:.2f}"),
         ("device", summary.device),
     ]
+    if len(summary.per_model) > 1:
+        rows[1:4] = [("images read (once each)", summary.images_read)] + [
+            (f"{name}: scored / skipped / failed", f"{c['scored']} / {c['skipped']} / {c['failed']}")
+            for name, c in summary.per_model.items()]
     lines = [
         f"# memscore run {summary.run_id}", "",
         f"`{summary.source}` -> `{summary.destination}` with **{summary.model}** (weights `{summary.weights[:19]}`)", "",
@@ -230,7 +235,13 @@ def score_archive(request: ScoreRequest) -> dict[str, Any]:
                                  description=f"memscore run {summary.run_id}: {summary.text()}")
     except Exception as error:  # noqa: BLE001 - an artifact must never fail a finished run
         logger.warning("could not create the summary artifact: %s", error)
-    return summary.as_dict()
+    result = summary.as_dict()
+    if request.report:  # the report of DEST, when asked (flows/report.py)
+        from memscore.flows.report import report_after_run
+
+        result["report"] = report_after_run(request.destination, request.report, model=summary.model,
+                                            storage_options=request.resolved().storage_options)
+    return result
 
 
 def _progress_bar(total: int, enabled: bool) -> ProgressReporter:

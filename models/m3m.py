@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from memscore.models.preprocess import resmem_transform
 from memscore.models.registry import ModelSpec, TrainRecipe, register
-from memscore.models.resmem import ResMem
+from memscore.models.resmem import CAM_LAYER, ResMem
 from memscore.models.weights import (
     WeightsMismatchError,
     WeightsNotFoundError,
@@ -247,6 +247,7 @@ def _spec(name: str, segmenter: str, build, note: str, description: str) -> Mode
                f"and torchvision's pretrained {segmenter} segmenter",
         licence="yours; it starts from ResMem's non-commercial weights and torchvision's segmenter weights",
         recipe=TrainRecipe(lambda options: _initial({**options, "segmenter": segmenter}), ("segmenter", "features"), note),
+        cam_layer=CAM_LAYER,  # ResMem's: the ResNet-152's last stage
     )
 
 

@@ -96,5 +96,6 @@ MEMNET_BASELINE = register(
         source="after MemNet (Khosla et al. 2015); you train it (memscore train), starting from ResMem's conv1..conv5",
         licence="yours; it starts from ResMem's non-commercial weights",
         recipe=TrainRecipe(_initial, (), "ResMem's AlexNet-branch weights, new fc6..fc8 head"),
+        cam_layer="conv5",  # its last convolution, 256 x 13 x 13 at 227 px
     )
 )

@@ -74,6 +74,10 @@ class ModelSpec:
     source: str = ""  # where the architecture and weights come from (paper, package, URL)
     licence: str = ""  # the weights' licence terms, in a few words
     recipe: TrainRecipe | None = None  # None: `memscore train` cannot train it
+    # The convolutional layer whose output Grad-CAM reads for memorability maps (`memscore
+    # report --maps`): a submodule name for ``nn.Module.get_submodule`` whose forward runs in
+    # ``forward`` (its output ``[B, C, h, w]``); None: no such layer (a ViT), maps by occlusion.
+    cam_layer: str | None = None
 
     def weights_status(self) -> str:
         """``present: PATH``, ``absent: <what to do>`` or ``none published`` for the default weights.

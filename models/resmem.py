@@ -42,6 +42,9 @@ FEATURE_LAYERS: dict[str, int] = {
 }
 DEFAULT_FEATURES: tuple[str, ...] = ("resnet152", "fc11")
 _HIDDEN = ("fc6", "fc7", "fc8", "fc9", "fc10", "fc11")
+# Grad-CAM's layer (memory maps): the last stage of the ResNet-152 branch, 2048 x 8 x 8 at 227 px
+# (the AlexNet branch's conv5 is 13 x 13 but feeds the head only through pool5's 9216 values).
+CAM_LAYER = "features.layer4"
 
 
 class AlexNetBranchMixin:
@@ -155,6 +158,7 @@ RESMEM = register(
         source=SOURCE,
         licence=LICENCE,
         recipe=TrainRecipe(initial_resmem, ("features",), "published weights, ResNet-152 frozen"),
+        cam_layer=CAM_LAYER,
     )
 )
 
@@ -171,5 +175,6 @@ RESMEM_RETRAIN = register(
         source="ResMem's architecture; you train it (memscore train), starting from ResMem's weights",
         licence="yours; it starts from ResMem's non-commercial weights",
         recipe=TrainRecipe(initial_resmem, (), "published weights, everything trainable"),
+        cam_layer=CAM_LAYER,
     )
 )

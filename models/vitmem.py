@@ -92,5 +92,6 @@ VITMEM = register(
         source="Hagen & Espeseth 2023 (Brain Priority Lab); PyPI package vitmem 1.0.1; checkpoint "
                f"{CHECKPOINT.url}",
         licence="vitmem package: MIT; checkpoint: the authors' terms (Hugging Face brainpriority/vitmem)",
+        cam_layer=None,  # a ViT has no convolutional feature map for Grad-CAM: maps by occlusion
     )
 )

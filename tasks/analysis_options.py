@@ -126,3 +126,6 @@ class AnalyzeRequest(Parameters):
     out: str | None = Field(None, description="write joined.parquet (per image), stats.json and report.md to this "
                                               "folder or URI")
     options: AnalysisOptions = Field(default_factory=AnalysisOptions, description="the analysis options")
+    report: str | None = Field(None, description="end with `memscore report` of the scores (a memscore folder) with "
+                                                 "this human data, written to this folder or URI (docs/report.md; "
+                                                 "none: no report)")

