@@ -30,6 +30,8 @@ from memscore.tasks.summary import summary_lines, summary_markdown
 
 try:  # keep the plain functions importable without Prefect
     from prefect import flow
+
+    from memscore.flows.checked_flow import checked_flow
     from prefect.artifacts import create_markdown_artifact
 except ImportError:  # pragma: no cover
     flow = None
@@ -37,7 +39,7 @@ except ImportError:  # pragma: no cover
 
 if flow is not None:
 
-    @flow(name="analyze", log_prints=True, flow_run_name="analyze: {request.scores} vs {request.human}")
+    @checked_flow(name="analyze", log_prints=True, flow_run_name="analyze: {request.scores} vs {request.human}")
     def analyze(request: AnalyzeRequest) -> dict[str, Any]:
         """Model scores vs human memorability: correlations with bootstrap intervals, paired
         model differences, split-half reliability and the noise ceiling; the summary becomes

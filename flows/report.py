@@ -82,6 +82,8 @@ def report_after_run(dest: str, out: str | None, *, model: str | None = None, hu
 
 try:  # keep the plain function importable without Prefect
     from prefect import flow
+
+    from memscore.flows.checked_flow import checked_flow
 except ImportError:  # pragma: no cover
     flow = None
 
@@ -89,7 +91,7 @@ except ImportError:  # pragma: no cover
 if flow is not None:
     from memscore.flows.params import refuse_secrets, resolve_storage_options
 
-    @flow(name="report", log_prints=True)
+    @checked_flow(name="report", log_prints=True)
     def report(dest: str, out: str, options: ReportOptions | None = None,
                storage_options_secret: str | None = None) -> dict[str, Any]:
         """An offline HTML report of DEST (provenance, distribution, gallery, errors; with human

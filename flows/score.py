@@ -21,10 +21,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from memscore.errors import UserError
+from memscore.flows.checked_flow import checked_flow
 from memscore.flows.dest_lock import hold_destination
 from memscore.models.devices import resolve_device
 from memscore.storage.schema import ERRORS_DIR
@@ -203,7 +204,7 @@ def summary_markdown(summary: ScoreSummary) -> str:
     return "\n".join(lines)
 
 
-@flow(
+@checked_flow(
     name="score-archive", log_prints=True, flow_run_name="{request.model}: {request.source} -> {request.destination}",
     # The summary (a small JSON dict) is kept as the run's result, readable after a deployment run.
     persist_result=True, result_serializer="json",

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from memscore.flows.checked_flow import checked_flow
 from memscore.tasks.train import EpochMetrics, TrainConfig, TrainingError, train_model
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 
@@ -31,7 +32,7 @@ def _artifact_key(model: str) -> str:
     return "train-metrics-" + "".join(c if c.isalnum() else "-" for c in model.lower())
 
 
-@flow(name="train", log_prints=True, flow_run_name="train {config.model} -> {config.out}")
+@checked_flow(name="train", log_prints=True, flow_run_name="train {config.model} -> {config.out}")
 def train(config: TrainConfig) -> dict[str, Any] | State:
     """Train ``config.model`` on ``config.human`` scores of the images under ``config.images``;
     write to ``config.out``.
