@@ -1,7 +1,7 @@
 """The parameter objects on the command line: argparse options read off their fields.
 
 The types, defaults and descriptions of every parameter live in the parameter objects
-(:class:`tasks.pipeline.ScoreRequest`, :class:`tasks.analysis_options.AnalysisOptions`,
+(:class:`tasks.score_request.ScoreRequest`, :class:`tasks.analysis_options.AnalysisOptions`,
 :class:`tasks.train_config.TrainConfig`; their base and choice types and the credential
 rules are :mod:`tasks.params`, re-exported here). :func:`add_field_option` makes an
 argparse option of one field: its default, its choices (a Literal type) and its help

