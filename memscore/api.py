@@ -322,7 +322,8 @@ def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = 
     import tempfile
     import warnings
     from memscore.tasks.params import storage_fields
-    from memscore.tasks.score_request import ScoreRequest, check_request, model_choice, run_score
+    from memscore.tasks.pipeline import check_request, model_choice, run_score
+    from memscore.tasks.score_request import ScoreRequest
 
     model = model if isinstance(model, str) else ",".join(model)  # the request (and the flow) take a string
     request = ScoreRequest(
