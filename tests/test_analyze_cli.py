@@ -339,3 +339,16 @@ def test_one_model_under_two_weights_is_two_predictors(lab, capsys):
                 "other": st.spearmanr(other[1:].astype(np.float64), lab["human"])[0]}
     assert got == pytest.approx(expected, abs=1e-9)
     assert any("several weights" in w and "resmem@9f8e7d6c" in w for w in out["warnings"])
+
+
+def test_seed_bootstrap_and_splits_out_of_range_are_one_line(lab, capsys):
+    """numpy seeds are 0 <= seed < 2**32; resamples and splits have an upper bound."""
+    base = ["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "0"]
+    for flag, value, field in [("--seed", "-1", "seed"), ("--seed", str(2**32), "seed"),
+                               ("--bootstrap", "1000001", "bootstrap"), ("--splits", "10001", "splits")]:
+        assert main([*base, flag, value]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("memscore: error:") and field in err and "\n" not in err, err
+    assert main([*base, "--seed", str(2**32 - 1), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["spearman"]["rho"] == pytest.approx(st.spearmanr(lab["score"].astype(np.float64), lab["human"])[0])
