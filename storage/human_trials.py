@@ -80,7 +80,9 @@ def _order_sql(con, source_sql: str, column: str, source_type: str, path: str) -
         if "TIMESTAMP" in source_type.upper() or "DATE" in source_type.upper():
             return f"epoch({col})", "time"
         return f"TRY_CAST({col} AS DOUBLE)", "number"
-    text = f"nullif(trim({col}::VARCHAR), '')"
+    # empty and n/a-like values are missing (see _check_missing_order), not a reason to refuse the column
+    text = (f"CASE WHEN lower(trim({col}::VARCHAR)) IN ('', 'n/a', 'na', 'nan', 'none', 'null') THEN NULL "
+            f"ELSE trim({col}::VARCHAR) END")
     row = con.sql(f"SELECT count({text}), count(TRY_CAST({text} AS DOUBLE)), count(TRY_CAST({text} AS TIMESTAMPTZ)), "
                   f"list({text}) FILTER (WHERE TRY_CAST({text} AS DOUBLE) IS NULL)[1:3] FROM {source_sql}").fetchall()[0]
     if row[0] and row[1] == row[0]:

@@ -132,7 +132,7 @@ def test_count_columns_and_observations_are_stated(tmp_path):
     assert dict(con.sql("SELECT image, observations FROM human").fetchall()) == {"a.jpg": 4, "b.jpg": 2, "c.jpg": 4}
 
 
-@pytest.mark.parametrize("missing", ["", "n/a"])
+@pytest.mark.parametrize("missing", ["", "n/a", "null", "NaN"])
 def test_a_trial_without_an_order_value_is_never_sorted_last_in_silence(tmp_path, missing):
     rows = _trial_rows()
     cols = ("participant_id", "image_id", "trial_type", "onset", "response")
