@@ -80,7 +80,9 @@ def _order_sql(con, source_sql: str, column: str, source_type: str, path: str) -
         if "TIMESTAMP" in source_type.upper() or "DATE" in source_type.upper():
             return f"epoch({col})", "time"
         return f"TRY_CAST({col} AS DOUBLE)", "number"
-    text = f"nullif(trim({col}::VARCHAR), '')"
+    # empty and n/a-like values are missing (see _check_missing_order), not a reason to refuse the column
+    text = (f"CASE WHEN lower(trim({col}::VARCHAR)) IN ('', 'n/a', 'na', 'nan', 'none', 'null') THEN NULL "
+            f"ELSE trim({col}::VARCHAR) END")
     row = con.sql(f"SELECT count({text}), count(TRY_CAST({text} AS DOUBLE)), count(TRY_CAST({text} AS TIMESTAMPTZ)), "
                   f"list({text}) FILTER (WHERE TRY_CAST({text} AS DOUBLE) IS NULL)[1:3] FROM {source_sql}").fetchall()[0]
     if row[0] and row[1] == row[0]:
@@ -90,6 +92,32 @@ def _order_sql(con, source_sql: str, column: str, source_type: str, path: str) -
     raise HumanDataError(f"{path}: cannot order the trials by column {column!r}: its values are neither numbers nor "
                          f"timestamps (e.g. {', '.join(map(str, row[3] or []))}); add a presentation column "
                          f"(1 first showing, 2 repeat)")
+
+
+def _check_missing_order(con, info: HumanLoad, source_sql: str, participant_sql: str, image_sql: str, key: str,
+                         column: str) -> None:
+    """Trials without a usable value in the order column (empty, n/a, NaN): one that is the only
+    showing of its image to its participant is a first showing whatever its place, so it is
+    kept (with a warning in ``info.warnings``); one whose image that participant saw more than
+    once makes first showing vs repeat ambiguous: HumanDataError (one line) naming the column,
+    the count and an example participant and image."""
+    row = con.sql(
+        f"""SELECT count(*) FILTER (WHERE _key IS NULL), count(*) FILTER (WHERE _key IS NULL AND _n > 1),
+                   first(_p ORDER BY _row) FILTER (WHERE _key IS NULL AND _n > 1),
+                   first(_i ORDER BY _row) FILTER (WHERE _key IS NULL AND _n > 1)
+        FROM (SELECT _p, _i, _key, _row, count(*) OVER (PARTITION BY _p, _i) AS _n
+              FROM (SELECT ({participant_sql})::VARCHAR AS _p, {image_sql} AS _i,
+                           CASE WHEN isfinite(({key})::DOUBLE) THEN 1 END AS _key, row_number() OVER () AS _row
+                    FROM {source_sql}))""").fetchall()[0]
+    if row[1]:
+        raise HumanDataError(
+            f"{info.path}: {row[1]} trial(s) have no value in the order column {column!r} although their image was "
+            f"shown more than once to the same participant (e.g. participant {row[2]}, image {row[3]}), so first "
+            f"showing and repeat cannot be told apart; fill in {column!r} or add a presentation column "
+            f"(1 first showing, 2 repeat)")
+    if row[0]:
+        info.warnings.append(f"trials: {row[0]} trial(s) have no value in the order column {column!r}; each is the "
+                             f"only showing of its image to its participant, so it is counted as a first showing")
 
 
 def _stage_trials(con, info: HumanLoad, id_column, source_sql: str, participant_sql: str | None,
@@ -124,6 +152,7 @@ def _stage_trials(con, info: HumanLoad, id_column, source_sql: str, participant_
     else:  # first showing = 1, repeat = 2, in the order of the order column, else of the file
         if order_col:
             key, kind = _order_sql(con, source_sql, order_col, types[order_col], info.path)
+            _check_missing_order(con, info, source_sql, participant_sql, image_sql, key, order_col)
             order_sql = f"{key}, _row"
             info.order_source = (f"order of column {order_col!r} ({'time' if kind == 'time' else 'trial number'}) "
                                  f"within each participant")

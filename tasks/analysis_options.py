@@ -27,6 +27,8 @@ from memscore.tasks.params import (
 )
 
 WARN_OBSERVATIONS = 5  # images with fewer observations than this are counted in a warning
+MAX_BOOTSTRAP = 1_000_000  # resamples: beyond this the run takes hours and the intervals gain nothing
+MAX_SPLITS = 10_000  # split halves
 
 
 class AnalysisError(HumanDataError):
@@ -82,10 +84,13 @@ class AnalysisOptions(Parameters):
     match: MatchMode = Field("auto", description="match images by relative path, file name or file name without "
                                                  "extension (auto: the most specific that matches the most images "
                                                  "without ambiguity)")
-    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples over images for the intervals (0: none)")
-    splits: int = Field(25, ge=0, description="random split halves of participants for split-half reliability "
-                                              "(trial data)")
-    seed: int = Field(0, description="seed of the bootstrap resamples and the splits")
+    bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP,
+                           description=f"bootstrap resamples over images for the intervals (0: none; at most "
+                                       f"{MAX_BOOTSTRAP:_})")
+    splits: int = Field(25, ge=0, le=MAX_SPLITS, description=f"random split halves of participants for split-half "
+                                                             f"reliability (trial data; at most {MAX_SPLITS:_})")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the bootstrap resamples and the splits (0 <= seed < "
+                                                     "2**32, numpy's range)")
     confidence: float = Field(0.95, gt=0, lt=1, description="coverage of every interval, e.g. 0.9 for 90% intervals")
     group_column: str | None = Field(None, description="also report the statistics per value of this column (human "
                                                        "data or scores), e.g. MemCat's category")

@@ -105,6 +105,33 @@ def _score_columns(options: AnalysisOptions) -> list[str] | None:
     return out or None
 
 
+def _digest_sql(weights: str, width: int | None) -> str:
+    """The hex of a weights digest such as ``sha256:8e4b...`` (its first ``width`` characters)."""
+    hex_sql = f"regexp_replace(({weights})::VARCHAR, '^[A-Za-z0-9_-]+:', '')"
+    return f"coalesce(left({hex_sql}, {width}), 'none')" if width else f"coalesce({hex_sql}, 'none')"
+
+
+def _weights_label(con: duckdb.DuckDBPyConnection, rel: str, cond: str, warnings: list[str]) -> str:
+    """SQL of the predictor name of a memscore folder's row: the model, or ``model@<first 8
+    hex characters of the weights digest>`` for a model scored with several weights (rows
+    keyed (uri, model, weights): e.g. ``memscore score --weights`` of a fine-tuned copy), so
+    that each weights is a predictor of its own (with a warning naming them); the full digest
+    when 8 characters do not tell two apart. A model with one weights keeps its plain name."""
+    rows = con.sql(f"""SELECT model::VARCHAR, list(DISTINCT {_digest_sql('weights', None)} ORDER BY 1)
+        FROM {rel} {cond} GROUP BY 1 HAVING count(DISTINCT coalesce(weights::VARCHAR, '')) > 1
+        ORDER BY 1""").fetchall()
+    if not rows:
+        return "model::VARCHAR"
+    several = [r[0] for r in rows]
+    short = all(len({d[:8] for d in r[1]}) == len(r[1]) for r in rows)
+    digest = _digest_sql("weights", 8 if short else None)
+    names = "; ".join(f"{m}: {', '.join(f'{m}@{d[:8] if short else d}' for d in ds)}" for m, ds in rows)
+    warnings.append(f"scores: {len(several)} model(s) were scored with several weights; each weights is analysed as "
+                    f"a predictor of its own, named model@digest ({names})")
+    return (f"CASE WHEN model::VARCHAR IN ({', '.join(lit(m) for m in several)}) "
+            f"THEN model::VARCHAR || '@' || {digest} ELSE model::VARCHAR END")
+
+
 def load_scores(con: duckdb.DuckDBPyConnection, path: str, options: AnalysisOptions, warnings: list[str]) -> dict[str, Any]:
     """Temp table ``model_scores`` (image, model, score, other columns but feature vectors):
     one row per image and model. A model is a value of the ``model`` column (all of them
@@ -145,10 +172,13 @@ def load_scores(con: duckdb.DuckDBPyConnection, path: str, options: AnalysisOpti
             and not c.startswith("feat_") and "[" not in types[c]]
     extra = "".join(f", {q(c)}" for c in keep)
     cond = f"WHERE {' AND '.join(where)}" if where else ""
+    model_label = "model::VARCHAR"
+    if has_model and "weights" in columns:
+        model_label = _weights_label(con, rel, cond, warnings)
     selects = []
     for col in score_cols:
         if has_model:
-            label = "model::VARCHAR" if len(score_cols) == 1 else f"model::VARCHAR || {lit(':' + col)}"
+            label = model_label if len(score_cols) == 1 else f"{model_label} || {lit(':' + col)}"
         else:
             label = lit(col)
         selects.append(f"SELECT {q(id_col)}::VARCHAR AS image, {label} AS model, "

@@ -309,3 +309,46 @@ def test_sql_prompt(lab, monkeypatch, capsys):
     assert main(["sql", lab["dest"]]) == 0
     captured = capsys.readouterr()
     assert "60" in captured.out and "error:" in captured.err
+
+
+def test_one_model_under_two_weights_is_two_predictors(lab, capsys):
+    """A DEST keyed (uri, model, weights) holding resmem under two weights digests (e.g. scored
+    again with --weights of a fine-tuned copy): each weights is a predictor named
+    model@<first 8 hex of the digest>; a model with one weights keeps its plain name."""
+    part = pq.read_table(lab["tmp"] / "dest" / "scores" / "part-x.parquet")
+    n = part.num_rows
+    rng = np.random.default_rng(7)
+    tuned = rng.uniform(0, 1, n).astype(np.float32)
+    other = rng.uniform(0, 1, n).astype(np.float32)
+
+    def variant(model, weights, scores):
+        t = part.set_column(part.schema.get_field_index("weights"), "weights", pa.array([weights] * n))
+        t = t.set_column(t.schema.get_field_index("model"), "model", pa.array([model] * n))
+        return t.set_column(t.schema.get_field_index("score"), "score", pa.array(scores, pa.float32()))
+
+    first = variant("resmem", "sha256:" + "1a2b3c4d" + "0" * 56, part.column("score").to_numpy())
+    pq.write_table(first, lab["tmp"] / "dest" / "scores" / "part-x.parquet")
+    pq.write_table(variant("resmem", "sha256:" + "9f8e7d6c" + "1" * 56, tuned), lab["tmp"] / "dest" / "scores" / "part-y.parquet")
+    pq.write_table(variant("other", "abc", other), lab["tmp"] / "dest" / "scores" / "part-z.parquet")
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    got = {m["model"]: m["spearman"]["rho"] for m in out["models"]}
+    # the lab's images: the first has no human score, so scores[1:] against human
+    expected = {"resmem@1a2b3c4d": st.spearmanr(lab["score"].astype(np.float64), lab["human"])[0],
+                "resmem@9f8e7d6c": st.spearmanr(tuned[1:].astype(np.float64), lab["human"])[0],
+                "other": st.spearmanr(other[1:].astype(np.float64), lab["human"])[0]}
+    assert got == pytest.approx(expected, abs=1e-9)
+    assert any("several weights" in w and "resmem@9f8e7d6c" in w for w in out["warnings"])
+
+
+def test_seed_bootstrap_and_splits_out_of_range_are_one_line(lab, capsys):
+    """numpy seeds are 0 <= seed < 2**32; resamples and splits have an upper bound."""
+    base = ["analyze", "--scores", lab["dest"], "--human", lab["lamem"], "--bootstrap", "0"]
+    for flag, value, field in [("--seed", "-1", "seed"), ("--seed", str(2**32), "seed"),
+                               ("--bootstrap", "1000001", "bootstrap"), ("--splits", "10001", "splits")]:
+        assert main([*base, flag, value]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("memscore: error:") and field in err and "\n" not in err, err
+    assert main([*base, "--seed", str(2**32 - 1), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["spearman"]["rho"] == pytest.approx(st.spearmanr(lab["score"].astype(np.float64), lab["human"])[0])

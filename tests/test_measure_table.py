@@ -169,10 +169,10 @@ def test_derived_scores_match_numpy_and_bad_expressions_are_one_line(tmp_path, c
         assert got == pytest.approx(values, abs=1e-12)
     assert [d["name"] for d in res["derived"]] == list(expected)
     assert res["derived"][0] == {"name": "gap", "expression": "a - b", "models": ["a", "b"]}
-    # a division by zero leaves the image out, with a warning
-    res = run_analysis(data["scores"], data["human"], AnalysisOptions(score_column="a,b", derived=["a / (b - b)"],
-                                                                    bootstrap=0))
-    assert any("division by zero" in w for w in res["warnings"])
+    # a division by zero is refused (leaving images out would change the models' statistics)
+    with pytest.raises(Exception, match=r"division by zero"):
+        run_analysis(data["scores"], data["human"], AnalysisOptions(score_column="a,b", derived=["a / (b - b)"],
+                                                                   bootstrap=0))
     for bad, message in [("nope - a", "unknown model 'nope'"), ("__import__('os').getcwd()", "found Call"),
                          ("a ** 2", "found Pow"), ("a.real", "found Attribute"), ("lambda: a", "found Lambda"),
                          ("a if b else 1", "found IfExp"), ("a -", "not an expression"), ("3 + 4", "names no model"),
@@ -183,6 +183,33 @@ def test_derived_scores_match_numpy_and_bad_expressions_are_one_line(tmp_path, c
         assert err.startswith("memscore: error: --derived") and message in err and "\n" not in err, err
     with pytest.raises(Exception, match="unknown model"):
         parse_derived("x", ["a"])
+
+
+def test_a_derived_score_undefined_for_some_images_is_refused_in_one_line(tmp_path, capsys):
+    """Leaving out the images where a derived score is not finite would drop them for every
+    model; it is refused instead, the cause named (division by zero vs overflow)."""
+    data = _counts(tmp_path)
+    lines = (tmp_path / "scores.csv").read_text().splitlines()
+    zero = {5, 6, 9}  # b = 0 for these images (hand-picked: 3 images, the first im005.jpg)
+    for k in zero:
+        name, a, _ = lines[k + 1].split(",")
+        lines[k + 1] = f"{name},{a},0.0"
+    (tmp_path / "scores.csv").write_text("\n".join(lines) + "\n")
+    common = ["analyze", "--scores", data["scores"], "--human", data["human"], "--score-column", "a,b",
+              "--bootstrap", "0", "--json"]
+    for expression, count, cause in [("ratio=a / b", 3, "3 by a division by zero"),
+                                     ("a * 1e308 * 1e308", 70, "70 by an overflow")]:
+        assert main([*common, "--derived", expression]) == 1
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert err.startswith("memscore: error: --derived") and "\n" not in err, err
+        assert f"not finite for {count} image(s)" in err and cause in err, err
+        assert "im005.jpg" in err if count == 3 else "division" not in err
+        assert captured.out == ""
+    for literal in ["1e309", "1" + "0" * 400]:
+        assert main([*common, "--derived", f"{literal} * a"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("memscore: error: --derived") and "not a finite" in err and "\n" not in err, err
 
 
 def test_cli_end_to_end_with_two_models_in_dest(tmp_path, capsys):

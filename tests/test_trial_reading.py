@@ -130,3 +130,32 @@ def test_count_columns_and_observations_are_stated(tmp_path):
     assert info.count_columns == {"hit": "target_hit", "miss": "target_miss", "fa": "target_fa", "cr": "target_cr"}
     # observations = min(hits + misses, false alarms + correct rejections), by hand
     assert dict(con.sql("SELECT image, observations FROM human").fetchall()) == {"a.jpg": 4, "b.jpg": 2, "c.jpg": 4}
+
+
+@pytest.mark.parametrize("missing", ["", "n/a", "null", "NaN"])
+def test_a_trial_without_an_order_value_is_never_sorted_last_in_silence(tmp_path, missing):
+    rows = _trial_rows()
+    cols = ("participant_id", "image_id", "trial_type", "onset", "response")
+    lines = _csv(rows, cols).splitlines()
+    # the FIRST showing of im3 to p0 loses its onset: sorted last, it would become the repeat
+    at = next(k for k, line in enumerate(lines) if line.startswith("p0,im3.jpg,"))
+    p, image, kind, _, response = lines[at].split(",")
+    lines[at] = ",".join((p, image, kind, missing, response))
+    ambiguous = _write(tmp_path / "a.csv", "\n".join(lines) + "\n")
+    with pytest.raises(HumanDataError) as error:
+        load_human(duckdb.connect(), ambiguous)
+    message = str(error.value)
+    assert "\n" not in message and "'onset'" in message and "1 trial(s)" in message
+    assert "p0" in message and "im3.jpg" in message
+    # a trial that is the only showing of its image to its participant is a first showing
+    # wherever it sorts: kept, counted as a false alarm / correct rejection, and stated
+    solo = _write(tmp_path / "s.csv", _csv(rows, cols) + f"p0,solo.jpg,target,{missing},1\n")
+    con = duckdb.connect()
+    info = load_human(con, solo, measure="false_alarm_rate")
+    expected: dict[str, list[int]] = {"solo.jpg": [1]}  # hand count: responses at the first showing
+    for _, img, showing, resp, _ in rows:
+        if showing == 1:
+            expected.setdefault(img, []).append(resp)
+    got = dict(con.sql("SELECT image, human FROM human").fetchall())
+    assert got == pytest.approx({k: sum(v) / len(v) for k, v in expected.items()})
+    assert any("1 trial(s)" in w and "'onset'" in w and "first showing" in w for w in info.warnings)
