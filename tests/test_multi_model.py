@@ -120,7 +120,9 @@ def test_plan_models_skips_per_model(tmp_path):
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--weights", "/tmp/mine.pt"], "--weights names one model's file"),
+    (["--weights", "/tmp/mine.pt"], "--weights with several models takes MODEL=PATH entries"),
+    (["--weights", "vitmem=/tmp/v.pth"], "--weights names vitmem, which is not in this run"),
+    (["--weights", "resmem=/tmp/a.pt,resmem=/tmp/b.pt"], "--weights names resmem twice"),
     (["--features", "resnet152"], "e.g. --features resmem:resnet152"),
     (["--features", "vitmem:pre_logits"], "model 'vitmem' is not in this run"),
     (["--model", "resmem,vitmem", "--decode", "device"], "--decode device takes one preprocessing"),
@@ -296,3 +298,26 @@ def test_resmem_and_vitmem_decode_once_and_keep_their_own_preprocessing(tmp_path
             assert abs(row["score"] - float(reference)) <= 1e-5, path
     spread = [row["score"] for (_, model), row in joint.items() if model == "vitmem"]
     assert max(spread) - min(spread) > 0.01  # not a comparison between constants
+
+
+def test_per_model_weights_let_a_model_with_your_weights_join_the_pass(tmp_path):
+    """``--weights MODEL=PATH`` with several models: that model uses the file (its rows carry the
+    file's sha256, computed here with hashlib), the others their published weights, and its
+    scores equal a run of its own with the same file."""
+    from memscore.models.registry import get_model_spec
+
+    torch.manual_seed(3)
+    mine = tmp_path / "nomem.pt"
+    torch.save({"model": get_model_spec("resnet18-nomem").build().eval().state_dict()}, mine)
+    source = tmp_path / "photos"
+    write_photos(source, names=NAMES[:2])
+    summary = run(source, tmp_path / "one", "resmem,resnet18-nomem", weights=f"resnet18-nomem={mine}", features=[])
+    assert summary["per_model"]["resnet18-nomem"]["scored"] == 2 and summary["per_model"]["resmem"]["scored"] == 2
+    joint = by_key(rows(tmp_path / "one"))
+    digest = "sha256:" + hashlib.sha256(mine.read_bytes()).hexdigest()
+    assert {r["weights"] for (_, m), r in joint.items() if m == "resnet18-nomem"} == {digest}
+    assert {r["weights"] for (_, m), r in joint.items() if m == "resmem"} != {digest}
+    run(source, tmp_path / "alone", "resnet18-nomem", weights=str(mine), features=[])
+    for (path, model), row in by_key(rows(tmp_path / "alone")).items():
+        assert row["weights"] == digest
+        assert joint[(path, model)]["score"] == pytest.approx(row["score"], abs=1e-6)
