@@ -98,11 +98,16 @@ def build_report(dest: str, out: str, options: ReportOptions | None = None) -> d
     ``out`` is a local folder (created) or an fsspec URI (the report is built in a
     temporary folder and copied there). Returns the report's data (as ``report.json``)
     plus ``"outputs"``: the paths written. Raises :class:`ReportError` (one line) when
-    DEST has no scores, and :class:`memscore.tasks.analyze.AnalysisError` /
+    DEST has no scores, :class:`memscore.models.devices.DeviceUnavailableError` when ``options.maps``
+    asks for a device this machine lacks, and :class:`memscore.tasks.analyze.AnalysisError` /
     :class:`memscore.storage.human.HumanDataError` for human data that does not fit (e.g. no
     image in common).
     """
     options = options or ReportOptions()
+    if options.maps:  # the maps' device resolved as memscore score does: not present -> one line, before any work
+        from memscore.models.devices import resolve_device
+
+        options = options.model_copy(update={"maps_device": str(resolve_device(options.maps_device))})
     started = time.perf_counter()
     remote = "://" in out and not out.startswith("file://")
     with tempfile.TemporaryDirectory(prefix="memscore-report-") as scratch:

@@ -227,6 +227,46 @@ def test_one_line_errors(lab, tmp_path, capsys):
     assert "Spearman" not in err and not (tmp_path / "r4").exists()  # refused before the analysis ran
 
 
+@pytest.mark.parametrize("option, expected", [
+    (["--seed", "-1"], "seed must be greater than or equal to 0"),
+    (["--seed", "99999999999999999999"], "seed must be less than 4294967296"),  # numpy's seeds: 0 <= s < 2**32
+    (["--memory-limit", "lots"], "memory_limit must be a number and a unit"),
+    (["--memory-limit", "4XB"], "memory_limit must be a number and a unit"),
+    (["--maps", "--maps-device", "gpu"], "unknown maps_device 'gpu'"),
+])
+def test_refused_report_options_are_one_line(lab, tmp_path, capsys, option, expected):
+    """Out-of-range seeds, a memory limit DuckDB would not read and an unknown maps device: one line,
+    exit 1, nothing written (numpy and DuckDB would raise tracebacks)."""
+    assert main(["report", lab["dest"], "--out", str(tmp_path / "r"), "--model", "resmem", *option]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("memscore: error:") and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("size", ["4GB", "512MiB", "1.5 GB", "100kb"])
+def test_memory_limits_duckdb_reads_are_accepted(size):
+    """The sizes ReportOptions takes are the ones DuckDB's own SET memory_limit takes."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{size}'")  # DuckDB's parser: raises on what it cannot read
+    assert ReportOptions(memory_limit=size).memory_limit == size
+
+
+def test_maps_on_an_absent_device_is_one_line_before_any_work(lab, tmp_path, capsys):
+    """--maps-device cuda on a machine without CUDA: memscore score's one-line device error, no report
+    folder, no warning about --maps-weights."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "r"
+    assert main(["report", lab["dest"], "--out", str(out), "--model", "resmem", "--maps", "--maps-device", "cuda"]) == 1
+    printed = capsys.readouterr()
+    assert printed.err.strip() == "memscore: error: device 'cuda' requested but CUDA is not available here"
+    assert "--maps-weights" not in printed.out + printed.err and not out.exists()
+
+
 def test_several_models_need_model(tmp_path, capsys):
     archive = tmp_path / "a"
     archive.mkdir()
