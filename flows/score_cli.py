@@ -195,6 +195,9 @@ def run(args: argparse.Namespace) -> int:
         if args.backend != "torch":
             check_backend_options(args, device)
     # Then the storage, once every option is known to work (a refused option leaves nothing behind).
+    from memscore.tasks.checks import check_outside_source
+
+    check_outside_source(args.source, {"DEST": args.destination, "--report": args.report})
     check_source(args.source, storage_options)
     check_destination(args.destination, storage_options)
 

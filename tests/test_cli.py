@@ -118,3 +118,25 @@ def test_refused_arguments_are_one_line_and_exit_1(tmp_path, capsys, argv):
     if argv[0] != "no-such-command":
         assert line.startswith(f"memscore: error: {argv[0]}: ")
     assert not (tmp_path / "D").exists()
+
+
+@pytest.mark.parametrize("where", ["dest", "report", "report-uri", "report-via-link"])
+def test_outputs_inside_source_are_refused(tmp_path, capsys, where):
+    """A report (or DEST) written inside SOURCE would be scored by the next run (its thumbnails are
+    JPEGs): refused in one line before the run, nothing written."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (tmp_path / "link").symlink_to(source, target_is_directory=True)
+    dest, report = str(tmp_path / "d"), str(tmp_path / "r")
+    if where == "dest":
+        dest = str(source / "d")
+    elif where == "report":
+        report = str(source / "report")
+    elif where == "report-uri":
+        report = f"file://{source}/report"
+    else:
+        report = str(tmp_path / "link" / "report")
+    code, _, err = run_cli(capsys, "score", str(source), "--out", dest, "--report", report)
+    assert code == 1
+    assert "inside SOURCE" in one_line_error(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "src"] and not any(source.iterdir())
