@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     report_error = None
     if request.report and not args.prefect:  # after the analysis: its failure must not hide the analysis
-        from memscore.errors import find_user_error
+        from memscore.flows.cli import find_user_error
         from memscore.flows.report import report_after_run
 
         options = request.options.resolved()

@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         summary = run_plain(request)
     report_error = None
     if args.report and not wants_flow(args):  # after the run: a failed report must not hide the run's summary
-        from memscore.errors import find_user_error
+        from memscore.flows.cli import find_user_error
         from memscore.flows.report import report_after_run
 
         try:

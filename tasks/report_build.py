@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -112,14 +113,20 @@ def build_report(dest: str, out: str, options: ReportOptions | None = None) -> d
     remote = "://" in out and not out.startswith("file://")
     with tempfile.TemporaryDirectory(prefix="memscore-report-") as scratch:
         folder = Path(scratch) / "out" if remote else Path(out.removeprefix("file://"))
+        created = not folder.exists()
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ReportError(f"cannot write {out}: {error}") from error
-        report = assemble(dest, folder, options, str(Path(scratch) / "duckdb-spill"))
-        report["seconds"] = round(time.perf_counter() - started, 3)
-        (folder / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
-        (folder / "index.html").write_text(render(report), encoding="utf-8")
+        try:
+            report = assemble(dest, folder, options, str(Path(scratch) / "duckdb-spill"))
+            report["seconds"] = round(time.perf_counter() - started, 3)
+            (folder / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
+            (folder / "index.html").write_text(render(report), encoding="utf-8")
+        except BaseException:
+            if created:  # a failed report leaves no half-written folder behind (one the user had stays)
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         if remote:
             from memscore.storage.uris import open_location
 

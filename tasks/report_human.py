@@ -114,8 +114,8 @@ def shown_derived(expressions: list[str] | None, model: str) -> tuple[list[str] 
             kept.append(text)
         except AnalysisError:
             dropped.append(text)
-    notes = [f"the report shows {model} only, so it leaves out the derived predictor(s) "
-             f"{', '.join(repr(t) for t in dropped)} (see memscore analyze's output)"] if dropped else []
+    notes = [(f"the report shows {model} only, so it leaves out the derived predictor(s) "
+              f"{', '.join(repr(t) for t in dropped)} (see memscore analyze's output)")] if dropped else []
     return (kept or None), notes
 
 

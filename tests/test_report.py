@@ -215,6 +215,7 @@ def test_one_line_errors(lab, tmp_path, capsys):
     assert main(["report", lab["dest"], "--out", str(tmp_path / "r2"), "--human", str(other)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("memscore: error:") and "matches the human data" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r2").exists()  # failed after its figures were begun: no half-written folder
     assert main(["report", lab["dest"], "--out", str(tmp_path / "r3"), "--model", "nope"]) == 1
     assert "no scores of model 'nope'" in capsys.readouterr().err
     # `memscore analyze --scores FILE --report DIR`: a scores file is no memscore folder to report on
