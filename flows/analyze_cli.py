@@ -175,15 +175,23 @@ def run(args: argparse.Namespace) -> int:
             result = analyze(request)  # every option reaches the flow: it is the same object (report too)
         else:
             result = run_analysis(request.scores, request.human, request.options, request.out)
-            if request.report:
-                from memscore.flows.report import report_after_run
-
-                options = request.options.resolved()
-                result["report"] = report_after_run(request.scores, request.report, model=options.model,
-                                                    human=request.human, analysis=options,
-                                                    storage_options=options.storage_options)
     except HumanDataError as error:
         raise UserError(str(error)) from error
+    report_error = None
+    if request.report and not args.prefect:  # after the analysis: its failure must not hide the analysis
+        from memscore.flows.cli import find_user_error
+        from memscore.flows.report import report_after_run
+
+        options = request.options.resolved()
+        try:
+            result["report"] = report_after_run(request.scores, request.report, model=options.model,
+                                                human=request.human, analysis=options,
+                                                storage_options=options.storage_options)
+        except Exception as error:  # noqa: BLE001 - a user error is shown after the analysis
+            user_error = find_user_error(error)
+            if user_error is None:
+                raise
+            report_error = " ".join(str(user_error).split())
     if args.json:
         print(json.dumps(result, default=str))
         for warning in result.get("warnings") or []:
@@ -194,4 +202,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {', '.join(result['outputs'].values())}")
         if result.get("report"):
             print(f"report: {result['report']}")
+    if report_error:
+        print(f"memscore: error: report: {report_error}", file=sys.stderr)
+        return 1
     return 0

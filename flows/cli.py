@@ -43,8 +43,25 @@ def parse_storage_options(text: str | None) -> dict | None:
     return options
 
 
+class CommandLineError(SystemExit):
+    """A refused command line, already shown as one line; exit status 1."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors (unknown option, a value out of range, a missing
+    argument) are one line ``memscore: error: <command>: <message>`` on stderr and exit
+    status 1, like every other input memscore refuses (argparse's own: usage and exit 2).
+    ``--help`` is unchanged (exit 0). Its commands' parsers are of this class too."""
+
+    def error(self, message: str):  # type: ignore[override]
+        command = self.prog.split()[-1] if " " in self.prog else ""
+        line = " ".join(message.split())
+        print(f"memscore: error: {command + ': ' if command else ''}{line}", file=sys.stderr)
+        raise CommandLineError(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="memscore",
         description="Score image archives with memorability models and check them against human memory data.",
     )
@@ -82,7 +99,10 @@ def _command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.Argu
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parse_command_line(parser, argv)
+    try:
+        args = parse_command_line(parser, argv)
+    except CommandLineError as refused:  # the line is printed already
+        return int(refused.code)
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ Output folder: ``index.html``, ``report.json`` (everything the page shows),
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,8 @@ def report_after_run(dest: str, out: str | None, *, model: str | None = None, hu
             fields["model"] = models[0]
             fields["notes"] = [f"DEST holds several models ({', '.join(models)}); this report shows {models[0]} "
                                f"(memscore report DEST --model NAME for another)"]
-    for note in fields.get("notes", []):
-        print(f"memscore: warning: {note}")
+    for note in fields.get("notes", []):  # stderr: stdout may be the run's --json
+        print(f"memscore: warning: {note}", file=sys.stderr)
     result = build_report(dest, out, ReportOptions(**fields))
     index = result["outputs"]["index"]
     _link_artifact(index, dest)

@@ -222,6 +222,9 @@ def score_archive(request: ScoreRequest) -> dict[str, Any]:
         The run's summary (counts, images/s, errors by reason) as a dict; it is also
         the flow run's persisted result (JSON), readable after a deployment run.
     """
+    from memscore.tasks.checks import check_outside_source
+
+    check_outside_source(request.source, {"DEST": request.destination, "--report": request.report})
     logger = get_run_logger()
     steps = pipeline.PipelineSteps(plan_run=plan_run, score_shard=score_shard, write_shard=write_shard,
                                    compact=compact, run_shards=_score_on_dask, run_progress=_RunProgress, log=logger,

@@ -193,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
         if args.backend != "torch":
             check_backend_options(args, device)
     # Then the storage, once every option is known to work (a refused option leaves nothing behind).
+    from memscore.tasks.checks import check_outside_source
+
+    check_outside_source(args.source, {"DEST": args.destination, "--report": args.report})
     check_source(args.source, storage_options)
     check_destination(args.destination, storage_options)
 
@@ -204,16 +207,26 @@ def run(args: argparse.Namespace) -> int:
         summary = score_archive(request)  # the report too, when asked (request.report)
     else:
         summary = run_plain(request)
-        if args.report:
-            from memscore.flows.report import report_after_run
+    report_error = None
+    if args.report and not wants_flow(args):  # after the run: a failed report must not hide the run's summary
+        from memscore.flows.cli import find_user_error
+        from memscore.flows.report import report_after_run
 
+        try:
             summary["report"] = report_after_run(request.destination, args.report,
                                                  model=",".join(s.name for s in specs), storage_options=storage_options)
+        except Exception as error:  # noqa: BLE001 - a user error is shown after the summary
+            if find_user_error(error) is None:
+                raise
+            report_error = " ".join(str(find_user_error(error)).split())
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(summary_line(summary) + (f"; report: {summary['report']}" if summary.get("report") else ""),
               file=sys.stderr)
+    if report_error:
+        print(f"memscore: error: report: {report_error}", file=sys.stderr)
+        return 1
     return 0
 
 

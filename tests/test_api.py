@@ -262,3 +262,57 @@ def test_analyze_and_sql_api(tmp_path, photos, capsys):
         ("empty.png", "decode", "EmptyFileError")]
     with pytest.raises(UserError, match="not a folder"):
         memscore.sql(tmp_path / "nowhere", "SELECT 1")
+
+
+def test_score_api_reads_model_and_features_as_the_cli_does(tmp_path):
+    """features="fc11" is one layer (not the characters f, c, 1, 1) and "a,b" two, as --features;
+    a model that is no name is a one-line ParameterError, not a TypeError."""
+    import memscore
+    from memscore.tasks.discover import SourceUnreadableError
+    from memscore.tasks.params import ParameterError
+
+    with pytest.raises(SourceUnreadableError, match="not found"):  # the layer passed: the source is what fails
+        memscore.score(tmp_path / "nowhere", features="fc11")
+    with pytest.raises(ValueError, match=r"no layer\(s\) nope;"):  # 'nope' named whole, fc11 accepted
+        memscore.score(tmp_path / "nowhere", features="fc11, nope")
+    for bad in (123, [1, 2], []):
+        with pytest.raises(ParameterError, match="model must be a model name") as refused:
+            memscore.score(tmp_path / "nowhere", model=bad)
+        assert isinstance(refused.value, memscore.UserError) and "\n" not in str(refused.value)
+    with pytest.raises(ParameterError, match="features must be"):
+        memscore.score(tmp_path / "nowhere", features=5)
+
+
+def test_analyze_api_reads_measures_and_derived_as_the_cli_does(tmp_path):
+    """human_measure="hr,far" / "all" give the model x measure table (as --human-measure), derived as
+    one string is one expression; each rho is scipy's on the hand-computed rates."""
+    from scipy import stats
+
+    import memscore
+
+    images = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg"]
+    m1 = [0.9, 0.5, 0.7, 0.2, 0.4, 0.6]
+    m2 = [0.1, 0.3, 0.2, 0.5, 0.1, 0.3]
+    counts = [(9, 1, 1, 9), (4, 6, 5, 5), (8, 2, 0, 10), (1, 9, 2, 8), (3, 7, 6, 4), (6, 4, 4, 6)]
+    scores = tmp_path / "scores.csv"
+    scores.write_text("image,model,score\n" + "".join(f"{i},m1,{s}\n" for i, s in zip(images, m1))
+                      + "".join(f"{i},m2,{s}\n" for i, s in zip(images, m2)))
+    human = tmp_path / "counts.csv"
+    human.write_text("image,hit,miss,fa,cr\n" + "".join(f"{i},{h},{m},{f},{c}\n" for i, (h, m, f, c) in zip(images, counts)))
+    hit_rate = [h / (h + m) for h, m, _, _ in counts]
+    fa_rate = [f / (f + c) for _, _, f, c in counts]
+    gap = [a - b for a, b in zip(m1, m2)]
+
+    for measure in ("hr,far", ["hit_rate", "far"]):
+        result = memscore.analyze(scores, human, bootstrap=0, human_measure=measure)
+        rows = {r["measure"]: {m["model"]: m["spearman"]["rho"] for m in r["models"]} for r in result.measure_table["rows"]}
+        assert list(rows) == ["hit_rate", "false_alarm_rate"]
+        assert rows["hit_rate"]["m1"] == pytest.approx(stats.spearmanr(m1, hit_rate).statistic, abs=1e-9)
+        assert rows["false_alarm_rate"]["m2"] == pytest.approx(stats.spearmanr(m2, fa_rate).statistic, abs=1e-9)
+
+    result = memscore.analyze(scores, human, bootstrap=0, human_measure="all", derived="gap=m1 - m2")
+    rows = {r["measure"]: {m["model"]: m["spearman"]["rho"] for m in r["models"]} for r in result.measure_table["rows"]}
+    assert list(rows) == ["hit_rate", "false_alarm_rate", "corrected_recognition", "dprime"]
+    assert rows["hit_rate"]["gap"] == pytest.approx(stats.spearmanr(gap, hit_rate).statistic, abs=1e-9)
+    crr = [round(h - f, 12) for h, f in zip(hit_rate, fa_rate)]  # exact: b and d tie at -0.1
+    assert rows["corrected_recognition"]["gap"] == pytest.approx(stats.spearmanr(gap, crr).statistic, abs=1e-9)

@@ -92,3 +92,51 @@ def test_weights_that_do_not_fit_the_model(tmp_path, capsys):
     code, _, err = run_cli(capsys, "score", str(tmp_path), "--out", str(tmp_path / "o"), "--weights", str(wrong))
     assert code == 1
     assert "do not fit model 'resmem'" in one_line_error(err)
+
+
+@pytest.mark.parametrize("argv", [
+    ["score", "SRC", "--out", "D", "--batch-size", "0"],
+    ["score", "SRC", "--out", "D", "--workers", "-1"],
+    ["score", "SRC", "--out", "D", "--shard-size", "0"],
+    ["score", "SRC"],  # --out missing
+    ["analyze", "--scores", "D", "--human", "h.csv", "--bootstrap", "-1"],
+    ["analyze", "--scores", "D", "--human", "h.csv", "--splits", "-3"],
+    ["report", "D", "--out", "R", "--top", "-1"],
+    ["report", "D", "--out", "R", "--bins", "0"],
+    ["report", "D", "--out", "R", "--occlusion-grid", "0"],
+    ["score", "SRC", "--out", "D", "--no-such-option"],
+    ["no-such-command"],
+])
+def test_refused_arguments_are_one_line_and_exit_1(tmp_path, capsys, argv):
+    """argparse's refusals (range checks, missing or unknown arguments) follow the contract of
+    every other bad input: one line `memscore: error: ...` naming the command, exit 1, no usage."""
+    argv = [str(tmp_path / a) if a in ("SRC", "D", "R", "h.csv") else a for a in argv]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 1 and out == ""
+    line = one_line_error(err)
+    assert "usage:" not in err
+    if argv[0] != "no-such-command":
+        assert line.startswith(f"memscore: error: {argv[0]}: ")
+    assert not (tmp_path / "D").exists()
+
+
+@pytest.mark.parametrize("where", ["dest", "report", "report-uri", "report-via-link"])
+def test_outputs_inside_source_are_refused(tmp_path, capsys, where):
+    """A report (or DEST) written inside SOURCE would be scored by the next run (its thumbnails are
+    JPEGs): refused in one line before the run, nothing written."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (tmp_path / "link").symlink_to(source, target_is_directory=True)
+    dest, report = str(tmp_path / "d"), str(tmp_path / "r")
+    if where == "dest":
+        dest = str(source / "d")
+    elif where == "report":
+        report = str(source / "report")
+    elif where == "report-uri":
+        report = f"file://{source}/report"
+    else:
+        report = str(tmp_path / "link" / "report")
+    code, _, err = run_cli(capsys, "score", str(source), "--out", dest, "--report", report)
+    assert code == 1
+    assert "inside SOURCE" in one_line_error(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "src"] and not any(source.iterdir())

@@ -215,6 +215,7 @@ def test_one_line_errors(lab, tmp_path, capsys):
     assert main(["report", lab["dest"], "--out", str(tmp_path / "r2"), "--human", str(other)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("memscore: error:") and "matches the human data" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r2").exists()  # failed after its figures were begun: no half-written folder
     assert main(["report", lab["dest"], "--out", str(tmp_path / "r3"), "--model", "nope"]) == 1
     assert "no scores of model 'nope'" in capsys.readouterr().err
     # `memscore analyze --scores FILE --report DIR`: a scores file is no memscore folder to report on
@@ -225,6 +226,46 @@ def test_one_line_errors(lab, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("memscore: error: --report:") and "is a file, not a memscore output folder" in err
     assert "Spearman" not in err and not (tmp_path / "r4").exists()  # refused before the analysis ran
+
+
+@pytest.mark.parametrize("option, expected", [
+    (["--seed", "-1"], "seed must be greater than or equal to 0"),
+    (["--seed", "99999999999999999999"], "seed must be less than 4294967296"),  # numpy's seeds: 0 <= s < 2**32
+    (["--memory-limit", "lots"], "memory_limit must be a number and a unit"),
+    (["--memory-limit", "4XB"], "memory_limit must be a number and a unit"),
+    (["--maps", "--maps-device", "gpu"], "unknown maps_device 'gpu'"),
+])
+def test_refused_report_options_are_one_line(lab, tmp_path, capsys, option, expected):
+    """Out-of-range seeds, a memory limit DuckDB would not read and an unknown maps device: one line,
+    exit 1, nothing written (numpy and DuckDB would raise tracebacks)."""
+    assert main(["report", lab["dest"], "--out", str(tmp_path / "r"), "--model", "resmem", *option]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("memscore: error:") and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("size", ["4GB", "512MiB", "1.5 GB", "100kb"])
+def test_memory_limits_duckdb_reads_are_accepted(size):
+    """The sizes ReportOptions takes are the ones DuckDB's own SET memory_limit takes."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{size}'")  # DuckDB's parser: raises on what it cannot read
+    assert ReportOptions(memory_limit=size).memory_limit == size
+
+
+def test_maps_on_an_absent_device_is_one_line_before_any_work(lab, tmp_path, capsys):
+    """--maps-device cuda on a machine without CUDA: memscore score's one-line device error, no report
+    folder, no warning about --maps-weights."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "r"
+    assert main(["report", lab["dest"], "--out", str(out), "--model", "resmem", "--maps", "--maps-device", "cuda"]) == 1
+    printed = capsys.readouterr()
+    assert printed.err.strip() == "memscore: error: device 'cuda' requested but CUDA is not available here"
+    assert "--maps-weights" not in printed.out + printed.err and not out.exists()
 
 
 def test_several_models_need_model(tmp_path, capsys):
@@ -401,5 +442,52 @@ def test_a_multi_model_run_reports_its_first_model_and_says_so(lab, capsys):
     assert index == str(lab["root"] / "multi" / "index.html") and report["model"] == "resmem"
     note = "this run scored several models (resmem, falseresmem); this report shows resmem"
     assert any(note in w for w in report["warnings"]) and note in Path(index).read_text()
-    assert note in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert note in printed.err and note not in printed.out  # stdout may be a run's --json
     assert report_after_run(lab["dest"], None, model="resmem") is None
+
+
+def test_analyze_json_with_report_of_several_models_is_json(lab, capsys):
+    """`analyze --json --report` on a DEST of two models: stdout is one JSON document, the
+    report's note ("DEST holds several models") goes to stderr."""
+    write_dest(Path(lab["dest"]), lab["archive"], lab["paths"], lab["scores"] * 0.5, model="falseresmem",
+               run_id="20260101T000000Z-bbbb")
+    out = lab["root"] / "r-json"
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["trials"], "--bootstrap", "50",
+                 "--splits", "4", "--json", "--report", str(out)]) == 0
+    printed = capsys.readouterr()
+    analyzed = json.loads(printed.out)  # nothing before the "{"
+    assert analyzed["report"] == str(out / "index.html")
+    assert "DEST holds several models (falseresmem, resmem)" in printed.err
+
+
+def test_report_of_analyze_leaves_out_derived_predictors_of_other_models(lab, capsys):
+    """`analyze --derived "gap=resmem - falseresmem" --report R` on two models: the analysis
+    (printed in full) has the derived predictor; the report shows one model, so its analysis
+    leaves the predictor out and its note says so."""
+    write_dest(Path(lab["dest"]), lab["archive"], lab["paths"], lab["scores"] * 0.5, model="falseresmem",
+               run_id="20260101T000000Z-bbbb")
+    out = lab["root"] / "r-derived"
+    assert main(["analyze", "--scores", lab["dest"], "--human", lab["trials"], "--bootstrap", "50",
+                 "--splits", "4", "--derived", "gap=resmem - falseresmem", "--json", "--report", str(out)]) == 0
+    analyzed = json.loads(capsys.readouterr().out)
+    assert analyzed["report"] == str(out / "index.html")
+    report = json.loads((out / "report.json").read_text())
+    assert any("'gap=resmem - falseresmem'" in w and "leaves out" in w for w in report["warnings"])
+
+
+def test_a_failed_report_after_analyze_still_prints_the_analysis(lab, capsys, monkeypatch):
+    """The analysis ran: a failure in its report step prints the analysis, then one error line, exit 1."""
+    import memscore.flows.report as report_module
+
+    def broken(*args, **kwargs):
+        raise report_module.ReportError("cannot write the report here")
+
+    monkeypatch.setattr(report_module, "report_after_run", broken)
+    code = main(["analyze", "--scores", lab["dest"], "--human", lab["trials"], "--bootstrap", "50",
+                 "--splits", "4", "--json", "--report", str(lab["root"] / "r-broken")])
+    printed = capsys.readouterr()
+    assert code == 1
+    assert json.loads(printed.out)["n"] > 0
+    errors = [line for line in printed.err.splitlines() if line.startswith("memscore: error:")]
+    assert errors == ["memscore: error: report: cannot write the report here"]
