@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from memscore.flows.analyze import AnalysisOptions
-    from memscore.flows.analyze_cli import human_measure
+    from memscore.flows.analyze_cli import human_measures
     from memscore.flows.cli import UserError, parse_storage_options
     from memscore.flows.report import ReportOptions, build_report
     from memscore.storage.human import HumanDataError
@@ -140,10 +140,13 @@ def run(args: argparse.Namespace) -> int:
     check_report_packages(args.maps)
     storage_options = parse_storage_options(args.storage_options)
     memory_limit = None if args.memory_limit.lower() == "none" else args.memory_limit
-    measure = human_measure(args.human_measure)  # aliases (crr, hr, ...) as memscore analyze takes them
+    # one measure, names separated by commas, or all (aliases such as crr and hr), as memscore analyze takes them;
+    # several: the model x measure table on the page (the first measure fills the main panel)
+    measures = human_measures(args.human_measure)
     analysis = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, human_column=args.human_column,
-        human_measure=measure, human_format=args.human_format, match=args.match,
+        human_measure=measures[0] if len(measures) == 1 else None,
+        human_measures=measures if len(measures) > 1 else None, human_format=args.human_format, match=args.match,
         bootstrap=args.bootstrap, splits=args.splits, seed=args.seed, confidence=args.confidence,
         max_filler_fa=args.max_filler_fa, max_vigilance_miss=args.max_vigilance_miss,
         min_observations=args.min_observations, empty_response=args.empty_response,

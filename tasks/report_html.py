@@ -146,6 +146,21 @@ TEMPLATE = r"""<!DOCTYPE html>
   {% if d.fraction %}<tr><td>{{ d.fraction.label }}</td><td class="num" id="fraction">{{ fmt(d.fraction.value) }}</td><td class="num">{% if d.fraction.ci_low is not none %}{{ fmt(d.fraction.ci_low) }} .. {{ fmt(d.fraction.ci_high) }}{% endif %}</td><td></td><td>{% if d.fraction.value > 1 %}above the human ceiling: check the ceiling (participants per image, splits) and that the model was not trained on these images{% endif %}</td></tr>{% endif %}
  </table>
  {% if not d.ceilings %}<p class="note">No human ceiling: it needs trial-level human data (per-participant responses) to split participants in halves.</p>{% endif %}
+ {% if h.measure_table %}{% set mt = h.measure_table %}
+ <h3>Every model against every human measure</h3>
+ <table id="measure-table">
+  <tr><th>measure</th><th>model</th><th class="num">n</th><th class="num">Spearman ρ</th><th class="num">{{ d.conf }}% CI</th><th class="num">Pearson r</th><th class="num">{{ d.conf }}% CI</th><th class="num">noise ceiling (Spearman)</th><th class="num">fraction of it</th></tr>
+  {% for row in mt.rows %}{% for m in row.models %}
+  <tr class="measure-row"><td>{{ row.measure }}</td><td>{{ m.model }}</td><td class="num">{{ fmt(row.n) }}</td>
+   <td class="num">{{ fmt(m.spearman.rho) }}</td><td class="num">{{ fmt(m.spearman.ci_low) }} .. {{ fmt(m.spearman.ci_high) }}</td>
+   <td class="num">{{ fmt(m.pearson.r) }}</td><td class="num">{{ fmt(m.pearson.ci_low) }} .. {{ fmt(m.pearson.ci_high) }}</td>
+   <td class="num">{% if row.noise_ceiling %}{{ fmt(row.noise_ceiling.spearman.ceiling) }}{% else %}n/a{% endif %}</td>
+   <td class="num">{% if m.fraction_of_noise_ceiling %}{{ fmt(m.fraction_of_noise_ceiling.spearman.value) }}{% endif %}</td></tr>
+  {% endfor %}{% endfor %}
+ </table>
+ {% for row in mt.rows %}{% if row.ceiling_unavailable %}<p class="note">{{ row.measure }}: noise ceiling unavailable: {{ row.ceiling_unavailable }}</p>{% endif %}{% endfor %}
+ {% for line in mt.assumptions %}<p class="note">{{ line }}</p>{% endfor %}
+ {% endif %}
  {% if h.participants %}<p class="note">Participants: {{ h.participants.kept }} kept, {{ h.participants.excluded }} excluded.</p>{% endif %}
  {% if h.groups %}
  <h3>Per group</h3>

@@ -491,3 +491,41 @@ def test_a_failed_report_after_analyze_still_prints_the_analysis(lab, capsys, mo
     assert json.loads(printed.out)["n"] > 0
     errors = [line for line in printed.err.splitlines() if line.startswith("memscore: error:")]
     assert errors == ["memscore: error: report: cannot write the report here"]
+
+
+def test_report_draws_the_model_by_measure_table_of_analyze(lab, capsys):
+    """`--human-measure hr,far,dprime`: the page has one row per measure, each equal to
+    `memscore analyze --json`'s table, and the hit-rate and false-alarm-rate rows equal scipy
+    on rates counted from the trials in this test."""
+    import csv
+
+    from scipy.stats import spearmanr
+
+    out = lab["root"] / "report-measures"
+    common = ["--human", lab["trials"], "--human-measure", "hr,far,dprime", "--bootstrap", "100", "--splits", "5",
+              "--seed", "3"]
+    assert main(["report", lab["dest"], "--out", str(out), "--top", "2", "--sample", "0", *common]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "--scores", lab["dest"], *common, "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)["measure_table"]
+    page = (out / "index.html").read_text()
+    shown = re.findall(r'<tr class="measure-row"><td>(\w+)</td><td>(\w+)</td><td class="num">(\d+)</td>\s*'
+                       r'<td class="num">([-\d.]+)</td>', page)
+    assert [(m, model) for m, model, _, _ in shown] == [(m, "resmem") for m in ("hit_rate", "false_alarm_rate", "dprime")]
+    for (measure, _, n, rho), row in zip(shown, table["rows"]):
+        assert row["measure"] == measure and int(n) == row["n"]
+        assert rho == f'{row["models"][0]["spearman"]["rho"]:.3f}'
+        assert f'{row["noise_ceiling"]["spearman"]["ceiling"]:.3f}' in page  # trial data: a ceiling per measure
+    assert "Hautus 1995" in page  # the d' correction is said on the page
+    # hand count: presentation 2 is the repeat (hit or miss), presentation 1 the first showing (false alarm or not)
+    seen: dict[tuple[str, str], list[int]] = {}
+    with open(lab["trials"]) as handle:
+        for r in csv.DictReader(handle):
+            seen.setdefault((r["image_id"], r["presentation"]), []).append(int(r["response"]))
+    names = [Path(p).name for p in lab["paths"]]
+    for measure, presentation in (("hit_rate", "2"), ("false_alarm_rate", "1")):
+        keep = [i for i, name in enumerate(names) if (name, presentation) in seen]
+        rate = [np.mean(seen[(names[i], presentation)]) for i in keep]
+        expected = spearmanr(lab["scores"][keep].astype(np.float64), rate)[0]
+        row = next(r for r in table["rows"] if r["measure"] == measure)
+        assert row["models"][0]["spearman"]["rho"] == pytest.approx(expected, abs=1e-9)
