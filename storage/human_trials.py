@@ -259,6 +259,13 @@ def _finish_trials(con, info: HumanLoad, measure, exclusion: Exclusion) -> None:
         FROM trials t JOIN participants p ON p.participant = t.participant AND NOT p.excluded
         WHERE t.trial_type = 'target'
         GROUP BY t.participant, t.image""")
+    # A target shown more than twice to one participant: every later showing counts as a repeat; say so.
+    more = con.sql("SELECT count(*), min(participant || ', image ' || image) FROM trial_counts "
+                   "WHERE hit + miss > 1").fetchall()[0]
+    if more[0]:
+        info.warnings.append(f"trials: {more[0]} participant-image pair(s) show a target more than twice "
+                             f"(e.g. participant {more[1]}); every showing after the first is counted as a "
+                             f"repeat (a hit or a miss)")
     info.measure = canonical_measure(measure or DEFAULT_MEASURE)
     con.sql(f"""CREATE OR REPLACE TEMP VIEW human_staged AS
         SELECT image, {measure_sql(info.measure)} AS human, hit, miss, fa, cr,

@@ -159,3 +159,24 @@ def test_a_trial_without_an_order_value_is_never_sorted_last_in_silence(tmp_path
     got = dict(con.sql("SELECT image, human FROM human").fetchall())
     assert got == pytest.approx({k: sum(v) / len(v) for k, v in expected.items()})
     assert any("1 trial(s)" in w and "'onset'" in w and "first showing" in w for w in info.warnings)
+
+
+def test_a_third_showing_counts_as_a_repeat_and_is_said(tmp_path):
+    """A target shown three times to one participant: the second and third showings are both
+    repeats (hand count), and the warnings say what was assumed."""
+    rows = _trial_rows()
+    cols = ("participant_id", "image_id", "trial_type", "onset", "response")
+    extra = "p0,im2.jpg,target,999,0\n"  # a third showing of im2 to p0, not recognised
+    path = _write(tmp_path / "third.csv", _csv(rows, cols) + extra)
+    con = duckdb.connect()
+    info = load_human(con, path, measure="hit_rate")
+    repeats: dict[str, list[int]] = {"im2.jpg": [0]}
+    for _, img, showing, resp, _ in rows:
+        if showing == 2:
+            repeats.setdefault(img, []).append(resp)
+    got = dict(con.sql("SELECT image, human FROM human").fetchall())
+    assert got == pytest.approx({k: sum(v) / len(v) for k, v in repeats.items()})
+    said = [w for w in info.warnings if "more than twice" in w]
+    assert len(said) == 1 and "1 participant-image pair(s)" in said[0] and "p0, image im2.jpg" in said[0]
+    clean = load_human(duckdb.connect(), _write(tmp_path / "clean.csv", _csv(rows, cols)), measure="hit_rate")
+    assert not any("more than twice" in w for w in clean.warnings)
