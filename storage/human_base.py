@@ -60,11 +60,30 @@ class HumanLoad:
         return {k: v for k, v in self.__dict__.items() if k not in ("has_trials", "duplicates", "has_observations")}
 
 
-def column_types(con: duckdb.DuckDBPyConnection, relation_sql: str) -> dict[str, str]:
+def encoding_hint(path: str | None, message: str) -> str:
+    """``message`` plus a hint when DuckDB could not read a local text file because it is not
+    UTF-8 (Excel's "CSV" is Windows-1252/Latin-1 in many locales); else ``message`` as is."""
+    if not path or "CSV Error" not in message or "://" in str(path):
+        return message
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 20)
+    except OSError:
+        return message
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 4:  # not a character cut at the 1 MiB boundary
+            return (f"{message} (the file is not UTF-8: byte {head[error.start]:#04x} at offset {error.start}; "
+                    "Excel's plain CSV is Windows-1252 in many locales: save it as 'CSV UTF-8')")
+    return message
+
+
+def column_types(con: duckdb.DuckDBPyConnection, relation_sql: str, path: str | None = None) -> dict[str, str]:
     try:
         return {r[0]: r[1] for r in con.sql(f"DESCRIBE SELECT * FROM {relation_sql}").fetchall()}
     except duckdb.Error as error:
-        raise HumanDataError(f"cannot read human data: {str(error).splitlines()[0]}") from error
+        raise HumanDataError(f"cannot read human data: {encoding_hint(path, str(error).splitlines()[0])}") from error
 
 
 # ---------------------------------------------------------------------------
@@ -94,11 +113,11 @@ def raw_relation_sql(path: str) -> str:
     return f"read_csv({lit(path)}, {opts})"
 
 
-def _columns(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[str]:
+def _columns(con: duckdb.DuckDBPyConnection, relation_sql: str, path: str | None = None) -> list[str]:
     try:
         return list(con.sql(f"SELECT * FROM {relation_sql} LIMIT 0").columns)
     except duckdb.Error as error:
-        raise HumanDataError(f"cannot read human data: {str(error).splitlines()[0]}") from error
+        raise HumanDataError(f"cannot read human data: {encoding_hint(path, str(error).splitlines()[0])}") from error
 
 def find_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: str) -> str:
     """The column named ``wanted`` (any case), else the first of ``candidates`` present; HumanDataError otherwise."""

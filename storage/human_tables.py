@@ -83,7 +83,7 @@ def detect_format(con: duckdb.DuckDBPyConnection, path: str) -> str:
         raise HumanDataError(f"human data not found: {path}")
     if not _is_parquet(path) and not path.lower().endswith((".csv", ".tsv")) and _looks_like_lamem(path):
         return "lamem"
-    columns = [c.lower() for c in _columns(con, raw_relation_sql(path))]
+    columns = [c.lower() for c in _columns(con, raw_relation_sql(path), path)]
     if any(c in columns for c in PARTICIPANT_CANDIDATES) and "response" in columns:
         return "trials"
     if find_count_columns(columns) is not None:
@@ -121,7 +121,7 @@ def _load_lamem(con, info: HumanLoad) -> None:
 
 def _load_table(con, info: HumanLoad, id_column, score_column) -> None:
     rel = raw_relation_sql(info.path)
-    columns = _columns(con, rel)
+    columns = _columns(con, rel, info.path)
     info.id_column = find_column(columns, id_column, ID_CANDIDATES, "image id", info.path)
     candidates = tuple(c for c in columns if c != info.id_column)
     if score_column is None:
@@ -146,7 +146,7 @@ def _load_table(con, info: HumanLoad, id_column, score_column) -> None:
 
 def _load_counts(con, info: HumanLoad, id_column, measure) -> None:
     rel = raw_relation_sql(info.path)
-    columns = _columns(con, rel)
+    columns = _columns(con, rel, info.path)
     info.id_column = find_column(columns, id_column, ID_CANDIDATES, "image id", info.path)
     found = find_count_columns(columns)
     if found is None:

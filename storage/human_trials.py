@@ -130,7 +130,7 @@ def _stage_trials(con, info: HumanLoad, id_column, source_sql: str, participant_
     of order). The source is stated in ``info.order_source``."""
     if empty_response not in EMPTY_RESPONSES:
         raise HumanDataError(f"empty_response must be one of {', '.join(EMPTY_RESPONSES)}, not {empty_response!r}")
-    columns = _columns(con, source_sql)
+    columns = _columns(con, source_sql, info.path)
     lower = {c.lower(): c for c in columns}
     info.id_column = find_column(columns, id_column, ("image_id", "image", "stim_file", "image_name", "path", "filename",
                                                  "stimulus"), "image id", info.path)
@@ -141,7 +141,7 @@ def _stage_trials(con, info: HumanLoad, id_column, source_sql: str, participant_
     if "trial_type" not in lower:
         raise HumanDataError(f"{info.path}: trial data needs a trial_type column (target, filler, vigilance); "
                              f"columns: {', '.join(columns)}")
-    types = column_types(con, source_sql)
+    types = column_types(con, source_sql, info.path)
     order_col = find_order_column(columns)
     image_sql = f"{q(info.id_column)}::VARCHAR"
     file_order = False

@@ -11,6 +11,7 @@ import duckdb
 
 from memscore.storage.compact import current_rows_sql
 from memscore.storage.human import HumanDataError, find_column
+from memscore.storage.human_base import encoding_hint
 from memscore.storage.parts import duckdb_parts, list_parts
 from memscore.storage.relations import lit, num, parquet_files_sql, q, table_file_sql
 from memscore.storage.schema import ERRORS_DIR, SCORES_DIR
@@ -140,7 +141,7 @@ def load_scores(con: duckdb.DuckDBPyConnection, path: str, options: AnalysisOpti
     try:
         described = con.sql(f"DESCRIBE SELECT * FROM {rel}").fetchall()
     except duckdb.Error as error:
-        raise AnalysisError(f"cannot read scores {path}: {str(error).splitlines()[0]}") from error
+        raise AnalysisError(f"cannot read scores {path}: {encoding_hint(path, str(error).splitlines()[0])}") from error
     columns = [r[0] for r in described]
     types = {r[0]: r[1] for r in described}
     id_col = _pick(columns, options.id_column, ID_CANDIDATES, "image id", path)

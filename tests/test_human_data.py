@@ -199,3 +199,22 @@ def test_memcat_columns(tmp_path):
     table = read_human_scores(path)
     assert table.to_pydict()["human"] == [0.61, 0.55]
     assert table.to_pydict()["category"] == ["animal", "food"]
+
+
+def test_a_csv_saved_as_windows_1252_says_it_is_not_utf8(tmp_path, capsys):
+    """Excel's plain CSV in many locales is Windows-1252: DuckDB stops at the first non-UTF-8
+    byte; the one line says which byte (found here with Python's own codec) and what to do."""
+    from memscore.flows.cli import main
+
+    text = "image_name,score\ncafé.jpg,0.5\nb.jpg,0.3\nc.jpg,0.2\n"
+    legacy = tmp_path / "legacy.csv"
+    legacy.write_bytes(text.encode("cp1252"))
+    utf8 = tmp_path / "utf8.csv"
+    utf8.write_text(text, encoding="utf-8")
+    offset = text.encode("cp1252").index("é".encode("cp1252"))
+    for scores, human in ((legacy, utf8), (utf8, legacy)):
+        assert main(["analyze", "--scores", str(scores), "--human", str(human), "--human-column", "score"]) == 1
+        (line,) = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+        assert line.startswith("memscore: error: ") and "not UTF-8" in line
+        assert f"byte 0xe9 at offset {offset}" in line and "CSV UTF-8" in line
+    assert main(["analyze", "--scores", str(utf8), "--human", str(utf8), "--human-column", "score"]) == 0
