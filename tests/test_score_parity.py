@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from PIL import Image
 
 from memscore.storage.uris import open_location
@@ -14,34 +13,15 @@ from memscore.tasks.discover import iter_listing
 from memscore.tasks.plan import plan_shards
 from memscore.tasks.score import ScoreSettings, get_model, score_images
 import pyarrow as pa
+from conftest import PHOTO_FORMATS, official_resmem, write_photo_formats
 
 resmem = pytest.importorskip("resmem", reason="the official resmem package is needed for the parity check")
-
-FORMATS = [
-    ("astronaut", "astronaut.jpg", "JPEG", {}),
-    ("chelsea", "chelsea.png", "PNG", {}),
-    ("coffee", "coffee.webp", "WEBP", {"quality": 90}),
-    ("rocket", "rocket.bmp", "BMP", {}),
-    ("hubble_deep_field", "hubble.tiff", "TIFF", {}),
-    ("immunohistochemistry", "ihc.gif", "GIF", {}),
-]
 
 
 @pytest.fixture(scope="module")
 def official_model():
-    """The official package's own class and forward pass, with its weights.
-
-    Its constructor calls ``resnet152(pretrained=...)``, which current torchvision
-    rejects; we give it the same architecture without that argument. Everything
-    else (layers, forward, weights loading, ``transformer``) is the package's.
-    """
-    original = resmem.resnet152
-    resmem.resnet152 = lambda pretrained=False: torchvision.models.resnet152(weights=None)
-    try:
-        model = resmem.ResMem(pretrained=True)
-    finally:
-        resmem.resnet152 = original
-    return model.eval()
+    """The official package's own class and forward pass, with its weights (conftest.official_resmem)."""
+    return official_resmem(resmem)
 
 
 def official_score(model, path: Path) -> float:
@@ -54,10 +34,7 @@ def official_score(model, path: Path) -> float:
 def test_pipeline_scores_match_official_package(tmp_path, official_model, workers, backend, request):
     if backend != "torch":
         request.getfixturevalue("onnx_cache")  # the exported model is cached in the session's folder
-    from conftest import photo
-
-    for name, filename, fmt, options in FORMATS:
-        photo(name, size=None).save(tmp_path / filename, fmt, **options)
+    write_photo_formats(tmp_path)
     source = open_location(str(tmp_path))
     plan = plan_shards(iter_listing(source), pa.table({"path": pa.array([], pa.string()), "source_version": pa.array([], pa.string())}), 64)
     model = get_model("resmem", None, torch.device("cpu"))
@@ -68,7 +45,7 @@ def test_pipeline_scores_match_official_package(tmp_path, official_model, worker
     )
     assert result.errors.num_rows == 0
     ours = dict(zip(result.scores["path"].to_pylist(), result.scores["score"].to_pylist()))
-    assert set(ours) == {filename for _, filename, _, _ in FORMATS}
+    assert set(ours) == {filename for _, filename, _, _ in PHOTO_FORMATS}
     diffs = {f: abs(ours[f] - official_score(official_model, tmp_path / f)) for f in ours}
     assert max(diffs.values()) <= 1e-5, diffs
 
