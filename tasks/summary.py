@@ -75,6 +75,15 @@ def _corr_line(name: str, entry: dict[str, Any], stat: str, conf: Any) -> str:
     return f"{name} = {_f(entry[stat])}  [{conf}% CI {_ci(entry)}]  p = {_p(entry['p_value'])}"
 
 
+def _difference_line(c: dict[str, Any], conf: Any, prefix: str = "") -> str:
+    """One paired model comparison (``comparisons[]`` of the analysis) as a line of the text summary."""
+    d = c["spearman_difference"]
+    if d["difference"] is None:
+        return f"{prefix}{c['a']} - {c['b']}: Spearman difference n/a ({d['reason']})"
+    return (f"{prefix}{c['a']} - {c['b']}: Spearman difference {_f(d['difference'])} [{conf}% CI {_ci(d)}] "
+            f"p = {_p(d['p_value'])} (paired bootstrap, same images)")
+
+
 def _cell(entry: dict[str, Any], stat: str) -> str:
     if entry.get(stat) is None:
         return "n/a"
@@ -132,13 +141,7 @@ def measure_table_lines(result: dict[str, Any]) -> list[str]:
         reasons = "; ".join(sorted(str(u) for u in unavailable if u))
         lines.append(f"noise ceiling: unavailable: {reasons}")
     for r in table["rows"]:
-        for c in r.get("comparisons") or []:
-            d = c["spearman_difference"]
-            if d["difference"] is None:
-                lines.append(f"[{r['measure']}] {c['a']} - {c['b']}: Spearman difference n/a ({d['reason']})")
-            else:
-                lines.append(f"[{r['measure']}] {c['a']} - {c['b']}: Spearman difference {_f(d['difference'])} "
-                             f"[{conf}% CI {_ci(d)}] p = {_p(d['p_value'])} (paired bootstrap, same images)")
+        lines += [_difference_line(c, conf, f"[{r['measure']}] ") for c in r.get("comparisons") or []]
     return lines
 
 
@@ -208,13 +211,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             prefix = f"[{m['model']}] " if several else ""
             value = _f(fr.get("value")) if fr.get("value") is not None else f"n/a ({fr.get('reason')})"
             lines.append(f"{prefix}model rho as a fraction of the noise ceiling: {value} [{conf}% CI {_ci(fr)}]")
-    for c in [] if result.get("measure_table") else result.get("comparisons") or []:
-        d = c["spearman_difference"]
-        if d["difference"] is None:
-            lines.append(f"{c['a']} - {c['b']}: Spearman difference n/a ({d['reason']})")
-        else:
-            lines.append(f"{c['a']} - {c['b']}: Spearman difference {_f(d['difference'])} [{conf}% CI {_ci(d)}] "
-                         f"p = {_p(d['p_value'])} (paired bootstrap, same images)")
+    lines += [_difference_line(c, conf) for c in ([] if result.get("measure_table") else result.get("comparisons") or [])]
     if result.get("published_check"):
         checks = ", ".join(f"{c} max |diff| {v:.1e}" for c, v in result["published_check"].items())
         lines.append(f"published rates recomputed from the counts: {checks}")
