@@ -108,22 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option(parser, "--report", R, "report", metavar="DIR")
 
 
-def human_measure(text: str | None) -> str | None:
-    """``--human-measure`` as the flows' choice: aliases (crr, hr, ...) become canonical names
-    (corrected_recognition, hit_rate, ...); an unknown name is a UserError. None stays None."""
-    from memscore.flows.cli import UserError
-    from memscore.storage.stats import canonical_measure
-
-    if text is None:
-        return None
-    try:
-        return canonical_measure(text)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-
-
 def human_measures(text: str | None) -> list[str]:
-    """``--human-measure`` as a list of canonical measures: one name (as :func:`human_measure`),
+    """``--human-measure`` as a list of canonical measures: one name (aliases such as crr, hr),
     names separated by commas, or ``all``; an unknown name is a UserError. None: []."""
     from memscore.flows.cli import UserError
     from memscore.tasks.measure_table import parse_measures
@@ -140,14 +126,14 @@ def build_request(args: argparse.Namespace) -> AnalyzeRequest:
     (:func:`tasks.params.storage_fields`); the request holds only their reference."""
     from memscore.flows.cli import parse_storage_options
     from memscore.tasks.analysis_options import AnalysisOptions, AnalyzeRequest
+    from memscore.tasks.measure_table import measure_fields
     from memscore.tasks.params import storage_fields
 
     measures = human_measures(args.human_measure)
     # one measure: exactly as before; several: the model x measure table (the first fills the top-level keys)
     options = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, score_column=args.score_column,
-        human_column=args.human_column, human_measure=measures[0] if len(measures) == 1 else None,
-        human_measures=measures if len(measures) > 1 else None, derived=args.derived,
+        human_column=args.human_column, **measure_fields(measures), derived=args.derived,
         human_format=args.human_format, match=args.match, bootstrap=args.bootstrap, splits=args.splits,
         seed=args.seed, confidence=args.confidence, group_column=args.group_column, model=args.model,
         max_filler_fa=args.max_filler_fa, max_vigilance_miss=args.max_vigilance_miss,

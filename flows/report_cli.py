@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     from memscore.flows.analyze import AnalysisOptions
     from memscore.flows.analyze_cli import human_measures
+    from memscore.tasks.measure_table import measure_fields
     from memscore.flows.cli import UserError, parse_storage_options
     from memscore.flows.report import ReportOptions, build_report
     from memscore.storage.human import HumanDataError
@@ -145,8 +146,7 @@ def run(args: argparse.Namespace) -> int:
     measures = human_measures(args.human_measure)
     analysis = AnalysisOptions(
         id_column=args.id_column, human_id_column=args.human_id_column, human_column=args.human_column,
-        human_measure=measures[0] if len(measures) == 1 else None,
-        human_measures=measures if len(measures) > 1 else None, human_format=args.human_format, match=args.match,
+        **measure_fields(measures), human_format=args.human_format, match=args.match,
         bootstrap=args.bootstrap, splits=args.splits, seed=args.seed, confidence=args.confidence,
         max_filler_fa=args.max_filler_fa, max_vigilance_miss=args.max_vigilance_miss,
         min_observations=args.min_observations, empty_response=args.empty_response,

@@ -509,7 +509,7 @@ def _cli_like_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """``analyze``'s keywords read as ``memscore analyze`` reads its options: ``human_measure`` with
     several names (``"hr,far"``, a list) or ``"all"`` becomes ``human_measures``; ``derived`` as one string
     is one expression. A ParameterError (one line) for an unknown measure."""
-    from memscore.tasks.measure_table import parse_measures
+    from memscore.tasks.measure_table import measure_fields, parse_measures
     from memscore.tasks.params import ParameterError
 
     settings = dict(settings)
@@ -523,8 +523,7 @@ def _cli_like_settings(settings: dict[str, Any]) -> dict[str, Any]:
             measures = parse_measures(measure)
         except ValueError as error:
             raise ParameterError(f"human_measure: {error}") from None
-        settings["human_measure"] = measures[0] if len(measures) == 1 else None
-        settings["human_measures"] = measures if len(measures) > 1 else None
+        settings.update(measure_fields(measures))
     if isinstance(settings.get("derived"), str):
         settings["derived"] = [settings["derived"]]
     return settings

@@ -26,7 +26,6 @@ import time
 from typing import Any
 
 import duckdb
-import numpy as np
 
 from memscore.storage.human import Exclusion, HumanDataError, load_human
 from memscore.storage.relations import lit, q
@@ -37,7 +36,14 @@ from memscore.tasks.analysis_outputs import check_writable, write_outputs
 from memscore.tasks.derived import add_derived
 from memscore.tasks.matching import match_images
 from memscore.tasks.measure_table import measure_table, parse_measures
-from memscore.tasks.model_scores import ID_CANDIDATES, SCORE_CANDIDATES, _pick, load_scores, scores_relation_sql
+from memscore.tasks.model_scores import (
+    ID_CANDIDATES,
+    SCORE_CANDIDATES,
+    _pick,
+    load_scores,
+    model_arrays,
+    scores_relation_sql,
+)
 from memscore.tasks.stats import analyse_models
 
 # ---------------------------------------------------------------------------
@@ -81,20 +87,6 @@ def select_images(con: duckdb.DuckDBPyConnection, models: list[str], options: An
     con.sql(f"CREATE OR REPLACE TEMP TABLE analysed AS SELECT * FROM common {cond} ORDER BY image")
     info["images"] = int(con.sql("SELECT count(*) FROM analysed").fetchall()[0][0])
     return info
-
-
-def _arrays(con: duckdb.DuckDBPyConnection, models: list[str], cond: str = "") -> tuple[list[str], np.ndarray,
-                                                                                         dict[str, np.ndarray]]:
-    """(images, human, {model: scores}) over ``analysed`` (optionally filtered), images in id order."""
-    rows = con.sql(f"SELECT a.image, a.human FROM analysed a {cond} ORDER BY a.image").fetchall()
-    images = [r[0] for r in rows]
-    human = np.array([r[1] for r in rows], dtype=np.float64)
-    scores = {}
-    for m in models:
-        got = dict(con.sql(f"SELECT image, score FROM joined WHERE model = {lit(m)} AND image IN "
-                           f"(SELECT a.image FROM analysed a {cond})").fetchall())
-        scores[m] = np.array([got[i] for i in images], dtype=np.float64)
-    return images, human, scores
 
 
 def analyze_scores(scores: str, human: str, options: AnalysisOptions | None = None, *,
@@ -145,7 +137,7 @@ def analyze_scores(scores: str, human: str, options: AnalysisOptions | None = No
     derived = add_derived(con, list(options.derived or []), models, warnings)
     models += [d.name for d in derived]
     selection = select_images(con, models, options, human_info.has_observations, warnings)
-    images, human_values, model_values = _arrays(con, models)
+    images, human_values, model_values = model_arrays(con, models)
     halves = None
     if human_info.has_trials and options.splits > 0:
         # the ceiling over the analysed images only, as the models are judged on them
@@ -246,7 +238,8 @@ def group_stats(con: duckdb.DuckDBPyConnection, options: AnalysisOptions,
         cond = "g IS NULL" if g is None else f"g = {lit(g)}"
         entry: dict[str, Any] = {"group": g, "n": int(n)}
         if n >= options.min_group_size:
-            _, human_values, model_values = _arrays(con, models, f"WHERE a.image IN (SELECT image FROM _groups WHERE {cond})")
+            _, human_values, model_values = model_arrays(
+                con, models, cond=f"WHERE a.image IN (SELECT image FROM _groups WHERE {cond})")
             s = analyse_models(model_values, human_values, resamples=options.bootstrap, seed=options.seed,
                                confidence=options.confidence, kendall_max_n=options.kendall_max_n)
             first = s["models"][models[0]]

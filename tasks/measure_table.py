@@ -19,7 +19,6 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from memscore.storage.relations import lit
 from memscore.storage.stats import (
     DPRIME_CORRECTION,
     canonical_measure,
@@ -29,6 +28,7 @@ from memscore.storage.stats import (
     split_halves,
 )
 from memscore.tasks.analysis_options import AnalysisError, AnalysisOptions
+from memscore.tasks.model_scores import model_arrays
 from memscore.tasks.stats import analyse_models
 
 # ``--human-measure all``: miss_rate is left out (it is 1 - hit rate: the same correlations, sign flipped)
@@ -59,6 +59,13 @@ def parse_measures(text: str | list[str] | None) -> list[str]:
     return out
 
 
+def measure_fields(measures: list[str]) -> dict[str, list[str] | str | None]:
+    """:class:`AnalysisOptions` fields for parsed ``measures`` (:func:`parse_measures`): one measure is
+    ``human_measure`` (today's output), two or more ``human_measures`` (the model x measure table)."""
+    return {"human_measure": measures[0] if len(measures) == 1 else None,
+            "human_measures": measures if len(measures) > 1 else None}
+
+
 def _measure_arrays(con: duckdb.DuckDBPyConnection, models: list[str], measure: str,
                     min_observations: int) -> tuple[list[str], np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
     """(images, human, {model: scores}, observations) for ``measure`` over ``joined``."""
@@ -71,14 +78,7 @@ def _measure_arrays(con: duckdb.DuckDBPyConnection, models: list[str], measure: 
     con.sql(f"""CREATE OR REPLACE TEMP TABLE _measure AS SELECT * FROM _measure
         WHERE human IS NOT NULL AND isfinite(human) AND observations >= {int(min_observations)} ORDER BY image""")
     obs = con.sql("SELECT min(observations), median(observations), max(observations) FROM _measure").fetchall()[0]
-    rows = con.sql("SELECT image, human FROM _measure ORDER BY image").fetchall()
-    images = [r[0] for r in rows]
-    human = np.array([r[1] for r in rows], dtype=np.float64)
-    scores = {}
-    for m in models:
-        got = dict(con.sql(f"SELECT image, score FROM joined WHERE model = {lit(m)} AND image IN "
-                           f"(SELECT image FROM _measure)").fetchall())
-        scores[m] = np.array([got[i] for i in images], dtype=np.float64)
+    images, human, scores = model_arrays(con, models, "_measure")
     con.sql("DROP TABLE _measure")
     info = {"undefined": int(row[0]), "excluded": int(row[1]), "min": obs[0], "median": obs[1], "max": obs[2],
             "min_observations": int(min_observations)}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 
 from memscore.storage.compact import current_rows_sql
 from memscore.storage.human import HumanDataError, find_column
@@ -217,3 +218,16 @@ def load_scores(con: duckdb.DuckDBPyConnection, path: str, options: AnalysisOpti
             "rows": int(row[0]), "images": int(n), "extra_columns": keep, "models": names}
 
 
+def model_arrays(con: duckdb.DuckDBPyConnection, models: list[str], table: str = "analysed",
+                 cond: str = "") -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """(images, human [n], {model: scores [n]}) for the images of ``table`` (columns image, human;
+    ``cond`` filters it as alias ``a``), in image id order; the scores come from ``joined``."""
+    rows = con.sql(f"SELECT a.image, a.human FROM {table} a {cond} ORDER BY a.image").fetchall()
+    images = [r[0] for r in rows]
+    human = np.array([r[1] for r in rows], dtype=np.float64)
+    scores = {}
+    for m in models:
+        got = dict(con.sql(f"SELECT image, score FROM joined WHERE model = {lit(m)} AND image IN "
+                           f"(SELECT a.image FROM {table} a {cond})").fetchall())
+        scores[m] = np.array([got[i] for i in images], dtype=np.float64)
+    return images, human, scores
