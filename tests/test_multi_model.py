@@ -293,13 +293,17 @@ def test_resmem_and_vitmem_decode_once_and_keep_their_own_preprocessing(tmp_path
 
 def test_per_model_weights_let_a_model_with_your_weights_join_the_pass(tmp_path):
     """``--weights MODEL=PATH`` with several models: that model uses the file (its rows carry the
-    file's sha256, computed here with hashlib), the others their published weights, and its
-    scores equal a run of its own with the same file."""
+    file's sha256, computed here with hashlib, and its scores are the saved module's own forward
+    pass on the official resmem package's transform of each photo), the others their published
+    weights; a run of that model alone gives the same rows."""
+    from resmem import transformer as official_transform
+
     from memscore.models.registry import get_model_spec
 
     torch.manual_seed(3)
     mine = tmp_path / "nomem.pt"
-    torch.save({"model": get_model_spec("resnet18-nomem").build().eval().state_dict()}, mine)
+    net = get_model_spec("resnet18-nomem").build().eval()
+    torch.save({"model": net.state_dict()}, mine)
     source = tmp_path / "photos"
     write_photos(source, names=NAMES[:2])
     summary = run(source, tmp_path / "one", "resmem,resnet18-nomem", weights=f"resnet18-nomem={mine}", features=[])
@@ -308,6 +312,12 @@ def test_per_model_weights_let_a_model_with_your_weights_join_the_pass(tmp_path)
     digest = "sha256:" + hashlib.sha256(mine.read_bytes()).hexdigest()
     assert {r["weights"] for (_, m), r in joint.items() if m == "resnet18-nomem"} == {digest}
     assert {r["weights"] for (_, m), r in joint.items() if m == "resmem"} != {digest}
+    for (path, model), row in joint.items():
+        if model == "resnet18-nomem":
+            with torch.inference_mode():
+                x = official_transform(Image.open(source / path).convert("RGB")).unsqueeze(0)
+                expected = float(net(x).reshape(-1)[0])
+            assert row["score"] == pytest.approx(expected, abs=1e-5)
     run(source, tmp_path / "alone", "resnet18-nomem", weights=str(mine), features=[])
     for (path, model), row in by_key(rows(tmp_path / "alone")).items():
         assert row["weights"] == digest
